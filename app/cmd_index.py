@@ -1,0 +1,13 @@
+"""`dasr-annotator index` (implemented by its own issue)."""
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("rest", nargs="*", help="arguments (not implemented yet)")
+
+
+def run(args) -> int:
+    print("dasr-annotator index: not implemented yet", file=sys.stderr)
+    return 2

@@ -1,0 +1,1 @@
+"""The retrieval engine: DASR/DASR* regions, descriptors, index, search. Never imports Qt."""

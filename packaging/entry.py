@@ -1,0 +1,7 @@
+"""PyInstaller entry point: the same `main` as the console script."""
+import sys
+
+from dasr_annotator.app.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

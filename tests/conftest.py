@@ -1,0 +1,42 @@
+"""Test setup: offscreen Qt, isolated settings, and the shared dev data."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_DATA = REPO.parent / "shared" / "data" / "dev"
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's settings or cache."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.setenv("DASR_ANNOTATOR_CACHE", str(home / "cache" / "dasr-annotator"))
+    try:
+        from PySide6.QtCore import QSettings
+
+        QSettings.setDefaultFormat(QSettings.IniFormat)
+        QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(home / "qsettings"))
+    except ImportError:  # pragma: no cover - PySide6 is a hard dependency
+        pass
+    yield
+
+
+@pytest.fixture(scope="session")
+def dev_data() -> Path:
+    if not (DEV_DATA / "manifest.json").exists():
+        pytest.skip(f"dev data not found at {DEV_DATA}")
+    return DEV_DATA
+
+
+@pytest.fixture(scope="session")
+def dev_manifest(dev_data) -> dict:
+    return json.loads((dev_data / "manifest.json").read_text())

@@ -1,0 +1,1 @@
+"""Thin Qt widgets. Never import torch or faiss here."""
