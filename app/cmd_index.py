@@ -1,13 +1,101 @@
-"""`dasr-annotator index` (implemented by its own issue)."""
+"""`dasr-annotator index PHOTOS`: extract regions of every image and build the search index.
+
+Settings not given on the command line are those the folder was indexed with before (else the
+defaults), so a plain re-run only updates. Progress goes to stderr; `--json` prints the report on
+stdout. Exit 0 when the run completed (even with skipped files), 1 when nothing could be indexed,
+2 for unusable arguments or settings that clash with the existing index.
+"""
 from __future__ import annotations
 
+import json
 import sys
+
+METHODS = {"dasr": "dasr", "dasr-star": "dasr*"}
+DEFAULTS = {"backbone": "efficientnet-lite0", "method": "dasr-star", "mode": "fast", "max_side": 512}
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("rest", nargs="*", help="arguments (not implemented yet)")
+    parser.add_argument("photos", metavar="PHOTOS", help="photo folder (searched recursively)")
+    parser.add_argument("--backbone", help=f"network (default {DEFAULTS['backbone']}; also resnet50, vgg16)")
+    parser.add_argument("--weights", metavar="PATH", help="weights file for the backbone (default: built-in)")
+    parser.add_argument("--method", choices=sorted(METHODS), help="region seeds (default dasr-star)")
+    parser.add_argument("--mode", choices=("fast", "exact"), help="backward rule (default fast)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--max-side", type=int, metavar="PX", help="long side the network sees (default 512)")
+    parser.add_argument("--rebuild", action="store_true", help="forget stored regions and index everything anew")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per saved batch (a killed run loses at most one batch)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def settings(args, project) -> dict:
+    """Extractor keyword arguments: explicit options, else the folder's stored ones, else defaults."""
+    stored = {}
+    if not args.rebuild:
+        manifest = project.manifest()
+        if manifest is not None:
+            c = manifest["extractor"]
+            stored = {"backbone": c["backbone"], "mode": c["mode"], "max_side": c["max_side"],
+                      "method": {v: k for k, v in METHODS.items()}[c["method"]], "weights": manifest.get("weights")}
+    given = {"backbone": args.backbone, "method": args.method, "mode": args.mode, "max_side": args.max_side,
+             "weights": args.weights}
+    out = {k: v if v is not None else stored.get(k, DEFAULTS.get(k)) for k, v in given.items()}
+    out["method"] = METHODS[out["method"]]
+    return out
 
 
 def run(args) -> int:
-    print("dasr-annotator index: not implemented yet", file=sys.stderr)
-    return 2
+    from tqdm import tqdm
+
+    from dasr_annotator.engine.backbones import WeightsMissing
+    from dasr_annotator.engine.extractor import Extractor
+    from dasr_annotator.engine.project import IncompatibleIndex, Project, ProjectBusy
+    from dasr_annotator.engine.storage import ProjectFileError
+
+    try:
+        project = Project.open(args.photos)
+    except FileNotFoundError as exc:
+        print(f"dasr-annotator index: {exc}", file=sys.stderr)
+        return 2
+    if not project.state_dir.is_relative_to(project.photos):
+        print(f"note: {project.state_note}", file=sys.stderr)
+    try:
+        options = settings(args, project)
+        if options["max_side"] < 32:
+            raise ValueError(f"--max-side {options['max_side']} is too small (at least 32)")
+        extractor = Extractor(device=args.device, **options)
+    except (ValueError, WeightsMissing, ProjectFileError) as exc:
+        print(f"dasr-annotator index: {exc}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=0, unit="img", desc="extracting", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = project.update_index(extractor, progress=progress, rebuild=args.rebuild,
+                                      weights=options["weights"], batch_files=max(1, args.batch_size))
+    except (IncompatibleIndex, ProjectBusy, ProjectFileError) as exc:
+        bar.close()
+        print(f"dasr-annotator index: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: finished batches are saved; run the same command again to continue", file=sys.stderr)
+        raise
+    bar.close()
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for item in report.skipped:
+        print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=1))
+    else:
+        print(f"{report.images} images in the index ({report.indexed} new, {report.reused} reused, "
+              f"{report.removed} removed, {len(report.skipped)} skipped), {report.regions} regions")
+    if report.images == 0:
+        print("dasr-annotator index: no image could be indexed" if report.skipped or report.removed
+              else f"dasr-annotator index: no images found in {project.photos}", file=sys.stderr)
+        return 1
+    return 0

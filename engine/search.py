@@ -1,0 +1,151 @@
+"""Instance search over a project's index: query boxes in, one hit per image out.
+
+A region's score is its cosine similarity to the query (whitened space); with several positive
+boxes it is the best over them, and a region that looks like a negative box loses that
+similarity: score = max_pos - max(0, max_neg). An image scores as its best region, which is also
+where the hit is drawn. The index is searched for more and more regions until enough distinct
+images are found.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dasr_annotator.engine import index as faiss_index
+from dasr_annotator.engine.descriptors import Whitening, l2n
+from dasr_annotator.engine.imageio import load_image
+from dasr_annotator.engine.types import Box, Ellipse, Hit
+
+
+class BoxError(ValueError):
+    """A query box that cannot be used (zero area, outside the image, not numbers)."""
+
+
+def parse_box(text: str) -> Box:
+    """"X,Y,W,H" -> Box, with a message a person can act on."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise BoxError(f"box {text!r} must be four numbers X,Y,W,H") from None
+    if len(values) != 4:
+        raise BoxError(f"box {text!r} must be four numbers X,Y,W,H")
+    return Box(*values)
+
+
+def checked_box(box: Box, width: int, height: int) -> Box:
+    """`box` clipped to a width x height image; refuses boxes with no area inside it."""
+    values = box.as_list()
+    if not all(math.isfinite(v) for v in values):
+        raise BoxError(f"box {values} contains a value that is not a finite number")
+    if box.w <= 0 or box.h <= 0:
+        raise BoxError(f"box {_fmt(box)} has zero area (width and height must be positive)")
+    inside = box.clipped(width, height)
+    if inside.w <= 0 or inside.h <= 0:
+        raise BoxError(f"box {_fmt(box)} lies outside the image ({width} x {height} pixels)")
+    return inside
+
+
+def _fmt(box: Box) -> str:
+    return ",".join(f"{v:g}" for v in box.as_list())
+
+
+class Searcher:
+    """Search one project's index; holds the model, the index and the whitening for many queries."""
+
+    def __init__(self, project, extractor, index, meta: dict, whitening: Whitening | None):
+        self.project = project
+        self.extractor = extractor
+        self.index = index
+        self.whitening = whitening
+        self.images: list[str] = [str(s) for s in meta["images"]]
+        self.sizes = meta["sizes"]
+        self.region_image = meta["image"].astype(np.int64)
+        self.boxes = meta["boxes"]
+        self.ellipses = meta["ellipses"]
+        self._image_id = {name: i for i, name in enumerate(self.images)}
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.index.ntotal)
+
+    def prepare(self, descriptors: np.ndarray) -> np.ndarray:
+        """Raw (l2) descriptors [Q, D] -> the index's space: whitened when the project has a
+        whitening, l2-normalised, float32 contiguous."""
+        x = np.asarray(descriptors, np.float32).reshape(-1, np.asarray(descriptors).shape[-1])
+        if self.whitening is not None:
+            return self.whitening.transform(x)
+        return np.ascontiguousarray(l2n(x), dtype=np.float32)
+
+    def resolve(self, image: str | os.PathLike) -> tuple[Path, str | None]:
+        """(file path, collection-relative path or None) of an image named relative to the photo
+        folder or absolutely."""
+        p = Path(image)
+        path = p if p.is_absolute() else self.project.photos / p
+        return path, self.project.relative(path)
+
+    def query_descriptor(self, image: str | os.PathLike, box: Box) -> np.ndarray:
+        """Raw (l2, not whitened) descriptor of `box` (original pixels) in `image`; `search`
+        whitens it. Raises BoxError for unusable boxes and ImageError for unreadable images."""
+        path, _ = self.resolve(image)
+        loaded = load_image(path, max_side=self.extractor.max_side)
+        return self.extractor.describe_box(loaded, checked_box(box, loaded.width, loaded.height))
+
+    def search(self, query_descs: np.ndarray, top_k: int = 20, negatives: np.ndarray | None = None,
+               exclude_image: str | None = None) -> list[Hit]:
+        """The `top_k` best images for the positive descriptors `query_descs` [Q, D] (raw, as from
+        `query_descriptor`), best first, one hit per image, `exclude_image` left out."""
+        n = self.n_regions
+        if n == 0 or top_k <= 0:
+            return []
+        positives = self.prepare(query_descs)
+        negs = self.prepare(negatives) if negatives is not None and len(negatives) else None
+        excluded = self._image_id.get(exclude_image, -1) if exclude_image else -1
+        k = min(n, max(4 * top_k, 64))
+        while True:
+            sims, ids = self.index.search(positives, k)
+            regions, scores = _best_per_region(ids.ravel(), sims.ravel())
+            if negs is not None and len(regions):
+                against = faiss_index.reconstruct(self.index, regions) @ negs.T
+                scores = scores - np.maximum(against.max(1), 0.0)
+            images, best = _best_per_image(self.region_image[regions], scores)
+            keep = images != excluded
+            images, best = images[keep], best[keep]
+            if len(images) >= top_k or k >= n:
+                break
+            k = min(n, 4 * k)
+        order = np.argsort(-scores[best], kind="stable")[:top_k]
+        hits = []
+        for i in order:
+            r = int(regions[best[i]])
+            cx, cy, a, b, angle = (float(v) for v in self.ellipses[r])
+            hits.append(Hit(self.images[int(images[i])], float(scores[best[i]]), Box(*map(float, self.boxes[r])),
+                            Ellipse(cx, cy, a, b, angle)))
+        return hits
+
+    def search_box(self, image: str | os.PathLike, box: Box, top_k: int = 20) -> list[Hit]:
+        """One query box -> hits, the query's own image excluded."""
+        _, rel = self.resolve(image)
+        return self.search(self.query_descriptor(image, box)[None], top_k, exclude_image=rel)
+
+
+def _best_per_region(ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique region ids with their best similarity (faiss pads missing results with -1)."""
+    valid = ids >= 0
+    ids, sims = ids[valid], sims[valid]
+    order = np.lexsort((-sims, ids))
+    ids, sims = ids[order], sims[order]
+    first = np.ones(len(ids), bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return ids[first], sims[first].astype(np.float32)
+
+
+def _best_per_image(region_images: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, index of each image's best region) for candidate regions."""
+    order = np.lexsort((-scores, region_images))
+    first = np.ones(len(order), bool)
+    first[1:] = region_images[order][1:] != region_images[order][:-1]
+    return region_images[order][first], order[first]

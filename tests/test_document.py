@@ -1,0 +1,183 @@
+"""The annotation document: every edit undoable, drags merged, hits decided, autosaved."""
+import json
+
+import pytest
+
+from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
+from dasr_annotator.engine.annotations import AnnotationStore
+from dasr_annotator.engine.types import Box, Ellipse, Hit
+
+
+@pytest.fixture
+def doc(qapp, tmp_path):
+    document = Document(AnnotationStore(tmp_path / "labels.json"), autosave_ms=10)
+    yield document
+    document.deleteLater()
+
+
+def _hits(*scores, image_prefix="img"):
+    return [Hit(f"{image_prefix}{i}.jpg", s, Box(10 * i, 5, 20, 30), Ellipse(10 * i + 10, 20, 12, 8, 0.0))
+            for i, s in enumerate(scores)]
+
+
+def _boxes(doc, image=None):
+    return [(a.image, a.category, a.box) for a in doc.annotations(image)]
+
+
+def test_add_and_remove_are_undoable(doc):
+    ann_id = doc.add_annotation("a.jpg", "cup", Box(1, 2, 3, 4))
+    assert _boxes(doc) == [("a.jpg", "cup", Box(1, 2, 3, 4))]
+    assert [c.name for c in doc.categories] == ["cup"]
+    doc.remove_annotations([ann_id])
+    assert _boxes(doc) == []
+    doc.undo_stack.undo()
+    assert doc.annotation(ann_id).box == Box(1, 2, 3, 4)
+    doc.undo_stack.undo()
+    assert _boxes(doc) == [] and doc.categories == []  # the category the add created goes too
+    doc.undo_stack.redo()
+    doc.undo_stack.redo()
+    assert _boxes(doc) == []
+    doc.undo_stack.undo()
+    assert doc.has_annotation(ann_id)  # restored under the same id
+
+
+def test_a_drag_is_one_undo_step(doc):
+    ann_id = doc.add_annotation("a.jpg", "cup", Box(0, 0, 10, 10))
+    for step in range(1, 6):
+        doc.set_annotation_box(ann_id, Box(step, step, 10, 10), drag_id="drag-1")
+    doc.set_annotation_box(ann_id, Box(9, 9, 10, 10), drag_id="drag-2")
+    assert doc.undo_stack.count() == 3  # add, drag 1, drag 2
+    doc.undo_stack.undo()
+    assert doc.annotation(ann_id).box == Box(5, 5, 10, 10)
+    doc.undo_stack.undo()
+    assert doc.annotation(ann_id).box == Box(0, 0, 10, 10)
+
+
+def test_moves_without_a_drag_id_stay_separate(doc):
+    ann_id = doc.add_annotation("a.jpg", "cup", Box(0, 0, 10, 10))
+    doc.set_annotation_box(ann_id, Box(1, 0, 10, 10))
+    doc.set_annotation_box(ann_id, Box(2, 0, 10, 10))
+    assert doc.undo_stack.count() == 3
+
+
+def test_category_edits_round_trip(doc):
+    doc.add_category("cup", "#112233")
+    ann_id = doc.add_annotation("a.jpg", "cup", Box(0, 0, 5, 5))
+    doc.rename_category("cup", "mug")
+    assert doc.annotation(ann_id).category == "mug"
+    doc.set_category_color("mug", "#445566")
+    assert doc.category_color("mug") == "#445566"
+    doc.remove_category("mug")
+    assert doc.categories == [] and not doc.has_annotation(ann_id)
+    doc.undo_stack.undo()
+    assert doc.annotation(ann_id).category == "mug" and doc.category_color("mug") == "#445566"
+    doc.undo_stack.undo()
+    doc.undo_stack.undo()
+    assert doc.annotation(ann_id).category == "cup" and doc.category_color("cup") == "#112233"
+    with pytest.raises(ValueError):
+        doc.rename_category("cup", " ")
+
+
+def test_change_annotation_category(doc):
+    first = doc.add_annotation("a.jpg", "cup", Box(0, 0, 5, 5))
+    doc.set_annotation_category([first], "mug")
+    assert doc.annotation(first).category == "mug"
+    doc.undo_stack.undo()
+    assert doc.annotation(first).category == "cup" and not doc.has_category("mug")
+
+
+def test_accept_reject_and_undo_hits(doc):
+    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.7, 0.4), "cup", query_id="q1"))
+    keys = [e.key for e in doc.hits.entries]
+    doc.decide_hits([keys[0]], ACCEPTED)
+    accepted = doc.hits.entry(keys[0])
+    assert accepted.status == ACCEPTED
+    ann = doc.annotation(accepted.annotation_id)
+    assert (ann.image, ann.category, ann.source, ann.query_id) == ("img0.jpg", "cup", "search", "q1")
+    assert ann.score == pytest.approx(0.9)
+    doc.decide_hits([keys[0]], REJECTED)  # changing one's mind removes the annotation
+    assert accepted.status == REJECTED and doc.annotations() == []
+    doc.undo_stack.undo()
+    assert accepted.status == ACCEPTED and doc.has_annotation(accepted.annotation_id)
+    doc.undo_stack.undo()
+    assert accepted.status == PENDING and doc.annotations() == []
+    doc.undo_stack.redo()
+    assert doc.annotation(accepted.annotation_id).id == ann.id  # redo recreates the same id
+
+
+def test_accept_all_above_is_one_step(doc):
+    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.7, 0.4), "cup"))
+    assert doc.accept_all_above(0.5) == 2
+    assert [e.status for e in doc.hits.entries] == [ACCEPTED, ACCEPTED, PENDING]
+    doc.undo_stack.undo()
+    assert [e.status for e in doc.hits.entries] == [PENDING] * 3 and doc.annotations() == []
+
+
+def test_adjusting_a_hit_before_and_after_accepting(doc):
+    doc.set_hits(HitSession.from_hits(_hits(0.9), "cup"))
+    entry = doc.hits.entries[0]
+    for dx in range(3):
+        doc.set_hit_box(entry.key, Box(dx, 0, 20, 30), drag_id="d")
+    assert entry.box == Box(2, 0, 20, 30)
+    doc.decide_hits([entry.key], ACCEPTED)
+    assert doc.annotation(entry.annotation_id).box == Box(2, 0, 20, 30)
+    doc.set_hit_box(entry.key, Box(7, 7, 20, 30))
+    assert doc.annotation(entry.annotation_id).box == Box(7, 7, 20, 30) == entry.box
+    doc.undo_stack.undo()
+    assert entry.box == Box(2, 0, 20, 30)
+    doc.undo_stack.undo()
+    doc.undo_stack.undo()
+    assert entry.box == Box(0, 5, 20, 30) and entry.status == PENDING
+
+
+def test_deleting_an_accepted_annotation_returns_its_hit_to_pending(doc):
+    doc.set_hits(HitSession.from_hits(_hits(0.9), "cup"))
+    entry = doc.hits.entries[0]
+    doc.decide_hits([entry.key], ACCEPTED)
+    ann_id = entry.annotation_id
+    doc.remove_annotations([ann_id])
+    assert entry.status == PENDING
+    doc.undo_stack.undo()
+    assert entry.status == ACCEPTED and entry.annotation_id == ann_id
+
+
+def test_overlap_with_existing_label_is_reported(doc):
+    doc.add_annotation("img0.jpg", "cup", Box(1, 6, 20, 30))
+    doc.add_annotation("img1.jpg", "plate", Box(10, 5, 20, 30))
+    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.8), "cup"))
+    first, second = doc.hits.entries
+    assert doc.overlapping_annotation(first) is not None
+    assert doc.overlapping_annotation(second) is None  # same place, other category
+    doc.decide_hits([second.key], ACCEPTED)
+    assert doc.overlapping_annotation(second) is None  # its own annotation does not count
+
+
+def test_rerank_keeps_decided_hits_first(doc):
+    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.8, 0.7, 0.6), "cup"))
+    keys = [e.key for e in doc.hits.entries]
+    doc.decide_hits([keys[1]], REJECTED)
+    doc.rerank_hits({keys[0]: 0.1, keys[2]: 0.2, keys[3]: 0.95})
+    assert [e.key for e in doc.hits.entries] == [keys[1], keys[3], keys[2], keys[0]]
+    assert doc.hits.reranked == 1
+
+
+def test_autosave_writes_the_store(doc, qtbot):
+    with qtbot.waitSignal(doc.savedChanged, timeout=2000) as unsaved:
+        doc.add_annotation("a.jpg", "cup", Box(1, 2, 3, 4))
+    assert unsaved.args == [False] and not doc.is_saved
+    with qtbot.waitSignal(doc.savedChanged, timeout=2000) as saved:
+        pass
+    assert saved.args == [True]
+    data = json.loads(doc.store.path.read_text())
+    assert [a["box"] for a in data["annotations"]] == [[1.0, 2.0, 3.0, 4.0]]
+
+
+def test_save_failure_is_reported_not_raised(qapp, tmp_path, qtbot):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    doc = Document(AnnotationStore(blocker / "labels.json"), autosave_ms=10_000)
+    doc.add_annotation("a.jpg", "cup", Box(1, 2, 3, 4))
+    with qtbot.waitSignal(doc.saveFailed, timeout=1000) as failed:
+        assert doc.save() is False
+    assert "Could not save" in failed.args[0]
+    assert not doc.is_saved
