@@ -75,13 +75,13 @@ def run_import(args, project) -> int:
 
 def run_query(args, project) -> int:
     from dasr_annotator.engine.backbones import WeightsMissing
-    from dasr_annotator.engine.imageio import ImageError
+    from dasr_annotator.engine.imageio import ImageError, image_size
     from dasr_annotator.engine.project import IncompatibleIndex, NoIndex
     from dasr_annotator.engine.search import BoxError, checked_box, parse_box
     from dasr_annotator.engine.storage import ProjectFileError
 
     try:
-        if not (args.query and args.box and args.category):
+        if not (args.query and args.box and args.category and args.category.strip()):
             raise UsageError("give --query IMAGE, --box X,Y,W,H and --category NAME (or --import-coco FILE)")
         if args.accept_top is None and args.accept_above is None:
             raise UsageError("say which hits to accept: --accept-top N or --accept-above SCORE")
@@ -104,33 +104,31 @@ def run_query(args, project) -> int:
 
     store = project.annotations
     query_box = parse_box(args.box)
+    candidates = []  # (image, box, score, source)
     if rel is not None:
-        from dasr_annotator.engine.imageio import image_size
-
-        query_box = checked_box(query_box, *image_size(path))
-    query = store.add_query(args.category, [(rel or str(path), query_box)])
-    added, duplicates = [], []
-
-    def record(image: str, box, score, source: str) -> None:
+        candidates.append((rel, checked_box(query_box, *image_size(path)), None, "manual"))
+    else:
+        print(f"note: the query image lies outside {project.photos}; only the hits are recorded", file=sys.stderr)
+    candidates += [(hit.image, hit.box, hit.score, "search") for hit in hits]
+    fresh, duplicates = [], []
+    for image, box, score, source in candidates:
         existing = store.find_duplicate(image, args.category, box, DUPLICATE_IOU)
         if existing is not None:
             duplicates.append({"image": image, "box": box.as_list(), "existing": existing.id})
-            return
-        added.append(store.add(image, args.category, box, score=score, query_id=query.id, source=source))
-
-    if rel is not None:
-        record(rel, query_box, None, "manual")
-    else:
-        print(f"note: the query image lies outside {project.photos}; only the hits are recorded", file=sys.stderr)
-    for hit in hits:
-        record(hit.image, hit.box, hit.score, "search")
+        else:
+            fresh.append((image, box, score, source))
+    added = []
+    if fresh:
+        query = store.add_query(args.category, [(rel or str(path), query_box)])
+        added = [store.add(image, args.category, box, score=score, query_id=query.id, source=source)
+                 for image, box, score, source in fresh]
     try:
         store.save()
     except ProjectFileError as exc:
         print(f"dasr-annotator label: {exc.message}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"category": args.category, "query_id": query.id,
+        print(json.dumps({"category": args.category, "query_id": added[0].query_id if added else None,
                           "added": [a.as_json() for a in added], "duplicates": duplicates}, indent=1))
     else:
         for a in added:

@@ -219,18 +219,30 @@ class Document(QObject):
         elif box != entry.box:
             self.undo_stack.push(commands.SetHitBox(self, self.hits, entry, entry.box, box, drag_id))
 
-    def rerank_hits(self, scores: dict[int, float]) -> None:
-        """Re-order the pending hits by new scores (decided hits keep their place at the top)."""
+    def rerank_hits(self, updates: dict[int, Hit]) -> None:
+        """Re-score the pending hits (new best region and score per hit key) and re-order them;
+        decided hits keep their place at the top. A box the user adjusted stays as adjusted."""
         if self.hits is None:
             return
         for entry in self.hits.entries:
-            if entry.key in scores and entry.status == PENDING:
-                entry.score = float(scores[entry.key])
+            new = updates.get(entry.key)
+            if new is None or entry.status != PENDING:
+                continue
+            if entry.box == entry.hit.box:
+                entry.box = new.box
+            entry.hit, entry.score = new, float(new.score)
         decided = [e for e in self.hits.entries if e.status != PENDING]
         pending = sorted((e for e in self.hits.entries if e.status == PENDING), key=lambda e: -e.score)
         self.hits.entries = decided + pending
         self.hits.reranked += 1
         self.changed.emit(Change("hits", frozenset(e.image for e in self.hits.entries)))
+
+    def record_query(self, category: str, positives, negatives=()) -> str:
+        """Remember where a search came from (not an edit: kept even when its hits are undone)."""
+        query = self.store.add_query(category, positives, negatives)
+        self._set_saved(False)
+        self._autosave.start()
+        return query.id
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self) -> bool:
@@ -246,6 +258,17 @@ class Document(QObject):
             return False
         self._set_saved(True)
         return True
+
+    def adopt_import(self, added: list[Annotation], known_categories: set[str]) -> None:
+        """Make annotations the store gained outside the document (a COCO import) one undo step."""
+        if not added:
+            return
+        for ann in added:
+            self.store.remove(ann.id)
+        for category in self.store.categories:
+            if category.name not in known_categories and not self.store.list(category=category.name):
+                self.store.remove_category(category.name)
+        self.undo_stack.push(commands.AddAnnotations(self, added, f"Import {len(added)} labels"))
 
     def reload(self, store: AnnotationStore) -> None:
         """Replace everything (e.g. after importing COCO); the undo history no longer applies."""

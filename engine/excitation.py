@@ -45,7 +45,13 @@ class PositiveLinear:
             return cls(ones, layer.stride, (layer.padding,) * 4, c)
         raise TypeError(type(layer).__name__)
 
+    @property
+    def pointwise(self) -> bool:
+        return self.weight.shape[-2:] == (1, 1) and self.stride == 1 and self.groups == 1 and not any(self.pads)
+
     def conv(self, x: Tensor) -> Tensor:
+        if self.pointwise:
+            return _pointwise(x, self.weight[:, :, 0, 0].to(x.dtype))
         left, right, top, bottom = self.pads
         w = self.weight.to(x.dtype)
         if left == right and top == bottom:
@@ -54,6 +60,8 @@ class PositiveLinear:
 
     def conv_t(self, s: Tensor, in_shape) -> Tensor:
         """The transposed conv of `s` back to an input of spatial size in_shape[-2:]."""
+        if self.pointwise:
+            return _pointwise(s, self.weight[:, :, 0, 0].t().to(s.dtype))
         left, right, top, bottom = self.pads
         h, w = in_shape[-2:]
         weight = self.weight.to(s.dtype)
@@ -70,6 +78,16 @@ class PositiveLinear:
         if symmetric:
             return out
         return out[..., top:top + in_shape[-2], left:left + in_shape[-1]]
+
+
+def _pointwise(x: Tensor, matrix: Tensor) -> Tensor:
+    """A 1x1 conv as one matrix product ([out, in] matrix). CPU convolutions of batches larger
+    than one are far slower than this GEMM; a channels-last input is used in place."""
+    n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        rows = x.permute(0, 2, 3, 1).reshape(-1, c)
+        return (rows @ matrix.t()).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+    return torch.matmul(matrix, x.reshape(n, c, h * w)).reshape(n, -1, h, w)
 
 
 def _inverse(z: Tensor, eps: float) -> Tensor:

@@ -135,13 +135,21 @@ class Extractor:
     def extract(self, image) -> ImageRegions:
         prep = self.prepare(image)
         with torch.inference_mode(self.mode != "official"):
-            boxes, ellipses, scores, feature, n_seeds = self._regions(prep.pixels)
-            descs = self._pool(feature, boxes)
+            geo = self._seed_geometry(prep.pixels)
+            keep = self._select(geo)
+            descs = self._pool(geo.feature, geo.boxes[keep])
         regions = [
             Region(prep.box_to_original(b), prep.ellipse_to_original(e), float(s), d)
-            for b, e, s, d in zip(boxes.tolist(), ellipses.tolist(), scores.tolist(), descs)
+            for b, e, s, d in zip(geo.boxes[keep].tolist(), geo.ellipses[keep].tolist(),
+                                  geo.scores[keep].tolist(), descs)
         ]
-        return ImageRegions(prep.width, prep.height, regions, seeds=n_seeds)
+        return ImageRegions(prep.width, prep.height, regions, seeds=geo.n_seeds)
+
+    def seed_geometry(self, image) -> "SeedGeometry":
+        """Every seed's ellipse and clipped box before NMS, in network-input pixels (benchmarks)."""
+        prep = self.prepare(image)
+        with torch.inference_mode(self.mode != "official"):
+            return self._seed_geometry(prep.pixels)
 
     def describe_box(self, image, box: Box) -> np.ndarray:
         """Query descriptor: the descriptor layer of the whole image pooled over `box` (original px)."""
@@ -174,62 +182,69 @@ class Extractor:
     def _seeds(self, xbar: Tensor) -> tuple[Tensor, Tensor]:
         return seeds_dasr_star(xbar) if self.method == "dasr*" else seeds_dasr(xbar)
 
-    def _regions(self, pixels: Tensor):
-        """(boxes xyxy, ellipses, scores, descriptor feature [C,h,w], seeds) in network-input px."""
+    def _select(self, geo: "SeedGeometry") -> Tensor:
+        """Indices of the regions kept, best score first (NMS for DASR*)."""
         if self.mode == "official":
-            return self._regions_official(pixels)
+            return nms_plus_one(geo.boxes, geo.scores, self.nms_beta)
+        if self.method == "dasr*":
+            return nms(geo.boxes, geo.scores, self.nms_beta)
+        return torch.argsort(geo.scores, descending=True)
+
+    def _seed_geometry(self, pixels: Tensor) -> "SeedGeometry":
         bb = self.backbone
-        fw = bb.forward(pixels, trace=True)
+        official = self.mode == "official"
+        with torch.inference_mode():
+            fw = bb.forward(pixels, trace=not official)
         act, feature = fw.features[bb.activation_layer], fw.features[bb.descriptor_layer][0]
-        ij, scores = self._seeds(act.mean(dim=1)[0])
+        xbar = act.mean(dim=1)[0]
+        if official:
+            ij, scores = seeds_dasr(xbar, exclude_border=True)
+            if self.method == "dasr":
+                strong = scores >= xbar.mean()
+                ij, scores = ij[strong], scores[strong]
+        else:
+            ij, scores = self._seeds(xbar)
         height, width = fw.input_size
-        if ij.shape[0] == 0:
-            empty = pixels.new_zeros((0, 4))
-            return empty, pixels.new_zeros((0, 5)), pixels.new_zeros(0), feature, 0
+        n_seeds = int(ij.shape[0])
+        if n_seeds == 0:
+            return SeedGeometry(ij, scores, pixels.new_zeros((0, 5)), pixels.new_zeros((0, 4)), feature, 0)
         if self.mode == "fast":
             ellipses, boxes, alive = moments.seed_ellipses(
                 fw.trace, fw.input_size, act, ij, moments.BOX_SCALE[bb.name])
         else:
-            top = seed_tensor(act, ij)
-            if self.mode == "reference":
-                maps = reference_maps(fw.trace, top)
+            if official:
+                maps = official_maps(bb, pixels, ij)
+                # support = pixels above each map's 95th percentile; a 0/1 map keeps exactly it
+                cut = torch.quantile(maps.flatten(1), OFFICIAL_PERCENTILE, dim=1).view(-1, 1, 1)
+                maps = ((maps > cut) & (maps > 0)).float()
+                tau = 0.5
             else:
-                exc = Excitation(fw.trace, fw.input_size, transpose_dtype=self.transpose_dtype,
-                                 channels_last=self.channels_last)
-                maps = exc.backward(top, budget_bytes=self.memory_budget)
-            ellipses, boxes = ellipses_from_maps(maps, self.tau)
-            alive = maps.flatten(1).amax(1) > 0
-        n_seeds = int(ij.shape[0])
-        ellipses, boxes, scores = ellipses[alive], boxes[alive], scores[alive]
-        boxes = clip_boxes(boxes, width, height, bb.descriptor_stride)
-        order = torch.argsort(scores, descending=True)
-        if self.method == "dasr*":
-            order = nms(boxes, scores, self.nms_beta)
-        return boxes[order], ellipses[order], scores[order], feature, n_seeds
+                top = seed_tensor(act, ij)
+                if self.mode == "reference":
+                    maps = reference_maps(fw.trace, top)
+                else:
+                    exc = Excitation(fw.trace, fw.input_size, transpose_dtype=self.transpose_dtype,
+                                     channels_last=self.channels_last)
+                    maps = exc.backward(top, budget_bytes=self.memory_budget)
+                tau = self.tau
+            with torch.inference_mode():
+                ellipses, boxes = ellipses_from_maps(maps, tau)
+                alive = maps.flatten(1).amax(1) > 0
+        with torch.inference_mode():
+            boxes = clip_boxes(boxes[alive], width, height, bb.descriptor_stride)
+            return SeedGeometry(ij[alive], scores[alive], ellipses[alive], boxes, feature, n_seeds)
 
-    def _regions_official(self, pixels: Tensor):
-        bb = self.backbone
-        with torch.inference_mode():
-            fw = bb.forward(pixels)
-        act, feature = fw.features[bb.activation_layer], fw.features[bb.descriptor_layer][0]
-        xbar = act.mean(dim=1)[0]
-        ij, scores = seeds_dasr(xbar, exclude_border=True)
-        if self.method == "dasr":
-            strong = scores >= xbar.mean()
-            ij, scores = ij[strong], scores[strong]
-        height, width = pixels.shape[-2:]
-        if ij.shape[0] == 0:
-            empty = pixels.new_zeros((0, 4))
-            return empty, pixels.new_zeros((0, 5)), pixels.new_zeros(0), feature, 0
-        maps = official_maps(bb, pixels, ij)
-        # support = pixels above each map's 95th percentile; a 0/1 map keeps exactly that support
-        cut = torch.quantile(maps.flatten(1), OFFICIAL_PERCENTILE, dim=1).view(-1, 1, 1)
-        support = ((maps > cut) & (maps > 0)).float()
-        with torch.inference_mode():
-            ellipses, boxes = ellipses_from_maps(support, 0.5)
-            boxes = clip_boxes(boxes, width, height, bb.descriptor_stride)
-            order = nms_plus_one(boxes, scores, self.nms_beta)
-        return boxes[order], ellipses[order], scores[order], feature.detach(), int(ij.shape[0])
+
+@dataclass
+class SeedGeometry:
+    """Per-seed results before NMS, in network-input pixels."""
+
+    ij: Tensor  # [K, 2] activation-map cells of the seeds that produced a map
+    scores: Tensor  # [K] Xbar at the seed
+    ellipses: Tensor  # [K, 5]
+    boxes: Tensor  # [K, 4] xyxy, clipped, at least one descriptor cell per side
+    feature: Tensor  # descriptor layer [C, h, w]
+    n_seeds: int  # seeds back-propagated (including any whose map came out empty)
 
 
 def nms_plus_one(boxes: Tensor, scores: Tensor, beta: float) -> Tensor:

@@ -138,6 +138,8 @@ class _open_file:
             raise ImageError("permission denied") from None
         except OSError as exc:
             raise ImageError(f"cannot read the file: {exc.strerror or exc}") from None
+        except ValueError:  # NUL byte, or a lone surrogate that names no file on this system
+            raise ImageError("not a valid file name on this system") from None
         if size == 0:
             self._fp.close()
             raise ImageError("empty file (0 bytes)")

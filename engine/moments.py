@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .backbones import Trace
-from .excitation import Excitation, stop_index
+from .excitation import EPS, PositiveLinear, record_stride, stop_index
 from .regions import ellipse_from_moments
 
 # Support spread / mass-weighted spread, per backbone; calibrated with benchmarks/extract_speed.py.
@@ -37,36 +37,51 @@ def _fields(channels: int, h: int, w: int, stride: int, input_size, device) -> t
     return fields[:, None].expand(6, channels, h, w), half, 0.5 * width, 0.5 * height
 
 
-def upward(exc: Excitation, w: Tensor, first: int) -> Tensor:
-    """Carry fields [M, C, h, w] defined on record `first`'s input up to the activation layer."""
+def upward(trace: Trace, fields: Tensor, first: int, eps: float = EPS, channels_last: bool = False) -> Tensor:
+    """Carry fields [M, C, h, w], defined on record `first`'s input, up to the activation layer.
+
+    Each layer's Z is computed in the same conv call as the fields' numerators (batch row 0),
+    so no separate Z pass is needed.
+    """
+
+    def layout(t: Tensor) -> Tensor:
+        return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+    def both(view: PositiveLinear, a: Tensor, w: Tensor) -> Tensor:
+        return view.conv(layout(torch.cat([a, a * w])))
+
+    w = layout(fields)
     stack: list[Tensor] = []
-    for i in range(first, len(exc.records)):
-        rec, view = exc.records[i], exc.views[i]
+    for rec in trace.records[first:]:
+        a = None if rec.a is None else layout(rec.a)
         if rec.kind in ("conv", "pool"):
-            w = view.conv(rec.a * w) * exc.inv_z[i]
+            out = both(PositiveLinear.of(rec.layer, a), a, w)
         elif rec.kind == "res_begin":
             stack.append(w)
+            continue
         else:  # res_end: body share plus shortcut share, over the combined Z
-            w_skip = stack.pop()
-            skip_view = exc.skip_views[i]
-            skip = rec.skip_input * w_skip
-            if skip_view is not None:
-                skip = skip_view.conv(skip)
-            w = (view.conv(rec.a * w) + skip) * exc.inv_z[i]
+            w_skip, x = stack.pop(), layout(rec.skip_input)
+            out = both(PositiveLinear.of(rec.layer.body[-1], a), a, w)
+            if rec.layer.shortcut:
+                out = out + both(PositiveLinear.of(rec.layer.shortcut[0], x), x, w_skip)
+            else:
+                out = out + torch.cat([x, x * w_skip])
+        z, num = out[:1], out[1:]
+        w = num * torch.where(z > eps, 1.0 / z.clamp(min=eps), torch.zeros_like(z))
     return w
 
 
 def seed_moments(trace: Trace, input_size, activation: Tensor, seeds_ij: Tensor,
-                 start_stride: int = DEFAULT_START_STRIDE) -> tuple[Tensor, Tensor, Tensor]:
+                 start_stride: int = DEFAULT_START_STRIDE, channels_last: bool = False
+                 ) -> tuple[Tensor, Tensor, Tensor]:
     """(mass [K], centre [K, 2] (x, y), covariance [K, 2, 2]) of every seed's map, in input px."""
     first = stop_index(trace, input_size, start_stride)
-    exc = Excitation(trace, input_size, first=first)
     rec = trace.records[first]
     a = rec.a if rec.a is not None else rec.skip_input
     c, h, w = a.shape[1:]
-    stride = exc.record_stride(first)
+    stride = record_stride(trace.records, input_size, first)
     fields, half, cx0, cy0 = _fields(c, h, w, stride, input_size, a.device)
-    top = upward(exc, fields, first)  # [6, C, h', w']
+    top = upward(trace, fields, first, channels_last=channels_last)  # [6, C, h', w']
     x = activation[0]
     i, j = seeds_ij[:, 0].to(x.device), seeds_ij[:, 1].to(x.device)
     m = torch.einsum("ck,mck->km", x[:, i, j], top[:, :, i, j])  # [K, 6]
@@ -83,9 +98,10 @@ def seed_moments(trace: Trace, input_size, activation: Tensor, seeds_ij: Tensor,
 
 
 def seed_ellipses(trace: Trace, input_size, activation: Tensor, seeds_ij: Tensor, box_scale: float,
-                  start_stride: int = DEFAULT_START_STRIDE) -> tuple[Tensor, Tensor, Tensor]:
+                  start_stride: int = DEFAULT_START_STRIDE, channels_last: bool = False
+                  ) -> tuple[Tensor, Tensor, Tensor]:
     """(ellipses [K, 5], boxes [K, 4] xyxy, has_mass [K]) approximating the exact rule's support
     geometry: mass-weighted moments with the spread scaled by `box_scale`."""
-    mass, centre, cov = seed_moments(trace, input_size, activation, seeds_ij, start_stride)
+    mass, centre, cov = seed_moments(trace, input_size, activation, seeds_ij, start_stride, channels_last)
     ellipses, boxes = ellipse_from_moments(centre, cov * box_scale**2)
     return ellipses, boxes, mass > 0

@@ -86,9 +86,16 @@ def atomic_write_text(path: str | os.PathLike, text: str, backup: bool = True) -
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, backup: bool = True) -> None:
     """Write `obj` as UTF-8 JSON atomically. Non-JSON values (NaN, sets, ...) raise ValueError /
-    TypeError before anything on disk changes."""
+    TypeError before anything on disk changes. Strings may hold surrogate escapes (non-UTF-8
+    file names); they are written as \\u escapes and read back identical."""
     text = json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False)
-    atomic_write_text(path, text + "\n", backup=backup)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates: names of files whose bytes are not UTF-8 (os.fsdecode's escapes).
+        # \u escapes keep them exact through json.loads, so such files stay addressable.
+        data = json.dumps(obj, indent=1, ensure_ascii=True, allow_nan=False).encode("ascii")
+    atomic_write_bytes(path, data + b"\n", backup=backup)
 
 
 def read_json(path: str | os.PathLike, *, fallback_to_backup: bool = True, expect: type | None = None) -> Any:

@@ -152,13 +152,30 @@ def test_overlap_with_existing_label_is_reported(doc):
     assert doc.overlapping_annotation(second) is None  # its own annotation does not count
 
 
-def test_rerank_keeps_decided_hits_first(doc):
+def test_rerank_keeps_decided_hits_first_and_adjusted_boxes(doc):
     doc.set_hits(HitSession.from_hits(_hits(0.9, 0.8, 0.7, 0.6), "cup"))
     keys = [e.key for e in doc.hits.entries]
     doc.decide_hits([keys[1]], REJECTED)
-    doc.rerank_hits({keys[0]: 0.1, keys[2]: 0.2, keys[3]: 0.95})
+    doc.set_hit_box(keys[2], Box(1, 1, 5, 5))
+    moved = Hit("img0.jpg", 0.1, Box(50, 50, 10, 10), Ellipse(55, 55, 5, 5, 0.0))
+    doc.rerank_hits({keys[0]: moved, keys[2]: _hits(0.2)[0], keys[3]: _hits(0.95)[0]})
     assert [e.key for e in doc.hits.entries] == [keys[1], keys[3], keys[2], keys[0]]
+    assert doc.hits.entry(keys[0]).box == Box(50, 50, 10, 10)  # follows its new best region
+    assert doc.hits.entry(keys[2]).box == Box(1, 1, 5, 5)  # the user's adjustment stays
+    assert doc.hits.entry(keys[0]).score == pytest.approx(0.1)
     assert doc.hits.reranked == 1
+
+
+def test_import_becomes_one_undo_step(doc):
+    doc.add_category("cup")
+    imported = [doc.store.add("a.jpg", "cup", Box(0, 0, 4, 4), source="import"),
+                doc.store.add("b.jpg", "plate", Box(1, 1, 4, 4), source="import")]
+    doc.adopt_import(imported, {"cup"})
+    assert len(doc.annotations()) == 2 and doc.has_category("plate")
+    doc.undo_stack.undo()
+    assert doc.annotations() == [] and not doc.has_category("plate") and doc.has_category("cup")
+    doc.undo_stack.redo()
+    assert {a.id for a in doc.annotations()} == {a.id for a in imported}
 
 
 def test_autosave_writes_the_store(doc, qtbot):

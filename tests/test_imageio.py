@@ -257,3 +257,10 @@ def test_damaged_files_never_raise_anything_but_image_error(tmp_path, fmt, cut, 
         assert error.reason
     else:
         assert image.rgb.dtype == np.uint8 and image.rgb.shape[2] == 3 and max(image.rgb.shape[:2]) <= 64
+
+
+@pytest.mark.parametrize("bad_name", ["nul\x00byte.jpg", "lone\ud800surrogate.jpg"])
+def test_impossible_file_names_are_image_errors(tmp_path, bad_name):
+    for read in (load_image, image_size):
+        with pytest.raises(ImageError, match="not a valid file name"):
+            read(str(tmp_path / bad_name))

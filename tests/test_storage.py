@@ -288,3 +288,11 @@ def test_read_json_reads_plain_json_written_by_others(tmp_path):
     path = tmp_path / "foreign.json"
     path.write_text(json.dumps({"a": [1, 2.5, None, True]}))
     assert read_json(path, expect=dict) == {"a": [1, 2.5, None, True]}
+
+
+def test_json_with_non_utf8_file_names_round_trips(tmp_path):
+    name = os.fsdecode(b"caf\xe9.jpg")  # how os.walk names a Latin-1 file on a UTF-8 system
+    path = tmp_path / "labels.json"
+    atomic_write_json(path, {"image": name, "label": "tasse ☕"})
+    assert read_json(path) == {"image": name, "label": "tasse ☕"}
+    assert os.fsencode(read_json(path)["image"]) == b"caf\xe9.jpg"

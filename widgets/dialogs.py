@@ -36,9 +36,13 @@ class ShortcutSheet(QDialog):
         table.verticalHeader().setVisible(False)
         table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         table.setSelectionMode(QAbstractItemView.NoSelection)
+        previous = None
         for r, (group, text, keys) in enumerate(rows):
-            for c, value in enumerate((group, text, keys)):
+            shown_group = group if group != previous else ""  # name each group once
+            previous = group
+            for c, value in enumerate((shown_group, text, keys)):
                 table.setItem(r, c, QTableWidgetItem(value))
+        table.verticalHeader().setDefaultSectionSize(24)
         table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         table.horizontalHeader().setStretchLastSection(True)
         hint = QLabel("Mouse: drag on the photo to draw a box · drag a box or its handles to adjust it · "
@@ -51,7 +55,7 @@ class ShortcutSheet(QDialog):
         layout.addWidget(hint)
         layout.addWidget(buttons)
         self.table = table
-        self.resize(560, 620)
+        self.resize(580, min(900, 24 * len(rows) + 150))
 
 
 class SettingsDialog(QDialog):

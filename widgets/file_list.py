@@ -35,10 +35,10 @@ class ImageState:
     def status_text(self) -> str:
         if self.problem:
             return f"unreadable: {self.problem}"
-        parts = [f"{self.labels} label{'s' if self.labels != 1 else ''}" if self.labels else UNLABELLED]
+        parts = [f"{self.labels} label{'s' if self.labels != 1 else ''}"] if self.labels else []
         if self.pending:
             parts.append(f"{self.pending} hit{'s' if self.pending != 1 else ''} pending")
-        return " · ".join(parts)
+        return " · ".join(parts) or UNLABELLED
 
 
 class FileListModel(QAbstractListModel):
@@ -97,7 +97,7 @@ class FileListModel(QAbstractListModel):
             return None
         state = self._states[index.row()]
         if role == Qt.DisplayRole:
-            return state.path.rsplit("/", 1)[-1]
+            return state.path
         if role == PathRole:
             return state.path
         if role == StatusRole:
@@ -135,7 +135,8 @@ class FileDelegate(QStyledItemDelegate):
         name_rect = QRect(text_left, rect.top() + 4, rect.right() - text_left, 20)
         selected = bool(option.state & QStyle.State_Selected)
         painter.setPen(option.palette.highlightedText().color() if selected else option.palette.text().color())
-        painter.drawText(name_rect, Qt.AlignLeft | Qt.AlignVCenter, index.data(Qt.DisplayRole))
+        name = painter.fontMetrics().elidedText(index.data(Qt.DisplayRole), Qt.ElideLeft, name_rect.width())
+        painter.drawText(name_rect, Qt.AlignLeft | Qt.AlignVCenter, name)
         status = index.data(StatusRole)
         color = QColor(STATUS_COLORS.get(status, "#8a8a8a"))
         dot = QRect(text_left, name_rect.bottom() + 9, 8, 8)

@@ -217,8 +217,10 @@ class AnnotationTable(QTableView):
         self.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.setEditTriggers(QAbstractItemView.DoubleClicked | QAbstractItemView.EditKeyPressed)
         self.verticalHeader().setVisible(False)
-        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.horizontalHeader().setStretchLastSection(True)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.Stretch)  # the box column takes the slack
+        header.setStretchLastSection(False)
         self.selectionModel().selectionChanged.connect(lambda *_: self.selectedIdsChanged.emit(self.selected_ids()))
 
     def set_annotations(self, annotations: list[Annotation], colors: dict[str, str]) -> None:

@@ -83,6 +83,21 @@ class BoxStyle:
     filled: bool = False  # a light fill marks the selected hit
 
 
+class Caption(QGraphicsSimpleTextItem):
+    """A box's label: screen-sized text on a dark plate, readable on any photo."""
+
+    def __init__(self, parent: QGraphicsItem):
+        super().__init__(parent)
+        self.setFlag(QGraphicsItem.ItemIgnoresTransformations, True)
+
+    def boundingRect(self) -> QRectF:
+        return super().boundingRect().adjusted(-3, -1, 3, 1)
+
+    def paint(self, painter, option, widget=None) -> None:
+        painter.fillRect(self.boundingRect(), QColor(0, 0, 0, 170))
+        super().paint(painter, option, widget)
+
+
 class BoxItem(QGraphicsItem):
     """A box with a caption; handles show while it is selected. The canvas does the mouse work."""
 
@@ -90,8 +105,7 @@ class BoxItem(QGraphicsItem):
         super().__init__()
         self.key, self.box, self.style, self.editable = key, box, style, editable
         self.selected = False
-        self._caption = QGraphicsSimpleTextItem(self)
-        self._caption.setFlag(QGraphicsItem.ItemIgnoresTransformations, True)
+        self._caption = Caption(self)
         self.set_style(style)
 
     def set_box(self, box: Box) -> None:
@@ -116,7 +130,7 @@ class BoxItem(QGraphicsItem):
             self.update()
 
     def _place_caption(self) -> None:
-        self._caption.setPos(self.box.x, self.box.y)  # inside the top-left corner, screen-sized
+        self._caption.setPos(self.box.x, self.box.y)  # inside the top-left corner
 
     def _view_scale(self) -> float:
         views = self.scene().views() if self.scene() else []

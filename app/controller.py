@@ -1,0 +1,395 @@
+"""The controller: owns the one engine thread and everything that runs on it.
+
+The model, the faiss index and the project's region store are not thread-safe, so every engine
+call is a `Task` queued on one thread (see workers.py): indexing, searching and re-ranking never
+overlap. Widgets never call the engine; they call the controller and listen to its signals.
+
+Indexing runs in the background as soon as a folder opens. A search asked for meanwhile pauses
+it: the images indexed so far are committed and indexed (see `_PausingExtractor`), the search runs
+over them, and indexing resumes behind it, so the latest request wins and nothing waits long.
+Engine modules are imported on the engine thread, so the window appears before torch has loaded.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PySide6.QtCore import QObject, QThread, Signal
+
+from dasr_annotator.app.settings import Preferences
+from dasr_annotator.app.workers import EngineWorker, ImageLoader, Task
+from dasr_annotator.engine.imageio import ImageError
+from dasr_annotator.engine.types import Box, Cancelled, Ellipse, Hit
+
+log = logging.getLogger(__name__)
+
+PAUSED_REASON = "indexing paused for a search; indexed when it resumes"
+MAX_EXAMPLES = 32  # positives of one "find more like these" query (each costs a forward pass)
+
+
+@dataclass
+class SearchRequest:
+    category: str
+    positives: list[tuple[str, Box]]  # (image, box) examples of the instance
+    negatives: list[tuple[str, Box]] = field(default_factory=list)
+    exclude_image: str | None = None
+    top_k: int = 100
+
+
+@dataclass
+class SearchOutcome:
+    request: SearchRequest
+    hits: list[Hit]
+    query: np.ndarray  # the positives in the index's space, kept for re-ranking
+    searched_images: int  # images in the index when it ran
+    total_images: int  # images in the folder
+
+
+@dataclass
+class RerankRequest:
+    query: np.ndarray  # positives in the index's space
+    accepted: list[tuple[str, Box]]  # hits taken as more positives
+    rejected: list[tuple[str, Box]]  # hits taken as negatives
+    candidates: dict[int, str]  # hit key -> image, the hits still to decide
+
+
+class _PausingExtractor:
+    """The extractor, until `paused()` turns true; then it refuses the remaining images, so
+    `Project.update_index` commits and indexes what is done and returns (the refused images are
+    extracted by the next run)."""
+
+    def __init__(self, extractor, paused: Callable[[], bool]):
+        self._extractor, self._paused = extractor, paused
+
+    def extract(self, image):
+        if self._paused():
+            raise ImageError(PAUSED_REASON)
+        return self._extractor.extract(image)
+
+    def __getattr__(self, name):
+        return getattr(self._extractor, name)
+
+
+class Controller(QObject):
+    projectOpened = Signal(object, list)  # Project, image paths
+    deviceReady = Signal(str)  # human-readable device name
+    indexingStarted = Signal()
+    indexingProgress = Signal(int, int, float)  # done, total, seconds left (-1: not known yet)
+    indexingFinished = Signal(object)  # IndexReport
+    indexingStopped = Signal(str)  # why it stopped before the end ("cancelled", "paused")
+    incompatibleIndex = Signal(str)  # the folder's index was made with other settings
+    searchStarted = Signal(str)  # what is searched
+    searchFinished = Signal(object)  # SearchOutcome
+    rerankFinished = Signal(object)  # {hit key: Hit} with new scores
+    failed = Signal(str, str)  # what failed, a message for the user
+    _submit = Signal(object)
+
+    def __init__(self, prefs: Preferences, parent: QObject | None = None):
+        super().__init__(parent)
+        self.prefs = prefs
+        self.project = None
+        self.images: list[str] = []
+        self.extractor_args: dict = {}
+        self.images_loader = ImageLoader(self)
+        self._thread = QThread(self)
+        self._thread.setObjectName("dasr-engine")
+        self._worker = EngineWorker()
+        self._worker.moveToThread(self._thread)
+        self._submit.connect(self._worker.run)
+        self._worker.progress.connect(self._on_progress)
+        self._worker.finished.connect(self._on_finished)
+        self._worker.failed.connect(self._on_failed)
+        self._worker.cancelled.connect(self._on_cancelled)
+        self._thread.finished.connect(self._worker.deleteLater)
+        self._thread.start()
+        self._tasks: dict[int, tuple[Task, dict]] = {}
+        self._index_task: Task | None = None
+        self._search_task: Task | None = None
+        self._pause = threading.Event()
+        self._eta_start: tuple[float, int] | None = None
+        # Touched on the engine thread only:
+        self._extractor = None
+        self._extractor_key = None
+        self._searcher = None
+
+    # ---- task plumbing -----------------------------------------------------------------------
+    def _run(self, kind: str, fn, **handlers) -> Task:
+        task = Task(kind, fn)
+        self._tasks[task.id] = (task, handlers)
+        self._submit.emit(task)
+        return task
+
+    def _handler(self, task_id: int, name: str):
+        task, handlers = self._tasks.get(task_id, (None, {}))
+        return handlers.get(name)
+
+    def _on_progress(self, task_id: int, done: int, total: int) -> None:
+        handler = self._handler(task_id, "progress")
+        if handler:
+            handler(done, total)
+
+    def _on_finished(self, task_id: int, result) -> None:
+        handler = self._handler(task_id, "finished")
+        self._tasks.pop(task_id, None)
+        if handler:
+            handler(result)
+
+    def _on_failed(self, task_id: int, message: str) -> None:
+        task, handlers = self._tasks.pop(task_id, (None, {}))
+        if "failed" in handlers:
+            handlers["failed"](message)
+        elif task is not None:
+            self.failed.emit(task.kind, message)
+
+    def _on_cancelled(self, task_id: int) -> None:
+        handler = self._handler(task_id, "cancelled")
+        self._tasks.pop(task_id, None)
+        if handler:
+            handler()
+
+    @property
+    def is_indexing(self) -> bool:
+        return self._index_task is not None
+
+    @property
+    def is_searching(self) -> bool:
+        return self._search_task is not None
+
+    # ---- opening -----------------------------------------------------------------------------
+    def open_folder(self, photos: Path) -> None:
+        """Open `photos` (on the engine thread); `projectOpened` follows, then indexing starts."""
+        self.cancel_all()
+
+        def open_project(progress, cancel):  # noqa: ARG001 - task signature
+            from dasr_annotator.engine.project import Project
+
+            project = Project.open(photos)
+            return project, project.scan(), project.manifest()
+
+        self._run("Opening the folder", open_project, finished=self._opened)
+
+    def _opened(self, result) -> None:
+        self.project, self.images, manifest = result
+        self.extractor_args = self._wanted_extractor_args(manifest)
+        self.projectOpened.emit(self.project, list(self.images))
+        self.start_indexing()
+
+    def _wanted_extractor_args(self, manifest: dict | None) -> dict:
+        """A folder indexed before keeps its settings (as the CLI does); a new one uses the
+        preferences. Changing them later is an explicit rebuild (`apply_preferences`)."""
+        if manifest is not None and manifest.get("extractor"):
+            stored = manifest["extractor"]
+            return {"backbone": stored["backbone"], "method": stored["method"], "mode": stored["mode"],
+                    "max_side": stored["max_side"], "tau": stored["tau"], "nms_beta": stored["nms_beta"],
+                    "descriptor_layer": stored["descriptor_layer"], "weights": manifest.get("weights")}
+        return {"backbone": self.prefs.backbone, "mode": self.prefs.mode, "max_side": self.prefs.max_side}
+
+    # ---- engine state (engine thread) --------------------------------------------------------
+    def _engine_extractor(self, args: dict, device: str):
+        key = (tuple(sorted(args.items())), device)
+        if self._extractor is None or key != self._extractor_key:
+            from dasr_annotator.engine.extractor import Extractor
+
+            if device == "cuda":
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise RuntimeError("No CUDA GPU is available here. Choose 'auto' or 'cpu' as the device in Settings.")
+                device = "cuda:0"
+            self._extractor, self._extractor_key, self._searcher = Extractor(device=device, **args), key, None
+            self.deviceReady.emit(self._extractor.device_name)
+        return self._extractor
+
+    def _engine_searcher(self, args: dict, device: str):
+        extractor = self._engine_extractor(args, device)
+        if self._searcher is None:
+            self._searcher = self.project.searcher(extractor)
+        return self._searcher
+
+    # ---- indexing ----------------------------------------------------------------------------
+    def start_indexing(self, rebuild: bool = False) -> None:
+        if self.project is None or self._index_task is not None:
+            return
+        project, args, device, pause = self.project, dict(self.extractor_args), self.prefs.device, self._pause
+        pause.clear()
+
+        def index(progress, cancel):
+            from dasr_annotator.engine.project import IncompatibleIndex
+
+            extractor = self._engine_extractor(args, device)
+            self._searcher = None  # the index is about to change
+            try:
+                report = project.update_index(_PausingExtractor(extractor, pause.is_set), progress, cancel,
+                                              rebuild=rebuild, weights=args.get("weights"))
+            except IncompatibleIndex as exc:
+                return "incompatible", exc.message, []
+            report.skipped = [s for s in report.skipped if s["reason"] != PAUSED_REASON]
+            return ("paused" if pause.is_set() else "done"), report, project.scan()
+
+        self._eta_start = None
+        self._index_task = self._run("Indexing", index, progress=self._index_progress, finished=self._indexed,
+                                     failed=self._index_failed, cancelled=self._index_cancelled)
+        self.indexingStarted.emit()
+
+    def _index_progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self._eta_start is None or done < self._eta_start[1]:
+            self._eta_start = (now, done)
+        start, first = self._eta_start
+        rate = (done - first) / (now - start) if done > first and now > start else 0.0
+        self.indexingProgress.emit(done, total, (total - done) / rate if rate > 0 else -1.0)
+
+    def _indexed(self, result) -> None:
+        self._index_task = None
+        state, report, files = result
+        if state == "incompatible":
+            self.incompatibleIndex.emit(report)
+            return
+        if files:
+            self.images = files
+        if state == "paused":
+            self.indexingStopped.emit("paused")
+            self.start_indexing()  # queued behind the search that paused it
+            return
+        self.indexingFinished.emit(report)
+
+    def _index_failed(self, message: str) -> None:
+        self._index_task = None
+        self.failed.emit("Indexing", message)
+
+    def _index_cancelled(self) -> None:
+        self._index_task = None
+        self.indexingStopped.emit("cancelled")
+
+    def cancel_indexing(self) -> None:
+        if self._index_task is not None:
+            self._index_task.cancel()
+
+    # ---- search ------------------------------------------------------------------------------
+    def search(self, request: SearchRequest) -> None:
+        """Run a search; a search still in flight is cancelled (the latest request wins)."""
+        if self.project is None:
+            return
+        if self._search_task is not None:
+            self._search_task.cancel()
+        if self._index_task is not None:
+            self._pause.set()  # commit what is indexed so far, then search it
+        args, device, total = dict(self.extractor_args), self.prefs.device, len(self.images)
+
+        def run(progress, cancel):
+            searcher = self._engine_searcher(args, device)
+            examples = request.positives[-MAX_EXAMPLES:]
+            pairs = examples + request.negatives
+            descriptors = []
+            for done, (image, box) in enumerate(pairs):
+                if cancel():
+                    raise Cancelled()
+                descriptors.append(searcher.query_descriptor(image, box))
+                progress(done + 1, len(pairs))
+            positives = np.stack(descriptors[:len(examples)])
+            negatives = np.stack(descriptors[len(examples):]) if request.negatives else None
+            hits = searcher.search(positives, request.top_k, negatives=negatives, exclude_image=request.exclude_image)
+            return SearchOutcome(request, hits, searcher.prepare(positives), len(searcher.images), total)
+
+        what = f"{request.category} ({len(request.positives)} example{'s' if len(request.positives) != 1 else ''})"
+        task = self._run("Search", run, finished=self._searched, failed=self._search_failed,
+                         cancelled=lambda: self._search_done(task))
+        self._search_task = task
+        self.searchStarted.emit(what)
+
+    def _searched(self, outcome: SearchOutcome) -> None:
+        self._search_task = None
+        self.searchFinished.emit(outcome)
+
+    def _search_failed(self, message: str) -> None:
+        self._search_task = None
+        if "no index yet" in message:
+            message = "Nothing is indexed yet: wait until the first images are indexed, then search again."
+        self.failed.emit("Search", message)
+
+    def _search_done(self, task: Task) -> None:
+        if self._search_task is task:
+            self._search_task = None
+
+    # ---- relevance feedback ------------------------------------------------------------------
+    def rerank(self, request: RerankRequest) -> None:
+        """Score the undecided hits again with accepted hits as positives and rejected ones as
+        negatives; `rerankFinished` gets each candidate's new best region and score."""
+        if self.project is None or not request.candidates:
+            return
+        args, device = dict(self.extractor_args), self.prefs.device
+
+        def run(progress, cancel):  # noqa: ARG001 - quick, numpy only
+            from dasr_annotator.engine import feedback
+            from dasr_annotator.engine.index import reconstruct
+
+            searcher = self._engine_searcher(args, device)
+            image_id = {name: i for i, name in enumerate(searcher.images)}
+
+            def vectors(pairs):
+                rows = [_region_of(searcher, image_id, image, box) for image, box in pairs]
+                rows = [r for r in rows if r is not None]
+                return reconstruct(searcher.index, np.array(rows)) if rows else np.zeros((0, request.query.shape[1]), np.float32)
+
+            positives = np.concatenate([request.query, vectors(request.accepted)])
+            negatives = vectors(request.rejected)
+            wanted = {image_id[img]: key for key, img in request.candidates.items() if img in image_id}
+            regions = np.flatnonzero(np.isin(searcher.region_image, list(wanted)))
+            if not len(regions):
+                return {}
+            scores = feedback.feedback_scores(positives, negatives, reconstruct(searcher.index, regions))
+            images, best, image_scores = feedback.image_ranking(scores, searcher.region_image[regions])
+            out = {}
+            for img, b, score in zip(images.tolist(), best.tolist(), image_scores.tolist()):
+                r = int(regions[b])
+                cx, cy, a, bb, angle = (float(v) for v in searcher.ellipses[r])
+                out[wanted[img]] = Hit(searcher.images[img], float(score), Box(*map(float, searcher.boxes[r])),
+                                       Ellipse(cx, cy, a, bb, angle))
+            return out
+
+        self._run("Re-ranking", run, finished=self.rerankFinished.emit)
+
+    # ---- settings and shutdown ---------------------------------------------------------------
+    def apply_preferences(self, prefs: Preferences) -> bool:
+        """Take new preferences; True when the index must be rebuilt for them (the caller asks
+        the user and then calls `rebuild_index`)."""
+        self.prefs = prefs
+        wanted = {"backbone": prefs.backbone, "mode": prefs.mode, "max_side": prefs.max_side}
+        current = {k: self.extractor_args.get(k) for k in wanted}
+        return self.project is not None and wanted != current
+
+    def rebuild_index(self) -> None:
+        """Re-index everything with the preferences' extractor settings."""
+        self.extractor_args = {"backbone": self.prefs.backbone, "mode": self.prefs.mode, "max_side": self.prefs.max_side}
+        self.cancel_indexing()
+        self._run("Indexing", lambda progress, cancel: None, finished=lambda _: self.start_indexing(rebuild=True))
+
+    def cancel_all(self) -> None:
+        for task, _ in list(self._tasks.values()):
+            task.cancel()
+
+    def shutdown(self, wait_ms: int = 30_000) -> None:
+        """Cancel everything and stop the engine thread (indexing resumes next time)."""
+        self.cancel_all()
+        self.images_loader.wait(wait_ms)
+        self._thread.quit()
+        if not self._thread.wait(wait_ms):
+            log.warning("the engine thread did not stop within %d ms", wait_ms)
+
+
+def _region_of(searcher, image_id: dict[str, int], image: str, box: Box) -> int | None:
+    """The index row of the region a hit was drawn from (its image's region with that box)."""
+    img = image_id.get(image)
+    if img is None:
+        return None
+    rows = np.flatnonzero(searcher.region_image == img)
+    if not len(rows):
+        return None
+    target = np.array(box.as_list())
+    distance = np.abs(searcher.boxes[rows] - target).sum(1)
+    return int(rows[np.argmin(distance)])

@@ -1,0 +1,311 @@
+"""Query and review: the drawn box becomes a search, the controller's hits become the document's
+hit session, and the user's decisions (keys, buttons) become document edits. Relevance feedback
+re-ranks the undecided hits every few decisions.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject
+from PySide6.QtGui import QKeySequence, QShortcut
+
+from dasr_annotator.app.controller import RerankRequest, SearchOutcome, SearchRequest
+from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
+from dasr_annotator.engine.types import Annotation, Box
+from dasr_annotator.widgets.canvas import DRAFT_STYLE, Overlay
+from dasr_annotator.widgets.overlays import BoxStyle
+from dasr_annotator.widgets.result_grid import HitRow
+
+if TYPE_CHECKING:
+    from dasr_annotator.app.main_window import MainWindow
+
+CROP_SIDE = 160
+PENDING_COLOR = "#f0a020"
+REJECTED_COLOR = "#f85149"
+
+
+class Review(QObject):
+    def __init__(self, window: "MainWindow"):
+        super().__init__(window)
+        self.window = window
+        self.doc: Document | None = None
+        self.draft: Box | None = None  # the box drawn on the current photo, not yet used
+        self.outcome: SearchOutcome | None = None
+        self.decisions = 0  # since the last re-ranking
+        self._rerank_session: HitSession | None = None
+        w, a = window, window.action
+        self._enter = [QShortcut(QKeySequence(k), w, activated=self.enter) for k in ("Return", "Enter")]
+        a["find_similar"].triggered.connect(self.find_similar)
+        a["find_more"].triggered.connect(self.find_more)
+        a["label_box"].triggered.connect(self.label_draft)
+        a["accept"].triggered.connect(lambda: self.decide(ACCEPTED))
+        a["reject"].triggered.connect(lambda: self.decide(REJECTED))
+        a["next_hit"].triggered.connect(lambda: w.results.move(1))
+        a["prev_hit"].triggered.connect(lambda: w.results.move(-1))
+        a["accept_above"].triggered.connect(self.accept_above)
+        a["rerank"].triggered.connect(lambda: self.rerank(automatic=False))
+        w.canvas.boxDrawn.connect(self._box_drawn)
+        w.canvas.boxEdited.connect(self._box_edited)
+        w.results.currentChanged.connect(self._hit_selected)
+        w.results.hideLabelledChanged.connect(lambda _: self.refresh_results())
+        w.results.model.cropWanted.connect(self._crop_wanted)
+        w.controller.searchStarted.connect(lambda what: w.statusBar().showMessage(f"Searching for {what}…"))
+        w.controller.searchFinished.connect(self._search_finished)
+        w.controller.rerankFinished.connect(self._reranked)
+
+    def attach(self, doc: Document | None) -> None:
+        self.doc, self.draft, self.outcome, self.decisions = doc, None, None, 0
+        self.window.results.model.clear_crops()
+
+    # ---- the drawn box -----------------------------------------------------------------------
+    def clear_draft(self) -> None:
+        self.draft = None
+
+    def _box_drawn(self, box: Box) -> None:
+        self.draft = box
+        self.window.refresh_image_views()
+        self.window.canvas.select(["draft"])
+        self.window.statusBar().showMessage("Enter: find similar · Ctrl+Enter: label it without searching", 6000)
+
+    def _box_edited(self, key: str, box: Box, drag_id) -> None:
+        if key == "draft":
+            self.draft = box
+        elif key.startswith("ann:"):
+            self.window._edit(lambda d: d.set_annotation_box(key[4:], box, drag_id))
+        elif key.startswith("hit:"):
+            self.window._edit(lambda d: d.set_hit_box(int(key[4:]), box, drag_id))
+
+    def _category_or_ask(self) -> str | None:
+        category = self.window.category()
+        if not category:
+            self.window.show_error("Which category?", "Type a category name in the toolbar (or press 1–9) first.")
+            self.window.category_box.setFocus()
+        return category or None
+
+    def label_draft(self) -> str | None:
+        """Add the drawn box as a label of the current category; returns its id."""
+        category = self._category_or_ask() if self.draft is not None else None
+        if category is None or self.doc is None:
+            return None
+        box, self.draft = self.draft, None
+        return self.doc.add_annotation(self.window.current_image, category, box)
+
+    # ---- searching ---------------------------------------------------------------------------
+    def enter(self) -> None:
+        """Enter: search with a drawn box; otherwise accept the current hit."""
+        if self.draft is not None or not self._current_entries():
+            self.find_similar()
+        else:
+            self.decide(ACCEPTED)
+
+    def find_similar(self) -> None:
+        w = self.window
+        if self.doc is None or w.current_image is None:
+            return
+        image = w.current_image
+        if self.draft is not None:
+            box = self.draft
+            if self.label_draft() is None:
+                return
+        else:
+            selected = [k[4:] for k in w.canvas.selected_keys() if k.startswith("ann:")]
+            if not selected:
+                w.show_info("Draw a box around an object first (drag on the photo), or select a label.")
+                return
+            ann = self.doc.annotation(selected[0])
+            box = ann.box
+            w.set_category(ann.category)
+        self._search(SearchRequest(w.category(), [(image, box)], exclude_image=image, top_k=w.prefs.top_k))
+
+    def find_more(self) -> None:
+        """Search with every label of the current category as an example."""
+        category = self._category_or_ask()
+        if category is None or self.doc is None:
+            return
+        examples = [(a.image, a.box) for a in self.doc.annotations() if a.category == category]
+        if not examples:
+            self.window.show_info(f"There are no {category!r} labels yet: draw one and press Enter.")
+            return
+        hits = self.doc.hits
+        negatives = ([(e.image, e.box) for e in hits.entries if e.status == REJECTED]
+                     if hits is not None and hits.category == category else [])
+        self._search(SearchRequest(category, examples, negatives, top_k=self.window.prefs.top_k))
+
+    def _search(self, request: SearchRequest) -> None:
+        if self.window.controller.is_indexing:
+            self.window.show_info("Indexing pauses for this search; photos not indexed yet are left out of it.")
+        self.window.controller.search(request)
+
+    def _search_finished(self, outcome: SearchOutcome) -> None:
+        w, request = self.window, outcome.request
+        if self.doc is None:
+            return
+        query_id = self.doc.record_query(request.category, request.positives, request.negatives) if request.positives else None
+        note = ""
+        if outcome.searched_images < outcome.total_images:
+            note = (f"Searched the {outcome.searched_images} photos indexed so far; "
+                    f"{outcome.total_images - outcome.searched_images} are still being indexed.")
+        self.outcome, self.decisions = outcome, 0
+        session = HitSession.from_hits(outcome.hits, request.category, query_id, note)
+        self.doc.set_hits(session)
+        if outcome.hits:
+            scores = [h.score for h in outcome.hits]
+            w.results.set_range(min(scores), max(scores))
+            first = next((e for e in session.entries if e.status == PENDING), session.entries[0])
+            w.results.select_key(first.key)
+            w.results.view.setFocus()
+        w.statusBar().showMessage(f"{len(outcome.hits)} hits for {request.category}", 5000)
+        if note:
+            w.show_info(note)
+
+    # ---- deciding ----------------------------------------------------------------------------
+    def _current_entries(self) -> list:
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None:
+            return []
+        keys = set(self.window.results.selected_keys())
+        return [e for e in hits.entries if e.key in keys]
+
+    def decide(self, decision: str) -> None:
+        entries = self._current_entries()
+        if not entries:
+            return
+        last = self.window.results.model.row_of(entries[-1].key)
+        self.window._edit(lambda d: d.decide_hits([e.key for e in entries], decision))
+        self.decisions += len(entries)
+        self._advance(last)
+        every = self.window.prefs.feedback_every
+        if every and self.decisions >= every:
+            self.rerank(automatic=True)
+
+    def _advance(self, after_row: int) -> None:
+        """Select the next undecided hit after `after_row` (or the last one)."""
+        rows = self.window.results.model.rows()
+        following = [r for r in rows[after_row + 1:] if r.status == PENDING]
+        target = following[0] if following else (rows[min(after_row + 1, len(rows) - 1)] if rows else None)
+        if target is not None:
+            self.window.results.select_key(target.key)
+
+    def accept_above(self) -> None:
+        if self.doc is None:
+            return
+        threshold = self.window.results.threshold()
+        count = self.doc.accept_all_above(threshold)
+        self.window.statusBar().showMessage(f"Accepted {count} hits scoring {threshold:.3f} or more", 5000)
+
+    def rerank(self, automatic: bool) -> None:
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None or self.outcome is None:
+            return
+        pending = {e.key: e.image for e in hits.entries if e.status == PENDING}
+        decided = [e for e in hits.entries if e.status != PENDING]
+        if not pending or (automatic and not decided):
+            return
+        self.decisions = 0
+        self._rerank_session = hits
+        self.window.controller.rerank(RerankRequest(
+            self.outcome.query, [(e.image, e.box) for e in decided if e.status == ACCEPTED],
+            [(e.image, e.box) for e in decided if e.status == REJECTED], pending))
+
+    def _reranked(self, updates: dict) -> None:
+        if self.doc is None or self.doc.hits is not self._rerank_session or not updates:
+            return
+        hits = self.doc.hits
+        current = self.window.results.current_key()
+        counts = hits.counts()
+        self.doc.rerank_hits(updates)
+        self.window.show_info(f"Re-ranked the {len(updates)} undecided hits using {counts[ACCEPTED]} accepted and "
+                              f"{counts[REJECTED]} rejected as examples.", 5000)
+        if current is not None:
+            self.window.results.select_key(current)
+
+    # ---- views -------------------------------------------------------------------------------
+    def _hit_selected(self, key) -> None:
+        if key is None or self.doc is None or self.doc.hits is None:
+            return
+        entry = self.doc.hits.entry(key)
+        if entry.image != self.window.current_image:
+            self.window.show_image(entry.image)  # selected on the canvas once it is shown
+        else:
+            self.window.refresh_image_views()
+            self._select_on_canvas(entry)
+
+    def image_shown(self, rel: str) -> None:
+        entries = self._current_entries()
+        if entries and entries[0].image == rel:
+            self._select_on_canvas(entries[0])
+
+    def _select_on_canvas(self, entry) -> None:
+        key = f"ann:{entry.annotation_id}" if entry.status == ACCEPTED else f"hit:{entry.key}"
+        self.window.canvas.select([key], center=True)
+
+    def canvas_selected(self, keys: list[str]) -> None:
+        if self.doc is None or self.doc.hits is None or len(keys) != 1:
+            return
+        for entry in self.doc.hits.entries:
+            if keys[0] in (f"hit:{entry.key}", f"ann:{entry.annotation_id}"):
+                if self.window.results.current_key() != entry.key:
+                    self.window.results.select_key(entry.key)
+                return
+
+    def _crop_wanted(self, key: int, image: str, box: Box) -> None:  # noqa: ARG002 - tag by image and box
+        project = self.window.project
+        if project is not None:
+            self.window.controller.images_loader.request(("crop", image, box), project.path_of(image), CROP_SIDE, crop=box)
+
+    def overlays(self, image: str, annotations: list[Annotation], colors: dict[str, str]) -> list[Overlay]:
+        """What the canvas shows on `image`: labels, this image's hits, the drawn box."""
+        current = self.window.results.current_key()
+        hits = self.doc.hits if self.doc is not None else None
+        ellipses = {}
+        out = []
+        if hits is not None:
+            for entry in hits.entries:
+                if entry.image != image:
+                    continue
+                is_current = entry.key == current
+                if entry.status == ACCEPTED:
+                    if is_current:
+                        ellipses[entry.annotation_id] = entry.hit.ellipse
+                    continue
+                if entry.status == REJECTED and not is_current:
+                    continue
+                color = REJECTED_COLOR if entry.status == REJECTED else PENDING_COLOR
+                label = f"{hits.category}? {entry.score:.2f}" + (" (rejected)" if entry.status == REJECTED else "")
+                out.append(Overlay(f"hit:{entry.key}", entry.box, BoxStyle(color, label, dashed=True, filled=is_current),
+                                   ellipse=entry.hit.ellipse if is_current else None))
+        for ann in annotations:
+            style = BoxStyle(colors.get(ann.category, "#ffffff"), ann.category)
+            out.insert(0, Overlay(f"ann:{ann.id}", ann.box, style, ellipse=ellipses.get(ann.id)))
+        if self.draft is not None and image == self.window.current_image:
+            out.append(Overlay("draft", self.draft, DRAFT_STYLE))
+        return out
+
+    def refresh_results(self) -> None:
+        w, hits = self.window, self.doc.hits if self.doc is not None else None
+        if hits is None:
+            w.results.set_rows([], w.results.summary.text() if self.doc is not None else "")
+            return
+        hide = w.results.hide_labelled.isChecked()
+        rows = []
+        for rank, entry in enumerate(hits.entries):
+            labelled = entry.status != ACCEPTED and self.doc.overlapping_annotation(entry, w.prefs.overlap_iou) is not None
+            if not (hide and labelled):
+                rows.append(HitRow(entry.key, entry.image, entry.score, entry.box, entry.status, labelled, rank))
+        counts = hits.counts()
+        parts = [f"<b>{hits.category}</b>: {len(hits.entries)} hits", f"{counts[ACCEPTED]} accepted",
+                 f"{counts[REJECTED]} rejected", f"{counts[PENDING]} to review"]
+        if len(rows) < len(hits.entries):
+            parts.append(f"{len(hits.entries) - len(rows)} labelled already (hidden)")
+        if hits.reranked:
+            parts.append(f"re-ranked {hits.reranked}× by feedback")
+        summary = " · ".join(parts) + (f"<br>{hits.note}" if hits.note else "")
+        w.results.set_rows(rows, summary)
+        w.refresh_image_views()
+        self.update_enabled()
+
+    def update_enabled(self) -> None:
+        has_hits = bool(self.doc is not None and self.doc.hits is not None and self.doc.hits.entries)
+        for name in ("accept", "reject", "next_hit", "prev_hit", "accept_above", "rerank"):
+            self.window.action[name].setEnabled(has_hits)
+        self.window.action["find_similar"].setEnabled(self.doc is not None)

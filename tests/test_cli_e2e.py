@@ -1,0 +1,222 @@
+"""End to end through the CLI, with the real embedded backbone on real dev frames.
+
+Three sequences x four frames are copied into a temporary folder at test time (never into the
+repository). Commands run in-process through `cli.main` (one model load each, no interpreter
+start); one test runs the CLI as a subprocess and kills it with SIGKILL mid-run.
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pycocotools.coco import COCO
+
+from dasr_annotator.app.cli import main
+
+SEQUENCES = ("Box", "Dog", "Skating2-1")
+FRAMES, STEP = 4, 3  # every third listed frame of each sequence
+
+
+def cli(*args) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def copy_frames(dev_data: Path, manifest: dict, root: Path, names=SEQUENCES, frames=FRAMES, step=STEP) -> dict:
+    """Copy frames of the named instances; returns {instance: [(relpath, box), ...]}."""
+    instances = {i["name"]: i for i in manifest["instances"]}
+    chosen = {}
+    for name in names:
+        chosen[name] = []
+        for item in instances[name]["images"][: frames * step : step]:
+            rel = item["file"].removeprefix("images/")
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(dev_data / item["file"], root / rel)
+            chosen[name].append((rel, item["box"]))
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def indexed(dev_data, dev_manifest, tmp_path_factory):
+    photos = tmp_path_factory.mktemp("e2e") / "photos"
+    frames = copy_frames(dev_data, dev_manifest, photos)
+    rc, out, err = cli("index", photos, "--json")
+    assert rc == 0, err
+    return photos, frames, json.loads(out)
+
+
+def test_index_reports_every_image(indexed):
+    photos, frames, report = indexed
+    n = sum(len(v) for v in frames.values())
+    assert (report["images"], report["indexed"], report["reused"], report["removed"]) == (n, n, 0, 0)
+    assert report["regions"] >= n and report["skipped"] == []
+    assert (photos / ".dasr" / "manifest.json").exists()
+
+
+def test_search_ranks_frames_of_the_query_instance_first(indexed, tmp_path):
+    photos, frames, _ = indexed
+    queries = [{"id": name, "image": shots[0][0], "box": shots[0][1]} for name, shots in frames.items()]
+    query_file = tmp_path / "queries.json"
+    query_file.write_text(json.dumps(queries))
+    rc, out, err = cli("search", photos, "--queries", query_file, "--top", 6, "--json")
+    assert rc == 0, err
+    results = {q["id"]: q["hits"] for q in json.loads(out)["queries"]}
+    assert set(results) == set(frames)
+    for name, shots in frames.items():
+        hits = results[name]
+        images = [h["image"] for h in hits]
+        assert len(images) == 6 and len(set(images)) == 6 and shots[0][0] not in images
+        same = {rel for rel, _ in shots[1:]}
+        assert set(images[: len(same)]) == same, f"{name}: {images}"
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+        for h in hits:
+            x, y, w, h_ = h["box"]
+            assert w > 0 and h_ > 0 and x >= 0 and y >= 0
+            assert set(h["ellipse"]) == {"cx", "cy", "a", "b", "angle"}
+    rel, box = frames["Box"][0]
+    rc, table, _ = cli("search", photos, "--query", rel, "--box", ",".join(map(str, box)), "--top", 3)
+    assert rc == 0 and "rank" in table and frames["Box"][1][0].split("/")[0] in table
+
+
+def test_rerun_reuses_everything(indexed):
+    photos, frames, first = indexed
+    rc, out, err = cli("index", photos, "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert (report["images"], report["indexed"], report["reused"]) == (first["images"], 0, first["images"])
+
+
+def test_touched_changed_added_and_removed_files_are_noticed(indexed, dev_data, dev_manifest, tmp_path):
+    photos, frames, _ = indexed
+    copy = tmp_path / "photos"
+    shutil.copytree(photos, copy)  # copy2 keeps mtimes, so the copy's index is current
+    box_frames = [rel for rel, _ in frames["Box"]]
+    os.utime(copy / box_frames[0])  # touched: same bytes
+    (copy / box_frames[1]).unlink()  # removed
+    dog = [i for i in dev_manifest["instances"] if i["name"] == "Dog"][0]["images"]
+    unused = [i["file"] for i in dog if i["file"].removeprefix("images/") not in {r for r, _ in frames["Dog"]}]
+    shutil.copy(dev_data / unused[0], copy / frames["Dog"][0][0])  # changed content, same name
+    shutil.copy(dev_data / unused[1], copy / "Dog" / "added.jpg")  # added
+    rc, out, err = cli("index", copy, "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    n = sum(len(v) for v in frames.values())
+    assert (report["images"], report["indexed"], report["reused"], report["removed"]) == (n, 2, n - 2, 1)
+
+
+def test_label_then_export_loads_in_pycocotools(indexed, tmp_path):
+    photos, frames, _ = indexed
+    rel, box = frames["Dog"][0]
+    args = ("label", photos, "--query", rel, "--box", ",".join(map(str, box)), "--category", "dog")
+    rc, out, err = cli(*args, "--accept-top", 3, "--json")
+    assert rc == 0, err
+    added = json.loads(out)["added"]
+    assert [a["source"] for a in added] == ["manual", "search", "search", "search"]
+    assert added[0]["image"] == rel and added[0]["box"] == [float(v) for v in box]
+    assert {a["image"] for a in added[1:]} == {r for r, _ in frames["Dog"][1:]}
+    assert len({a["query_id"] for a in added}) == 1
+    out_file = tmp_path / "coco.json"
+    rc, _, err = cli("export", photos, "--coco", out_file)
+    assert rc == 0, err
+    coco = COCO(str(out_file))
+    [cat] = [c["id"] for c in coco.loadCats(coco.getCatIds()) if c["name"] == "dog"]
+    anns = coco.loadAnns(coco.getAnnIds(catIds=[cat]))
+    by_image = {coco.imgs[a["image_id"]]["file_name"]: a for a in anns}
+    for a in added:
+        assert by_image[a["image"]]["bbox"] == pytest.approx(a["box"], abs=0.01)
+        assert by_image[a["image"]]["attributes"]["query_id"] == a["query_id"]
+        assert coco.imgs[by_image[a["image"]]["image_id"]]["width"] == 352
+    rc, out, _ = cli(*args, "--accept-top", 3, "--json")  # the same again: all duplicates
+    assert rc == 0 and json.loads(out)["added"] == [] and len(json.loads(out)["duplicates"]) == 4
+
+
+def test_import_coco_validates_then_adds(indexed, tmp_path):
+    photos, frames, _ = indexed
+    rel, box = frames["Skating2-1"][0]
+    coco = {"images": [{"id": 1, "file_name": rel, "width": 640, "height": 352}],
+            "categories": [{"id": 1, "name": "skater"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": box, "iscrowd": 0}]}
+    bad = dict(coco, images=[{"id": 1, "file_name": "../../etc/hosts"}])
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    rc, _, err = cli("label", photos, "--import-coco", tmp_path / "bad.json")
+    assert rc == 2 and "outside the photo folder" in err
+    (tmp_path / "good.json").write_text(json.dumps(coco))
+    rc, out, err = cli("label", photos, "--import-coco", tmp_path / "good.json", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["added"] == 1
+    rc, out, err = cli("label", photos, "--import-coco", tmp_path / "good.json", "--json")
+    assert json.loads(out)["added"] == 0 and len(json.loads(out)["duplicates"]) == 1
+
+
+def test_other_settings_are_refused_with_a_rebuild_hint(indexed):
+    photos, _, _ = indexed
+    before = (photos / ".dasr" / "manifest.json").read_text()
+    rc, _, err = cli("index", photos, "--max-side", 256)
+    assert rc == 2 and "max_side" in err and "--rebuild" in err
+    assert (photos / ".dasr" / "manifest.json").read_text() == before
+
+
+def test_bad_boxes_and_missing_index_are_refused(indexed, tmp_path):
+    photos, frames, _ = indexed
+    rel = frames["Box"][0][0]
+    rc, _, err = cli("search", photos, "--query", rel, "--box", "10,10,0,20")
+    assert rc == 2 and "zero area" in err
+    rc, _, err = cli("search", photos, "--query", rel, "--box", "900,10,20,20")
+    assert rc == 2 and "outside the image" in err
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(photos / rel, fresh / "a.jpg")
+    rc, _, err = cli("search", fresh, "--query", "a.jpg", "--box", "10,10,20,20")
+    assert rc == 2 and "dasr-annotator index" in err
+
+
+def test_read_only_folder_keeps_its_state_in_the_cache(indexed, tmp_path):
+    photos, frames, _ = indexed
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    for rel, _ in frames["Box"][:2]:
+        shutil.copy(photos / rel, ro / Path(rel).name)
+    ro.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        rc, out, err = cli("index", ro, "--json")
+        assert rc == 0, err
+        assert json.loads(out)["images"] == 2
+        assert "read-only" in err and os.environ["DASR_ANNOTATOR_CACHE"] in err
+        assert not (ro / ".dasr").exists()
+        rc, out, err = cli("search", ro, "--query", "0001.jpg", "--box", "478,143,80,111", "--json")
+        assert rc == 0, err
+        assert [h["image"] for h in json.loads(out)["queries"][0]["hits"]] == [Path(frames["Box"][1][0]).name]
+    finally:
+        ro.chmod(0o755)
+
+
+def test_a_killed_run_loses_at_most_its_current_batch(dev_data, dev_manifest, tmp_path):
+    photos = tmp_path / "photos"
+    copy_frames(dev_data, dev_manifest, photos, names=("Box", "Dog"))
+    first_shard = photos / ".dasr" / "shards" / "000001.json"
+    proc = subprocess.Popen([sys.executable, "-m", "dasr_annotator", "index", str(photos), "--batch-size", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not first_shard.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    finished = sum(len(json.loads(p.read_text())["files"]) for p in (photos / ".dasr" / "shards").glob("*.json"))
+    assert finished >= 2
+    rc, out, err = cli("index", photos, "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["reused"] == finished and report["indexed"] + report["reused"] == report["images"] == 8

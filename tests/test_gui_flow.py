@@ -1,0 +1,283 @@
+"""The real window on real photos, driven like a person would: open a folder, wait for indexing,
+draw a box, find similar, triage with keys, undo/redo, export COCO. Offscreen, embedded backbone
+(fast mode), isolated settings (conftest)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QDockWidget
+
+from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED
+from dasr_annotator.app.main_window import MainWindow
+from dasr_annotator.engine.types import Box
+
+SEQUENCES = ("Box", "Dog", "Human3")
+FRAMES_PER_SEQUENCE = 3
+INDEX_TIMEOUT_MS = 180_000
+
+
+def copy_photos(dev_data, manifest, target):
+    """The first frames of a few sequences, and each copied image's ground-truth box."""
+    boxes = {}
+    for instance in manifest["instances"]:
+        if instance["video"] not in SEQUENCES:
+            continue
+        for item in instance["images"][:FRAMES_PER_SEQUENCE]:
+            rel = item["file"].removeprefix("images/")
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(dev_data / item["file"], target / rel)
+            boxes[rel] = Box.from_list(item["box"])
+    return boxes
+
+
+@pytest.fixture(scope="module")
+def indexed_folder(tmp_path_factory, dev_data, dev_manifest):
+    """Photos indexed once, headless, for the tests that are not about indexing."""
+    import torch
+
+    from dasr_annotator.engine.extractor import Extractor
+    from dasr_annotator.engine.project import Project
+
+    torch.set_num_threads(1)
+    photos = tmp_path_factory.mktemp("indexed") / "photos"
+    truth = copy_photos(dev_data, dev_manifest, photos)
+    Project.open(photos).update_index(Extractor(device="cpu"))
+    return photos, truth
+
+
+def fresh_copy(indexed_folder, tmp_path):
+    """The indexed folder with its state, mtimes kept so nothing needs re-indexing."""
+    photos, truth = indexed_folder
+    target = tmp_path / "photos"
+    shutil.copytree(photos, target)
+    return target, truth
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine is shared
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def window_on(qtbot):
+    """Open a window on a folder; checks on teardown that it closed and left no window behind."""
+    windows = []
+
+    def open_window(photos):
+        window = MainWindow(photos)
+        window.ask_save_path = lambda *args: None  # no dialog may ever block a test
+        window.ask_open_path = lambda *args: None
+        window.confirm = lambda *args: False
+        qtbot.addWidget(window)
+        window.show()
+        qtbot.waitExposed(window)
+        windows.append(window)
+        return window
+
+    yield open_window
+    for window in windows:
+        window.close()
+    QApplication.processEvents()
+    assert [w for w in QApplication.topLevelWidgets() if w.isVisible()] == []
+
+
+def wait_for_image(qtbot, window, rel):
+    window.show_image(rel)
+    qtbot.waitUntil(lambda: window.canvas.image_size is not None and window.current_image == rel
+                    and window.canvas._pixmap.pixmap().width() > 0, timeout=10_000)
+    window.canvas.fit()
+
+
+def drag_on_canvas(canvas, start, end, steps=5):
+    """Press at scene point `start`, move in steps to `end`, release (viewport coordinates)."""
+    viewport = canvas.viewport()
+    p1, p2 = canvas.mapFromScene(QPointF(*start)), canvas.mapFromScene(QPointF(*end))
+    QTest.mousePress(viewport, Qt.LeftButton, Qt.NoModifier, p1)
+    for i in range(1, steps + 1):
+        point = p1 + (p2 - p1) * i / steps
+        QTest.mouseMove(viewport, point)
+    QTest.mouseRelease(viewport, Qt.LeftButton, Qt.NoModifier, p2)
+
+
+def press(qtbot, window, key, modifier=Qt.NoModifier):
+    window.activateWindow()
+    qtbot.waitActive(window)
+    QTest.keyClick(window.canvas if window.canvas.hasFocus() else window.focusWidget() or window, key, modifier)
+
+
+def test_label_by_example_end_to_end(qtbot, tmp_path, dev_data, dev_manifest, window_on):
+    photos = tmp_path / "photos"
+    truth = copy_photos(dev_data, dev_manifest, photos)
+    window = window_on(photos)
+    with qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS) as indexed:
+        pass
+    assert indexed.args[0].images == len(truth)
+    assert window.progress.device.text().startswith("Device: ")
+    assert sorted(window.file_model.paths()) == sorted(truth)
+
+    # Draw the query box around the instance in the first photo, name the category.
+    query_image = "Box/" + sorted(p.split("/")[1] for p in truth if p.startswith("Box/"))[0]
+    wait_for_image(qtbot, window, query_image)
+    gt = truth[query_image]
+    drag_on_canvas(window.canvas, (gt.x, gt.y), (gt.x2, gt.y2))
+    draft = window.review.draft
+    tolerance = 2.0 / window.canvas.zoom() + 1.0  # one screen pixel of rounding at each end
+    assert draft is not None and draft.iou(gt) > 0.9
+    assert abs(draft.x - gt.x) <= tolerance and abs(draft.y2 - gt.y2) <= tolerance
+    window.category_box.setEditText("box")
+
+    # Enter searches (on the engine thread) and the hits show.
+    window.canvas.setFocus()
+    with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:
+        press(qtbot, window, Qt.Key_Return)
+    hits = searched.args[0].hits
+    assert hits and all(h.image != query_image for h in hits)
+    assert [r.image for r in window.results.model.rows()] == [h.image for h in hits]
+    query_label = [a for a in window.document.annotations() if a.source == "manual"]
+    assert [(a.image, a.category) for a in query_label] == [(query_image, "box")]
+    assert window.results.current_key() == window.document.hits.entries[0].key
+    qtbot.waitUntil(lambda: window.current_image == hits[0].image, timeout=10_000)
+
+    # Triage with keys: Y accepts, N rejects, K goes back, J forward; decisions advance.
+    entries = window.document.hits.entries
+    first, second = entries[0], entries[1]
+    press(qtbot, window, Qt.Key_Y)
+    assert first.status == ACCEPTED and window.results.current_key() == second.key
+    press(qtbot, window, Qt.Key_N)
+    assert second.status == REJECTED
+    press(qtbot, window, Qt.Key_K)
+    assert window.results.current_key() == second.key
+    press(qtbot, window, Qt.Key_J)
+    accepted = window.document.annotation(first.annotation_id)
+    assert (accepted.image, accepted.category, accepted.source) == (first.image, "box", "search")
+
+    # Undo the reject, then the accept; redo both.
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier)
+    assert second.status == PENDING and first.status == ACCEPTED
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier)
+    assert first.status == PENDING and not window.document.has_annotation(accepted.id)
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
+    press(qtbot, window, Qt.Key_Y, Qt.ControlModifier)
+    assert first.status == ACCEPTED and second.status == REJECTED
+    assert window.document.annotation(first.annotation_id).box == first.box
+
+    # Export COCO: the file holds the query label and the accepted hit, nothing rejected.
+    out = tmp_path / "labels.coco.json"
+    window.ask_save_path = lambda *args: str(out)
+    press(qtbot, window, Qt.Key_E, Qt.ControlModifier)
+    coco = json.loads(out.read_text())
+    names = {i["id"]: i["file_name"] for i in coco["images"]}
+    exported = sorted((names[a["image_id"]], a["bbox"]) for a in coco["annotations"])
+    expected = sorted((a.image, [round(v, 2) for v in a.box.clipped(*_size(photos / a.image)).as_list()])
+                      for a in window.document.annotations())
+    assert exported == expected and len(exported) == 2
+    assert [c["name"] for c in coco["categories"]] == ["box"]
+    assert second.image not in names.values() or second.image == query_image
+
+    # Everything was autosaved to the project's store.
+    qtbot.waitUntil(lambda: window.document.is_saved, timeout=5_000)
+    stored = json.loads((window.project.state_dir / "annotations.json").read_text())
+    assert sorted(a["id"] for a in stored["annotations"]) == sorted(a.id for a in window.document.annotations())
+
+
+def test_search_while_indexing_uses_the_images_done_so_far(qtbot, tmp_path, dev_data, dev_manifest, window_on):
+    photos = tmp_path / "photos"
+    truth = copy_photos(dev_data, dev_manifest, photos)
+    window = window_on(photos)
+    qtbot.waitUntil(lambda: window.controller.is_indexing and window.progress.bar.value() >= 2, timeout=INDEX_TIMEOUT_MS)
+    query_image = sorted(truth)[0]
+    wait_for_image(qtbot, window, query_image)
+    gt = truth[query_image]
+    drag_on_canvas(window.canvas, (gt.x, gt.y), (gt.x2, gt.y2))
+    window.category_box.setEditText("thing")
+    with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:
+        window.review.find_similar()
+    outcome = searched.args[0]
+    assert 0 < outcome.searched_images < outcome.total_images == len(truth)
+    assert "still being indexed" in window.results.summary.text()
+    with qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS) as finished:
+        pass
+    assert finished.args[0].images == len(truth)  # indexing resumed and completed
+
+
+def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_folder, window_on):
+    photos, truth = fresh_copy(indexed_folder, tmp_path)
+    window = window_on(photos)
+    with qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS) as indexed:
+        pass
+    assert indexed.args[0].reused == len(truth) and indexed.args[0].indexed == 0  # resumed, nothing redone
+    query_image = sorted(truth)[0]
+    wait_for_image(qtbot, window, query_image)
+    window.category_box.setEditText("thing")
+    window.review.draft = truth[query_image]
+    with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000):
+        window.review.find_similar()
+    doc = window.document
+    entries = list(doc.hits.entries)
+    assert len(entries) >= 4
+
+    # A hit overlapping a label of its category on its image is marked, and can be hidden.
+    doc.add_annotation(entries[3].image, "thing", entries[3].box)
+    row = next(r for r in window.results.model.rows() if r.key == entries[3].key)
+    assert row.labelled
+    window.results.hide_labelled.setChecked(True)
+    assert entries[3].key not in [r.key for r in window.results.model.rows()]
+    assert "hidden" in window.results.summary.text()
+    window.results.hide_labelled.setChecked(False)
+
+    # Relevance feedback: decisions, then a re-ranking of the rest by the engine's scores.
+    doc.decide_hits([entries[0].key], ACCEPTED)
+    doc.decide_hits([entries[1].key], REJECTED)
+    with qtbot.waitSignal(window.controller.rerankFinished, timeout=60_000) as reranked:
+        window.action["rerank"].trigger()
+    assert reranked.args[0] and doc.hits.reranked == 1
+    assert "re-ranked 1×" in window.results.summary.text()
+    pending = [e.score for e in doc.hits.entries if e.status == PENDING]
+    assert pending == sorted(pending, reverse=True)
+    assert [e.status for e in doc.hits.entries[:2]] == [ACCEPTED, REJECTED]
+
+    # "Find more like these": every label of the category is an example, rejected hits negatives.
+    with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:
+        window.action["find_more"].trigger()
+    request = searched.args[0].request
+    assert sorted(request.positives) == sorted((a.image, a.box) for a in doc.annotations() if a.category == "thing")
+    assert request.negatives == [(entries[1].image, entries[1].box)]
+    assert doc.hits.query_id in {q.id for q in doc.store.queries}
+
+
+def test_engine_errors_are_shown_not_raised(qtbot, tmp_path, window_on):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "broken.jpg").write_bytes(b"not a jpeg at all")
+    window = window_on(photos)
+    with qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS) as indexed:
+        pass
+    assert indexed.args[0].skipped
+    assert window.message_bar.isVisible() and window.message_bar.level == "error"
+    assert "broken.jpg" in window.message_bar.text()
+    qtbot.waitUntil(lambda: "unreadable" in window.file_model.state("broken.jpg").status_text(), timeout=5_000)
+
+
+def test_layout_is_remembered(qtbot, tmp_path, window_on):
+    window = window_on(tmp_path)
+    results = window.findChild(QDockWidget, "dock_results")
+    results.setFloating(True)
+    window.close()
+    again = window_on(tmp_path)
+    assert again.findChild(QDockWidget, "dock_results").isFloating()
+
+
+def _size(path):
+    from dasr_annotator.engine.imageio import image_size
+
+    return image_size(path)
+
