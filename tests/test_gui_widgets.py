@@ -12,7 +12,7 @@ from PySide6.QtTest import QTest
 from dasr_annotator.engine.types import Annotation, Box, Ellipse
 from dasr_annotator.widgets.canvas import MIN_DRAW_PX, ImageCanvas, Overlay
 from dasr_annotator.widgets.file_list import LABELLED, PENDING, UNLABELLED, FileListModel, StatusRole
-from dasr_annotator.widgets.label_panel import AnnotationTableModel, CategoryPanel, CategoryRow
+from dasr_annotator.widgets.label_panel import AnnotationTable, AnnotationTableModel, CategoryPanel, CategoryRow
 from dasr_annotator.widgets.overlays import MOVE, BoxStyle, box_from_corners, dragged_box, ellipse_points, grip_at
 from dasr_annotator.widgets.progress_panel import format_eta
 from dasr_annotator.widgets.result_grid import HitListModel, HitRow, ResultPanel
@@ -252,6 +252,18 @@ def test_annotation_table_edits_go_to_the_document(qapp, qtbot):
     assert edited.args == ["a1", "plate"]
     assert model.index(0, 0).data() == "cup"  # unchanged until the document says otherwise
     assert not model.setData(model.index(0, 0), "  ")
+
+
+def test_annotation_table_selection_follows_the_canvas(qtbot):
+    table = AnnotationTable()
+    qtbot.addWidget(table)
+    anns = [Annotation(f"a{i}", "x.jpg", "cup", Box(i, 2, 3, 4)) for i in range(3)]
+    table.set_annotations(anns, {"cup": "#ff0000"})
+    with qtbot.assertNotEmitted(table.selectedIdsChanged):  # no echo back to the canvas
+        table.select_ids(["a2", "a0"])
+    assert table.selected_ids() == ["a0", "a2"]
+    table.set_annotations(anns[:2], {"cup": "#ff0000"})
+    assert table.selected_ids() == ["a0"]
 
 
 @pytest.mark.parametrize("seconds, text", [(-1, "estimating…"), (42.4, "42 s left"), (125, "2 min 05 s left"),

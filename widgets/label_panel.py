@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, Signal
+from PySide6.QtCore import QAbstractTableModel, QItemSelectionModel, QModelIndex, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QListWidget, QListWidgetItem, QStyledItemDelegate,
@@ -241,6 +241,6 @@ class AnnotationTable(QTableView):
         for ann_id in ids:
             row = self.model_.row_of(ann_id)
             if row >= 0:
-                selection.select(self.model_.index(row, 0), selection.Select | selection.Rows)
+                selection.select(self.model_.index(row, 0), QItemSelectionModel.Select | QItemSelectionModel.Rows)
         selection.blockSignals(False)
         self.viewport().update()
