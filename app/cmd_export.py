@@ -17,12 +17,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from dasr_annotator.app.cmd_search import announce_state
     from dasr_annotator.engine.coco import export_coco
     from dasr_annotator.engine.project import Project
     from dasr_annotator.engine.storage import ProjectFileError
 
     try:
         project = Project.open(args.photos)
+        announce_state(project)
         report = export_coco(project, args.coco, all_images=args.all_images)
     except FileNotFoundError as exc:
         print(f"dasr-annotator export: {exc}", file=sys.stderr)

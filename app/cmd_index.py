@@ -47,6 +47,7 @@ def settings(args, project) -> dict:
 def run(args) -> int:
     from tqdm import tqdm
 
+    from dasr_annotator.app.cmd_search import announce_state
     from dasr_annotator.engine.backbones import WeightsMissing
     from dasr_annotator.engine.extractor import Extractor
     from dasr_annotator.engine.project import IncompatibleIndex, Project, ProjectBusy
@@ -57,8 +58,7 @@ def run(args) -> int:
     except FileNotFoundError as exc:
         print(f"dasr-annotator index: {exc}", file=sys.stderr)
         return 2
-    if not project.state_dir.is_relative_to(project.photos):
-        print(f"note: {project.state_note}", file=sys.stderr)
+    announce_state(project)
     try:
         options = settings(args, project)
         if options["max_side"] < 32:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dasr_annotator.app.cmd_search import UsageError, open_searcher, query_image
+from dasr_annotator.app.cmd_search import UsageError, announce_state, open_searcher, query_image
 
 DUPLICATE_IOU = 0.9
 SEARCH_STEP = 100  # hits fetched at a time while looking for the --accept-above cut
@@ -40,6 +40,7 @@ def run(args) -> int:
     except FileNotFoundError as exc:
         print(f"dasr-annotator label: {exc}", file=sys.stderr)
         return 2
+    announce_state(project)
     if args.import_coco:
         if args.query or args.box or args.category or args.accept_top is not None or args.accept_above is not None:
             print("dasr-annotator label: --import-coco takes no query options", file=sys.stderr)

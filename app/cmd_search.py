@@ -86,6 +86,12 @@ def parse_queries(args, project) -> list[QuerySpec]:
     return [QuerySpec("query", query_image(project, args.query), parse_box(args.box))]
 
 
+def announce_state(project) -> None:
+    """Say where the project's state is when it is not in the photo folder (read-only folders)."""
+    if not project.state_dir.is_relative_to(project.photos):
+        print(f"note: {project.state_note}", file=sys.stderr)
+
+
 def open_searcher(project, device: str):
     """The project's searcher with the extractor the folder was indexed with."""
     from dasr_annotator.engine.extractor import Extractor
@@ -105,6 +111,7 @@ def run(args) -> int:
         return 2
     try:
         project = Project.open(args.photos)
+        announce_state(project)
         queries = parse_queries(args, project)
         searcher = open_searcher(project, args.device)
     except (FileNotFoundError, UsageError, BoxError, NoIndex, WeightsMissing) as exc:

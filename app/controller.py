@@ -22,9 +22,9 @@ import numpy as np
 from PySide6.QtCore import QObject, QThread, Signal
 
 from dasr_annotator.app.settings import Preferences
-from dasr_annotator.app.workers import EngineWorker, ImageLoader, Task
+from dasr_annotator.app.workers import EngineWorker, ImageLoader, Task, UserMessage
 from dasr_annotator.engine.imageio import ImageError
-from dasr_annotator.engine.types import Box, Cancelled, Ellipse, Hit
+from dasr_annotator.engine.types import Box, Cancelled, Hit
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +42,24 @@ class SearchRequest:
 
 
 @dataclass
-class SearchOutcome:
-    request: SearchRequest
-    hits: list[Hit]
-    query: np.ndarray  # the positives in the index's space, kept for re-ranking
-    searched_images: int  # images in the index when it ran
-    total_images: int  # images in the folder
+class CandidateRegions:
+    """Every indexed region of the hit images, in the index's space: what re-ranking by
+    feedback needs, so it runs in the GUI thread in milliseconds without the engine."""
+
+    vectors: np.ndarray  # [R, D] float32, l2-normalised
+    images: list[str]  # [R] the image of each region
+    boxes: np.ndarray  # [R, 4] x, y, w, h in original pixels
+    ellipses: np.ndarray  # [R, 5] cx, cy, a, b, angle
 
 
 @dataclass
-class RerankRequest:
-    query: np.ndarray  # positives in the index's space
-    accepted: list[tuple[str, Box]]  # hits taken as more positives
-    rejected: list[tuple[str, Box]]  # hits taken as negatives
-    candidates: dict[int, str]  # hit key -> image, the hits still to decide
+class SearchOutcome:
+    request: SearchRequest
+    hits: list[Hit]
+    query: np.ndarray  # the positives in the index's space
+    regions: CandidateRegions
+    searched_images: int  # images in the index when it ran
+    total_images: int  # images in the folder
 
 
 class _PausingExtractor:
@@ -65,9 +69,11 @@ class _PausingExtractor:
 
     def __init__(self, extractor, paused: Callable[[], bool]):
         self._extractor, self._paused = extractor, paused
+        self.refused = 0
 
     def extract(self, image):
         if self._paused():
+            self.refused += 1
             raise ImageError(PAUSED_REASON)
         return self._extractor.extract(image)
 
@@ -85,7 +91,6 @@ class Controller(QObject):
     incompatibleIndex = Signal(str)  # the folder's index was made with other settings
     searchStarted = Signal(str)  # what is searched
     searchFinished = Signal(object)  # SearchOutcome
-    rerankFinished = Signal(object)  # {hit key: Hit} with new scores
     failed = Signal(str, str)  # what failed, a message for the user
     _submit = Signal(object)
 
@@ -168,6 +173,7 @@ class Controller(QObject):
         def open_project(progress, cancel):  # noqa: ARG001 - task signature
             from dasr_annotator.engine.project import Project
 
+            self._searcher = None  # it searched the previous folder
             project = Project.open(photos)
             return project, project.scan(), project.manifest()
 
@@ -199,16 +205,22 @@ class Controller(QObject):
                 import torch
 
                 if not torch.cuda.is_available():
-                    raise RuntimeError("No CUDA GPU is available here. Choose 'auto' or 'cpu' as the device in Settings.")
+                    raise UserMessage("No CUDA GPU is available here. Choose 'auto' or 'cpu' as the device in Settings.")
                 device = "cuda:0"
             self._extractor, self._extractor_key, self._searcher = Extractor(device=device, **args), key, None
             self.deviceReady.emit(self._extractor.device_name)
         return self._extractor
 
     def _engine_searcher(self, args: dict, device: str):
+        from dasr_annotator.engine.project import NoIndex
+
         extractor = self._engine_extractor(args, device)
         if self._searcher is None:
-            self._searcher = self.project.searcher(extractor)
+            try:
+                self._searcher = self.project.searcher(extractor)
+            except NoIndex:
+                raise UserMessage("Nothing is indexed yet: wait until the first photos are indexed, "
+                                  "then search again.") from None
         return self._searcher
 
     # ---- indexing ----------------------------------------------------------------------------
@@ -223,13 +235,13 @@ class Controller(QObject):
 
             extractor = self._engine_extractor(args, device)
             self._searcher = None  # the index is about to change
+            pausing = _PausingExtractor(extractor, pause.is_set)
             try:
-                report = project.update_index(_PausingExtractor(extractor, pause.is_set), progress, cancel,
-                                              rebuild=rebuild, weights=args.get("weights"))
+                report = project.update_index(pausing, progress, cancel, rebuild=rebuild, weights=args.get("weights"))
             except IncompatibleIndex as exc:
                 return "incompatible", exc.message, []
             report.skipped = [s for s in report.skipped if s["reason"] != PAUSED_REASON]
-            return ("paused" if pause.is_set() else "done"), report, project.scan()
+            return ("paused" if pausing.refused else "done"), report, project.scan()
 
         self._eta_start = None
         self._index_task = self._run("Indexing", index, progress=self._index_progress, finished=self._indexed,
@@ -294,65 +306,29 @@ class Controller(QObject):
             positives = np.stack(descriptors[:len(examples)])
             negatives = np.stack(descriptors[len(examples):]) if request.negatives else None
             hits = searcher.search(positives, request.top_k, negatives=negatives, exclude_image=request.exclude_image)
-            return SearchOutcome(request, hits, searcher.prepare(positives), len(searcher.images), total)
+            return SearchOutcome(request, hits, searcher.prepare(positives), _candidate_regions(searcher, hits),
+                                 len(searcher.images), total)
 
         what = f"{request.category} ({len(request.positives)} example{'s' if len(request.positives) != 1 else ''})"
-        task = self._run("Search", run, finished=self._searched, failed=self._search_failed,
+        task = self._run("Search", run, finished=lambda outcome: self._searched(task, outcome),
+                         failed=lambda message: self._search_failed(task, message),
                          cancelled=lambda: self._search_done(task))
         self._search_task = task
         self.searchStarted.emit(what)
 
-    def _searched(self, outcome: SearchOutcome) -> None:
-        self._search_task = None
-        self.searchFinished.emit(outcome)
+    def _searched(self, task: Task, outcome: SearchOutcome) -> None:
+        if self._search_task is task:  # a search overtaken by a newer one is dropped
+            self._search_task = None
+            self.searchFinished.emit(outcome)
 
-    def _search_failed(self, message: str) -> None:
-        self._search_task = None
-        if "no index yet" in message:
-            message = "Nothing is indexed yet: wait until the first images are indexed, then search again."
-        self.failed.emit("Search", message)
+    def _search_failed(self, task: Task, message: str) -> None:
+        if self._search_task is task:
+            self._search_task = None
+            self.failed.emit("Search", message)
 
     def _search_done(self, task: Task) -> None:
         if self._search_task is task:
             self._search_task = None
-
-    # ---- relevance feedback ------------------------------------------------------------------
-    def rerank(self, request: RerankRequest) -> None:
-        """Score the undecided hits again with accepted hits as positives and rejected ones as
-        negatives; `rerankFinished` gets each candidate's new best region and score."""
-        if self.project is None or not request.candidates:
-            return
-        args, device = dict(self.extractor_args), self.prefs.device
-
-        def run(progress, cancel):  # noqa: ARG001 - quick, numpy only
-            from dasr_annotator.engine import feedback
-            from dasr_annotator.engine.index import reconstruct
-
-            searcher = self._engine_searcher(args, device)
-            image_id = {name: i for i, name in enumerate(searcher.images)}
-
-            def vectors(pairs):
-                rows = [_region_of(searcher, image_id, image, box) for image, box in pairs]
-                rows = [r for r in rows if r is not None]
-                return reconstruct(searcher.index, np.array(rows)) if rows else np.zeros((0, request.query.shape[1]), np.float32)
-
-            positives = np.concatenate([request.query, vectors(request.accepted)])
-            negatives = vectors(request.rejected)
-            wanted = {image_id[img]: key for key, img in request.candidates.items() if img in image_id}
-            regions = np.flatnonzero(np.isin(searcher.region_image, list(wanted)))
-            if not len(regions):
-                return {}
-            scores = feedback.feedback_scores(positives, negatives, reconstruct(searcher.index, regions))
-            images, best, image_scores = feedback.image_ranking(scores, searcher.region_image[regions])
-            out = {}
-            for img, b, score in zip(images.tolist(), best.tolist(), image_scores.tolist()):
-                r = int(regions[b])
-                cx, cy, a, bb, angle = (float(v) for v in searcher.ellipses[r])
-                out[wanted[img]] = Hit(searcher.images[img], float(score), Box(*map(float, searcher.boxes[r])),
-                                       Ellipse(cx, cy, a, bb, angle))
-            return out
-
-        self._run("Re-ranking", run, finished=self.rerankFinished.emit)
 
     # ---- settings and shutdown ---------------------------------------------------------------
     def apply_preferences(self, prefs: Preferences) -> bool:
@@ -382,14 +358,11 @@ class Controller(QObject):
             log.warning("the engine thread did not stop within %d ms", wait_ms)
 
 
-def _region_of(searcher, image_id: dict[str, int], image: str, box: Box) -> int | None:
-    """The index row of the region a hit was drawn from (its image's region with that box)."""
-    img = image_id.get(image)
-    if img is None:
-        return None
-    rows = np.flatnonzero(searcher.region_image == img)
-    if not len(rows):
-        return None
-    target = np.array(box.as_list())
-    distance = np.abs(searcher.boxes[rows] - target).sum(1)
-    return int(rows[np.argmin(distance)])
+def _candidate_regions(searcher, hits: list[Hit]) -> CandidateRegions:
+    from dasr_annotator.engine.index import reconstruct
+
+    wanted = sorted({searcher.images.index(h.image) for h in hits})
+    rows = np.flatnonzero(np.isin(searcher.region_image, wanted))
+    vectors = reconstruct(searcher.index, rows) if len(rows) else np.zeros((0, searcher.index.d), np.float32)
+    return CandidateRegions(np.asarray(vectors, np.float32), [searcher.images[i] for i in searcher.region_image[rows]],
+                            np.asarray(searcher.boxes[rows], np.float64), np.asarray(searcher.ellipses[rows], np.float64))

@@ -15,6 +15,7 @@ from PySide6.QtGui import QUndoStack
 
 from dasr_annotator.app import commands
 from dasr_annotator.engine.annotations import AnnotationStore, Category
+from dasr_annotator.engine.feedback import hide_done
 from dasr_annotator.engine.storage import ProjectFileError
 from dasr_annotator.engine.types import Annotation, Box, Hit
 
@@ -122,16 +123,17 @@ class Document(QObject):
             return set()
         return {e.image for e in self.hits.entries if e.status == PENDING}
 
-    def overlapping_annotation(self, entry: HitEntry, min_iou: float = 0.5) -> Annotation | None:
-        """An annotation of the hit's category on its image that overlaps its box (not its own)."""
+    def labelled_hit_keys(self, min_iou: float = 0.5) -> set[int]:
+        """Undecided or rejected hits whose image already has a label of the search's category
+        overlapping the hit's box (labels the current hits created do not count)."""
         if self.hits is None:
-            return None
-        best, best_iou = None, min_iou
-        for ann in self.store.list(image=entry.image, category=self.hits.category):
-            iou = ann.box.iou(entry.box)
-            if ann.id != entry.annotation_id and iou >= best_iou:
-                best, best_iou = ann, iou
-        return best
+            return set()
+        own = {e.annotation_id for e in self.hits.entries}
+        labels = [a for a in self.store.list(category=self.hits.category) if a.id not in own]
+        entries = [e for e in self.hits.entries if e.status != ACCEPTED]
+        hits = [Hit(e.image, e.score, e.box, e.hit.ellipse) for e in entries]
+        done = hide_done(hits, labels, self.hits.category, min_iou)
+        return {e.key for e, labelled in zip(entries, done) if labelled}
 
     @property
     def is_saved(self) -> bool:

@@ -20,6 +20,7 @@ from dasr_annotator.app import actions as action_table
 from dasr_annotator.app import settings as app_settings
 from dasr_annotator.app.controller import Controller
 from dasr_annotator.app.document import Change, Document
+from dasr_annotator.app.project_actions import ProjectActions
 from dasr_annotator.app.review import Review
 from dasr_annotator.widgets import dialogs
 from dasr_annotator.widgets.canvas import ImageCanvas
@@ -44,10 +45,12 @@ class MainWindow(QMainWindow):
         self.controller = Controller(self.prefs, self)
         self.document: Document | None = None
         self.current_image: str | None = None
+        self.canvas_image: str | None = None  # the photo the canvas shows (lags while loading)
         self.action = action_table.create_actions(self)
         self._build_widgets()
         self._build_menus_and_toolbar()
         self.review = Review(self)
+        self.project_actions = ProjectActions(self)
         self._connect()
         self._restore_layout()
         self._update_enabled()
@@ -118,7 +121,10 @@ class MainWindow(QMainWindow):
         toolbar.setObjectName("toolbar_main")
         toolbar.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
         for name in ("open_folder", "save", None, "undo", "redo", None, "fit", "zoom_in", "zoom_out", None):
-            toolbar.addSeparator() if name is None else toolbar.addAction(self.action[name])
+            if name is None:
+                toolbar.addSeparator()
+            else:
+                toolbar.addAction(self.action[name])
         toolbar.addWidget(QLabel(" Category "))
         toolbar.addWidget(self.category_box)
         for name in ("find_similar", "find_more"):
@@ -140,9 +146,6 @@ class MainWindow(QMainWindow):
         a = self.action
         a["open_folder"].triggered.connect(self._choose_folder)
         a["save"].triggered.connect(self.save)
-        a["import_coco"].triggered.connect(self.import_coco)
-        a["export_coco"].triggered.connect(self.export_coco)
-        a["settings"].triggered.connect(self.edit_settings)
         a["quit"].triggered.connect(self.close)
         a["undo"].triggered.connect(lambda: self.document and self.document.undo_stack.undo())
         a["redo"].triggered.connect(lambda: self.document and self.document.undo_stack.redo())
@@ -158,12 +161,7 @@ class MainWindow(QMainWindow):
         c = self.controller
         c.projectOpened.connect(self._project_opened)
         c.deviceReady.connect(self.progress.set_device)
-        c.indexingStarted.connect(lambda: self.progress.start("Indexing…"))
-        c.indexingProgress.connect(self._index_progress)
-        c.indexingFinished.connect(self._indexing_finished)
-        c.indexingStopped.connect(self._indexing_stopped)
-        c.incompatibleIndex.connect(self._incompatible_index)
-        c.failed.connect(lambda what, message: self.show_error(f"{what} failed", message))
+        c.failed.connect(self._engine_failed)
         c.images_loader.loaded.connect(self._image_loaded)
         c.images_loader.failed.connect(self._image_failed)
         self.progress.cancelRequested.connect(c.cancel_indexing)
@@ -173,12 +171,12 @@ class MainWindow(QMainWindow):
             lambda index, _: index.isValid() and self.show_image(self.file_model.paths()[index.row()]))
         self.canvas.zoomChanged.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
         self.categories.currentChanged.connect(self.set_category)
-        self.categories.addRequested.connect(lambda name: self._edit(lambda d: d.add_category(name)))
-        self.categories.renameRequested.connect(lambda old, new: self._edit(lambda d: d.rename_category(old, new)))
-        self.categories.colorRequested.connect(lambda name, color: self._edit(lambda d: d.set_category_color(name, color)))
-        self.categories.deleteRequested.connect(lambda name: self._edit(lambda d: d.remove_category(name)))
+        self.categories.addRequested.connect(lambda name: self.edit(lambda d: d.add_category(name)))
+        self.categories.renameRequested.connect(lambda old, new: self.edit(lambda d: d.rename_category(old, new)))
+        self.categories.colorRequested.connect(lambda name, color: self.edit(lambda d: d.set_category_color(name, color)))
+        self.categories.deleteRequested.connect(lambda name: self.edit(lambda d: d.remove_category(name)))
         self.labels.model_.categoryEdited.connect(
-            lambda ann_id, name: self._edit(lambda d: d.set_annotation_category([ann_id], name)))
+            lambda ann_id, name: self.edit(lambda d: d.set_annotation_category([ann_id], name)))
         self.labels.selectedIdsChanged.connect(lambda ids: self.canvas.select([f"ann:{i}" for i in ids]))
         self.canvas.selectionChanged.connect(self._canvas_selection)
 
@@ -199,6 +197,11 @@ class MainWindow(QMainWindow):
         log.warning("%s: %s", title, message)
         self.message_bar.show_message(f"<b>{title}.</b> {_escape(message)}", "error")
 
+    def _engine_failed(self, what: str, message: str) -> None:
+        self.show_error(f"{what} failed", message)
+        if not self.controller.is_indexing:
+            self.progress.finish("")
+
     def show_info(self, message: str, timeout_ms: int = 8000) -> None:
         self.message_bar.show_message(_escape(message), "info", timeout_ms)
 
@@ -215,6 +218,7 @@ class MainWindow(QMainWindow):
     def open_folder(self, photos: Path) -> None:
         self._detach_document()
         self._update_enabled()
+        self.controller.images_loader.clear()  # thumbnails of the previous folder
         self.setWindowTitle(f"dasr-annotator — {photos}")
         self.progress.start("Opening the folder…", cancellable=False)
         self.controller.open_folder(photos)
@@ -230,7 +234,8 @@ class MainWindow(QMainWindow):
         self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
         self.review.attach(self.document)
         self.file_model.set_images(files)
-        self.current_image = None
+        self.current_image = self.canvas_image = None
+        self.canvas.set_image(None)
         self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
         if not files:
             self.canvas_hint.setText(f"No photos found in {project.photos}.")
@@ -263,7 +268,9 @@ class MainWindow(QMainWindow):
         if kind == "thumb":
             self.file_model.set_thumbnail(tag[1], image)
         elif kind == "canvas" and tag[1] == self.current_image:
+            self.stack.setCurrentWidget(self.canvas)
             self.canvas.set_image(image, size)
+            self.canvas_image = tag[1]
             self.refresh_image_views()
             self.review.image_shown(tag[1])
         elif kind == "crop":
@@ -274,7 +281,9 @@ class MainWindow(QMainWindow):
             self.file_model.set_problem(tag[1], reason)
         if tag[0] == "canvas" and tag[1] == self.current_image:
             self.canvas.set_image(None)
-            self.show_error(f"Cannot show {tag[1]}", reason)
+            self.canvas_image = None
+            self.canvas_hint.setText(f"Cannot show {tag[1]}:\n{reason}")
+            self.stack.setCurrentWidget(self.canvas_hint)
 
     # ---- views from the document -------------------------------------------------------------
     def _document_changed(self, change: Change) -> None:
@@ -292,14 +301,13 @@ class MainWindow(QMainWindow):
                 self.category_box.addItems([c.name for c in doc.categories])
                 self.category_box.setEditText(current)
                 self.category_box.blockSignals(False)
-        self._update_file_counts()
+        self.update_file_counts()
         if change.kind == "reset" or not change.images or self.current_image in change.images:
             self.refresh_image_views()
-        if change.kind in ("hits", "annotations", "categories", "reset"):
-            self.review.refresh_results()
+        self.review.refresh_results()
         self._update_enabled()
 
-    def _update_file_counts(self) -> None:
+    def update_file_counts(self) -> None:
         labels, pending = {}, {}
         for ann in self.document.annotations():
             labels[ann.image] = labels.get(ann.image, 0) + 1
@@ -316,7 +324,7 @@ class MainWindow(QMainWindow):
         annotations = self.document.annotations(self.current_image)
         colors = {c.name: c.color for c in self.document.categories}
         self.labels.set_annotations(annotations, colors)
-        if self.canvas.image_size is not None:
+        if self.canvas_image == self.current_image:
             self.canvas.set_overlays(self.review.overlays(self.current_image, annotations, colors))
 
     def _canvas_selection(self, keys: list[str]) -> None:
@@ -339,7 +347,7 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Category: {name}", 3000)
 
     # ---- edits -------------------------------------------------------------------------------
-    def _edit(self, change) -> None:
+    def edit(self, change) -> None:
         """Run a document edit; a refused one (e.g. a duplicate name) is shown, not raised."""
         if self.document is None:
             return
@@ -350,7 +358,7 @@ class MainWindow(QMainWindow):
 
     def delete_selected(self) -> None:
         ids = [k[4:] for k in self.canvas.selected_keys() if k.startswith("ann:")] or self.labels.selected_ids()
-        self._edit(lambda d: d.remove_annotations(ids))
+        self.edit(lambda d: d.remove_annotations(ids))
 
     def save(self) -> None:
         if self.document is not None and self.document.save():
@@ -379,100 +387,10 @@ class MainWindow(QMainWindow):
         self.saved_label.style().unpolish(self.saved_label)
         self.saved_label.style().polish(self.saved_label)
 
-    def export_coco(self) -> None:
-        if self.project is None or self.document is None:
-            return
-        path = self.ask_save_path("Export COCO", str(self.project.photos / "annotations.coco.json"), "COCO JSON (*.json)")
-        if not path:
-            return
-        from dasr_annotator.engine.coco import export_coco
-
-        try:
-            self.document.save()
-            report = export_coco(self.project, path)
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            from dasr_annotator.app.workers import describe_error
-
-            self.show_error("Export failed", describe_error(exc))
-            return
-        skipped = f"; {len(report.skipped)} skipped (unreadable images)" if report.skipped else ""
-        self.show_info(f"Exported {report.annotations} labels on {report.images} photos in {report.categories} "
-                       f"categories to {path}{skipped}.")
-
-    def import_coco(self) -> None:
-        if self.project is None or self.document is None:
-            return
-        path = self.ask_open_path("Import COCO", "COCO JSON (*.json)")
-        if not path:
-            return
-        from dasr_annotator.app.workers import describe_error
-        from dasr_annotator.engine.coco import CocoError, import_coco
-
-        before = {a.id for a in self.document.annotations()}
-        known = {c.name for c in self.document.categories}
-        try:
-            report = import_coco(self.project, path)
-        except CocoError as exc:
-            self.show_error("Import failed", str(exc))
-            return
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            self.show_error("Import failed", describe_error(exc))
-            return
-        added = [a for a in self.document.annotations() if a.id not in before]
-        self.document.adopt_import(added, known)
-        duplicates = f"; {len(report.duplicates)} already present" if report.duplicates else ""
-        self.show_info(f"Imported {report.added} labels from {path}{duplicates}.")
-
-    def edit_settings(self) -> None:
-        from dasr_annotator.app.settings import Preferences, save_preferences
-
-        current = vars(self.prefs).copy()
-        dialog = dialogs.SettingsDialog(current, {"backbone": _backbones(), "device": app_settings.DEVICES,
-                                                  "mode": app_settings.MODES}, parent=self)
-        if dialog.exec() != dialogs.SettingsDialog.Accepted:
-            return
-        self.apply_preferences(Preferences(**{**current, **dialog.values()}))
-        save_preferences(self.prefs)
-
-    def apply_preferences(self, prefs) -> None:
-        self.prefs = prefs
-        if self.controller.apply_preferences(prefs) and self.confirm(
-                "Re-index the folder?", "The new backbone, mode or image size needs a new index of every photo. "
-                "Your labels are kept. Re-index now?"):
-            self.controller.rebuild_index()
-
     def show_shortcuts(self) -> None:
         sheet = dialogs.ShortcutSheet(action_table.shortcut_rows(), self)
         sheet.setAttribute(Qt.WA_DeleteOnClose)
         sheet.show()
-
-    # ---- engine feedback ---------------------------------------------------------------------
-    def _index_progress(self, done: int, total: int, eta: float) -> None:
-        self.progress.set_progress(f"Indexing {done} / {total}", done, total, eta)
-
-    def _indexing_finished(self, report) -> None:
-        new = f", {report.indexed} new" if report.indexed else ""
-        self.progress.finish(f"{report.images} photos indexed{new}")
-        if report.skipped:
-            names = ", ".join(s["file"] for s in report.skipped[:3]) + (" …" if len(report.skipped) > 3 else "")
-            self.show_error("Some photos could not be indexed",
-                            f"{len(report.skipped)} skipped ({names}): {report.skipped[0]['reason']}")
-        if self.controller.images != self.file_model.paths():  # photos added or removed meanwhile
-            self.file_model.set_images(self.controller.images)
-            self._update_file_counts()
-
-    def _indexing_stopped(self, why: str) -> None:
-        if why == "paused":
-            self.progress.start("Indexing paused for a search…")
-        else:
-            self.progress.finish("Indexing cancelled — it resumes where it stopped next time")
-
-    def _incompatible_index(self, message: str) -> None:
-        self.progress.finish("Not indexed")
-        if self.confirm("Re-index the folder?", f"{message}\n\nRe-index with the current settings? Your labels are kept."):
-            self.controller.rebuild_index()
-        else:
-            self.show_error("Index not updated", message)
 
     def _update_enabled(self, *_) -> None:
         has_doc = self.document is not None
@@ -499,12 +417,6 @@ class MainWindow(QMainWindow):
             if dock.isFloating():
                 dock.hide()  # a floating dock is a window of its own; it goes with this one
         super().closeEvent(event)
-
-
-def _backbones() -> tuple[str, ...]:
-    from dasr_annotator.engine.backbones import BACKBONES
-
-    return BACKBONES
 
 
 def _escape(text: str) -> str:

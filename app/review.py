@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QKeySequence, QShortcut
 
-from dasr_annotator.app.controller import RerankRequest, SearchOutcome, SearchRequest
+from dasr_annotator.app.controller import SearchOutcome, SearchRequest
 from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
-from dasr_annotator.engine.types import Annotation, Box
+from dasr_annotator.engine import feedback
+from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
 from dasr_annotator.widgets.canvas import DRAFT_STYLE, Overlay
 from dasr_annotator.widgets.overlays import BoxStyle
-from dasr_annotator.widgets.result_grid import HitRow
+from dasr_annotator.widgets.result_grid import HINT, HitRow
 
 if TYPE_CHECKING:
     from dasr_annotator.app.main_window import MainWindow
@@ -32,7 +34,7 @@ class Review(QObject):
         self.draft: Box | None = None  # the box drawn on the current photo, not yet used
         self.outcome: SearchOutcome | None = None
         self.decisions = 0  # since the last re-ranking
-        self._rerank_session: HitSession | None = None
+        self._outcome_query: str | None = None  # the query id of the session `outcome` belongs to
         w, a = window, window.action
         self._enter = [QShortcut(QKeySequence(k), w, activated=self.enter) for k in ("Return", "Enter")]
         a["find_similar"].triggered.connect(self.find_similar)
@@ -44,6 +46,7 @@ class Review(QObject):
         a["prev_hit"].triggered.connect(lambda: w.results.move(-1))
         a["accept_above"].triggered.connect(self.accept_above)
         a["rerank"].triggered.connect(lambda: self.rerank(automatic=False))
+        w.category_box.lineEdit().returnPressed.connect(self._category_entered)
         w.canvas.boxDrawn.connect(self._box_drawn)
         w.canvas.boxEdited.connect(self._box_edited)
         w.results.currentChanged.connect(self._hit_selected)
@@ -51,11 +54,11 @@ class Review(QObject):
         w.results.model.cropWanted.connect(self._crop_wanted)
         w.controller.searchStarted.connect(lambda what: w.statusBar().showMessage(f"Searching for {what}…"))
         w.controller.searchFinished.connect(self._search_finished)
-        w.controller.rerankFinished.connect(self._reranked)
 
     def attach(self, doc: Document | None) -> None:
         self.doc, self.draft, self.outcome, self.decisions = doc, None, None, 0
         self.window.results.model.clear_crops()
+        self.refresh_results()
 
     # ---- the drawn box -----------------------------------------------------------------------
     def clear_draft(self) -> None:
@@ -71,9 +74,9 @@ class Review(QObject):
         if key == "draft":
             self.draft = box
         elif key.startswith("ann:"):
-            self.window._edit(lambda d: d.set_annotation_box(key[4:], box, drag_id))
+            self.window.edit(lambda d: d.set_annotation_box(key[4:], box, drag_id))
         elif key.startswith("hit:"):
-            self.window._edit(lambda d: d.set_hit_box(int(key[4:]), box, drag_id))
+            self.window.edit(lambda d: d.set_hit_box(int(key[4:]), box, drag_id))
 
     def _category_or_ask(self) -> str | None:
         category = self.window.category()
@@ -97,6 +100,12 @@ class Review(QObject):
             self.find_similar()
         else:
             self.decide(ACCEPTED)
+
+    def _category_entered(self) -> None:
+        """Enter in the category box: search with the drawn box, if any; else back to the photo."""
+        if self.draft is not None:
+            self.find_similar()
+        self.window.canvas.setFocus()
 
     def find_similar(self) -> None:
         w = self.window
@@ -141,11 +150,11 @@ class Review(QObject):
         if self.doc is None:
             return
         query_id = self.doc.record_query(request.category, request.positives, request.negatives) if request.positives else None
-        note = ""
-        if outcome.searched_images < outcome.total_images:
-            note = (f"Searched the {outcome.searched_images} photos indexed so far; "
-                    f"{outcome.total_images - outcome.searched_images} are still being indexed.")
-        self.outcome, self.decisions = outcome, 0
+        note, missing = "", outcome.total_images - outcome.searched_images
+        if missing > 0:
+            why = "are still being indexed" if w.controller.is_indexing else "are not indexed (indexing was stopped)"
+            note = f"Searched the {outcome.searched_images} photos indexed so far; {missing} {why}."
+        self.outcome, self.decisions, self._outcome_query = outcome, 0, query_id
         session = HitSession.from_hits(outcome.hits, request.category, query_id, note)
         self.doc.set_hits(session)
         if outcome.hits:
@@ -171,7 +180,7 @@ class Review(QObject):
         if not entries:
             return
         last = self.window.results.model.row_of(entries[-1].key)
-        self.window._edit(lambda d: d.decide_hits([e.key for e in entries], decision))
+        self.window.edit(lambda d: d.decide_hits([e.key for e in entries], decision))
         self.decisions += len(entries)
         self._advance(last)
         every = self.window.prefs.feedback_every
@@ -194,28 +203,23 @@ class Review(QObject):
         self.window.statusBar().showMessage(f"Accepted {count} hits scoring {threshold:.3f} or more", 5000)
 
     def rerank(self, automatic: bool) -> None:
+        """Re-order the undecided hits with the accepted ones as more examples and the rejected
+        ones as counter-examples (numpy over the hit images' regions: instant, no engine)."""
         hits = self.doc.hits if self.doc is not None else None
-        if hits is None or self.outcome is None:
+        if hits is None or self.outcome is None or hits.query_id != self._outcome_query:
             return
         pending = {e.key: e.image for e in hits.entries if e.status == PENDING}
         decided = [e for e in hits.entries if e.status != PENDING]
         if not pending or (automatic and not decided):
             return
         self.decisions = 0
-        self._rerank_session = hits
-        self.window.controller.rerank(RerankRequest(
-            self.outcome.query, [(e.image, e.box) for e in decided if e.status == ACCEPTED],
-            [(e.image, e.box) for e in decided if e.status == REJECTED], pending))
-
-    def _reranked(self, updates: dict) -> None:
-        if self.doc is None or self.doc.hits is not self._rerank_session or not updates:
-            return
-        hits = self.doc.hits
+        accepted = [(e.image, e.box) for e in decided if e.status == ACCEPTED]
+        rejected = [(e.image, e.box) for e in decided if e.status == REJECTED]
+        updates = feedback_ranking(self.outcome, accepted, rejected, pending)
         current = self.window.results.current_key()
-        counts = hits.counts()
         self.doc.rerank_hits(updates)
-        self.window.show_info(f"Re-ranked the {len(updates)} undecided hits using {counts[ACCEPTED]} accepted and "
-                              f"{counts[REJECTED]} rejected as examples.", 5000)
+        self.window.show_info(f"Re-ranked the {len(updates)} undecided hits using {len(accepted)} accepted and "
+                              f"{len(rejected)} rejected as examples.", 5000)
         if current is not None:
             self.window.results.select_key(current)
 
@@ -284,12 +288,14 @@ class Review(QObject):
     def refresh_results(self) -> None:
         w, hits = self.window, self.doc.hits if self.doc is not None else None
         if hits is None:
-            w.results.set_rows([], w.results.summary.text() if self.doc is not None else "")
+            w.results.set_rows([], HINT)
+            self.update_enabled()
             return
         hide = w.results.hide_labelled.isChecked()
+        labelled_keys = self.doc.labelled_hit_keys(w.prefs.overlap_iou)
         rows = []
         for rank, entry in enumerate(hits.entries):
-            labelled = entry.status != ACCEPTED and self.doc.overlapping_annotation(entry, w.prefs.overlap_iou) is not None
+            labelled = entry.key in labelled_keys
             if not (hide and labelled):
                 rows.append(HitRow(entry.key, entry.image, entry.score, entry.box, entry.status, labelled, rank))
         counts = hits.counts()
@@ -301,7 +307,6 @@ class Review(QObject):
             parts.append(f"re-ranked {hits.reranked}× by feedback")
         summary = " · ".join(parts) + (f"<br>{hits.note}" if hits.note else "")
         w.results.set_rows(rows, summary)
-        w.refresh_image_views()
         self.update_enabled()
 
     def update_enabled(self) -> None:
@@ -309,3 +314,33 @@ class Review(QObject):
         for name in ("accept", "reject", "next_hit", "prev_hit", "accept_above", "rerank"):
             self.window.action[name].setEnabled(has_hits)
         self.window.action["find_similar"].setEnabled(self.doc is not None)
+
+
+def feedback_ranking(outcome: SearchOutcome, accepted: list[tuple[str, Box]], rejected: list[tuple[str, Box]],
+                     candidates: dict[int, str]) -> dict[int, Hit]:
+    """New best region and score of each candidate hit (key -> image): positives are the query
+    and the accepted hits' regions, negatives the rejected hits' regions (engine/feedback.py)."""
+    regions = outcome.regions
+    images = np.array(regions.images, dtype=object)
+
+    def rows(pairs):
+        found = []
+        for image, box in pairs:
+            mine = np.flatnonzero(images == image)
+            if len(mine):  # the region the hit was drawn from (nearest box, if it was adjusted)
+                found.append(mine[np.abs(regions.boxes[mine] - np.array(box.as_list())).sum(1).argmin()])
+        return regions.vectors[np.array(found, dtype=np.int64)]
+
+    positives = np.concatenate([outcome.query, rows(accepted)])
+    scores = feedback.feedback_scores(positives, rows(rejected), regions.vectors)
+    names, image_of_row = np.unique(images.astype(str), return_inverse=True)
+    ranked, best, image_scores = feedback.image_ranking(scores, image_of_row)
+    key_of = {image: key for key, image in candidates.items()}
+    updates = {}
+    for image, row, score in zip(ranked.tolist(), best.tolist(), image_scores.tolist()):
+        key = key_of.get(str(names[image]))
+        if key is not None:
+            cx, cy, a, b, angle = (float(v) for v in regions.ellipses[row])
+            updates[key] = Hit(str(names[image]), float(score), Box(*map(float, regions.boxes[row])),
+                               Ellipse(cx, cy, a, b, angle))
+    return updates

@@ -26,14 +26,6 @@ class Preferences:
     overlap_iou: float = 0.5  # a hit overlapping a same-category label this much counts as labelled
     feedback_every: int = 5  # re-rank the remaining hits after this many decisions (0: never)
 
-    def choices(self, backbones: tuple[str, ...]) -> dict[str, tuple]:
-        """The allowed values of the fields that have a fixed list."""
-        return {"backbone": tuple(backbones), "device": DEVICES, "mode": MODES}
-
-    def extractor_config(self) -> dict:
-        """What decides whether two indexes can be mixed (a change means re-indexing)."""
-        return {"backbone": self.backbone, "mode": self.mode, "max_side": self.max_side}
-
 
 _GROUP = "preferences"
 _RANGES = {"max_side": (128, 2048), "top_k": (1, 10000), "overlap_iou": (0.05, 1.0), "feedback_every": (0, 100)}

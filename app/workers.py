@@ -30,6 +30,14 @@ PROGRESS_INTERVAL_S = 0.1  # at most ten progress updates a second reach the GUI
 _task_ids = itertools.count(1)
 
 
+class UserMessage(Exception):
+    """A failure whose text is written for the user as it stands."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
 class Task:
     """One piece of engine work; `cancel()` may be called from any thread."""
 

@@ -141,7 +141,7 @@ def _run_unit(unit, x: Tensor, trace: Trace | None, first_input: Tensor | None) 
 
     def record_input(t: Tensor) -> Tensor:
         # Linear-bottleneck outputs can be negative: the rule uses their positive part.
-        if trace is not None and not trace.records and first_input is not None:
+        if first_input is not None and not trace.records:
             return first_input
         return t.clamp(min=0)
 
@@ -278,30 +278,34 @@ class Backbone:
         t = torch.from_numpy(rgb).to(self.device)
         return t.permute(2, 0, 1).unsqueeze(0).float()
 
-    def forward(self, pixels: Tensor, trace: bool = False, layers: tuple[str, ...] | None = None) -> Forward:
+    def forward(self, pixels: Tensor, trace: bool = False, layers: tuple[str, ...] | None = None,
+                trace_from_stride: int = 1) -> Forward:
         """Run up to the last requested layer (default: activation and descriptor layers).
 
-        `pixels` is [N, 3, H, W] in 0..255. With `trace`, the first conv's recorded input is
-        the non-negative `pixels / std` (the normalised input can be negative).
+        `pixels` is [N, 3, H, W] in 0..255. With `trace`, layers whose input has stride >=
+        `trace_from_stride` are recorded up to the activation layer; the first conv's recorded
+        input is the non-negative `pixels / std` (the normalised input can be negative).
         """
         wanted = layers or (self.activation_layer, self.descriptor_layer)
         units_wanted = {self._unit_name(n) for n in wanted}
-        tracer = Trace() if trace else None
+        tracer = result_trace = Trace() if trace else None
         x = (pixels - self._mean) / self._std
-        first_input = pixels / self._std if trace else None
         features = {}
-        recording = tracer
-        for unit_name, unit in self.units:
+        in_stride = 1
+        for index, (unit_name, unit) in enumerate(self.units):
+            recording = tracer if in_stride >= trace_from_stride else None
+            first_input = pixels / self._std if (recording is not None and index == 0) else None
             x = _run_unit(unit, x, recording, first_input)
+            in_stride = self.layers[unit_name][1]
             if unit_name == self._unit_name(self.activation_layer):
-                recording = None  # the backward rule starts at the activation layer
+                tracer = None  # the backward rule starts at the activation layer
             if unit_name in units_wanted:
                 features[unit_name] = x
                 units_wanted.discard(unit_name)
                 if not units_wanted:
                     break
         named = {n: features[self._unit_name(n)] for n in wanted}
-        return Forward(named, tracer, tuple(pixels.shape[-2:]))
+        return Forward(named, result_trace, tuple(pixels.shape[-2:]))
 
     def logits(self, pixels: Tensor) -> Tensor:
         """ImageNet logits (global mean of the activation layer -> fc), where the weights have them."""

@@ -59,8 +59,24 @@ def scan_images(root: Path) -> ScanResult:
         seen_dirs.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if d != STATE_FOLDER)
         rel_folder = Path(folder).relative_to(root)
-        files.extend((rel_folder / n).as_posix() for n in names if is_image_name(n))
+        for name in names:
+            if not is_image_name(name):
+                continue
+            rel = (rel_folder / name).as_posix()
+            if _utf8(rel):
+                files.append(rel)
+            else:  # project files are UTF-8 JSON; such a name could not be stored
+                shown = os.fsencode(rel).decode("utf-8", "replace")
+                problems.append({"file": shown, "reason": "file name is not valid UTF-8; rename the file"})
     return ScanResult(sorted(files), problems)
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # ---- fingerprints ---------------------------------------------------------------------------

@@ -239,7 +239,8 @@ class RegionScorer:
         return scores, boxes
 
 
-def _whitening_functions(images: list[ImageRegionsArrays], manifest: Manifest, mode: str) -> tuple[dict, str]:
+def _whitening_functions(images: list[ImageRegionsArrays], manifest: Manifest, mode: str,
+                         dim: int | None = None) -> tuple[dict, str]:
     """video -> whitening function for its queries, and a description of what it was fitted on."""
     identity = lambda x: l2n(np.asarray(x, np.float32)).astype(np.float32)  # noqa: E731
     videos = sorted(set(manifest.videos.values()))
@@ -247,7 +248,7 @@ def _whitening_functions(images: list[ImageRegionsArrays], manifest: Manifest, m
         return {v: identity for v in videos}, "none (raw l2-normalised descriptors)"
     descs = [im.descriptors for im in images]
     if mode == "collection":
-        fit = Whitening().fit(np.concatenate(descs))
+        fit = Whitening(dim).fit(np.concatenate(descs))
         return {v: fit.transform for v in videos}, f"collection: all {fit.n_fit} regions of the evaluated images (unsupervised)"
     if mode != "other":
         raise ValueError(f"whitening must be one of {WHITENING_CHOICES}, not {mode!r}")
@@ -260,7 +261,7 @@ def _whitening_functions(images: list[ImageRegionsArrays], manifest: Manifest, m
         held_out = [d for f, d in zip(manifest.files, descs) if v not in video_of_file.get(f, ())]
         if sum(d.shape[0] for d in held_out) < 2:
             raise ValueError("whitening 'other' needs images of at least two videos")
-        out[v] = Whitening().fit(np.concatenate(held_out)).transform
+        out[v] = Whitening(dim).fit(np.concatenate(held_out)).transform
     return out, "other: for each query, the regions of the other videos' images only (leave-one-video-out)"
 
 
@@ -344,6 +345,7 @@ class EvalSettings:
     tau: float = 0.1
     nms_beta: float = 0.3  # 1.0 = no suppression
     whitening: str = "collection"
+    whitening_dim: int | None = None  # None: every component the data spans
     queries_per_instance: int = 3
     baselines: bool = False
     limit_images: int | None = None
@@ -376,7 +378,7 @@ def run_eval(manifest_path, settings: EvalSettings | None = None, extractor: Ext
     if images is None:
         images = extract_manifest(manifest, extractor, extraction_cache(extractor, settings.cache_dir),
                                   lambda done, _: progress(done, total), cancel)
-    whiten, whitening_note = _whitening_functions(images, manifest, settings.whitening)
+    whiten, whitening_note = _whitening_functions(images, manifest, settings.whitening, settings.whitening_dim)
     methods = [_evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel)]
     if settings.baselines:
         methods += baseline_results(manifest, queries, extractor, settings.cache_dir,

@@ -195,17 +195,22 @@ def record_stride(records, input_size, index: int) -> int:
     return 2 ** round(math.log2(input_size[1] / t.shape[-1]))
 
 
+def layer_boundaries(trace: Trace) -> list[int]:
+    """Indices of the records that start a layer outside any residual, in forward order."""
+    depth, boundaries = 0, []
+    for i, rec in enumerate(trace.records):
+        if depth == 0 and rec.kind in ("conv", "pool", "res_begin"):
+            boundaries.append(i)
+        depth += {"res_begin": 1, "res_end": -1}.get(rec.kind, 0)
+    return boundaries
+
+
 def stop_index(trace: Trace, input_size, stride: int) -> int:
     """Lowest record index whose input is at `stride` or coarser and lies on a layer boundary
     outside any residual: a pass that visits records from there on ends (or starts) there."""
     records = trace.records
-    depth, boundaries = 0, []
-    for i, rec in enumerate(records):
-        if depth == 0 and rec.kind in ("conv", "pool", "res_begin"):
-            boundaries.append(i)
-        depth += {"res_begin": 1, "res_end": -1}.get(rec.kind, 0)
     best = None
-    for i in reversed(boundaries):
+    for i in reversed(layer_boundaries(trace)):
         if record_stride(records, input_size, i) < stride:
             break
         best = i

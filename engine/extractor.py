@@ -72,7 +72,7 @@ class Extractor:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, method: str = "dasr*", mode: str = "fast",
                  device: str = "auto", max_side: int = 512, weights: str | None = None, tau: float = 0.1,
                  nms_beta: float = 0.3, descriptor_layer: str | None = None, pretrained: bool = True,
-                 transpose_dtype: torch.dtype | None = None, memory_budget_mb: int = 512):
+                 transpose_dtype: torch.dtype | None = None, memory_budget_mb: int | None = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         if mode not in MODES:
@@ -83,8 +83,13 @@ class Extractor:
         self.method, self.mode = method, mode
         self.max_side, self.tau, self.nms_beta = int(max_side), float(tau), float(nms_beta)
         self.transpose_dtype = transpose_dtype
+        if memory_budget_mb is None:
+            # Seeds per backward chunk follow from this. On a CPU one seed at a time is fastest
+            # (the working set stays in cache); a GPU wants large batches.
+            memory_budget_mb = 4096 if self._device.type == "cuda" else 64
         self.memory_budget = int(memory_budget_mb) << 20
-        self.channels_last = self._device.type == "cuda"
+        # channels-last makes depthwise and transposed convs several times faster, CPU and GPU
+        self.channels_last = True
 
     @property
     def device(self) -> str:
@@ -136,7 +141,7 @@ class Extractor:
         prep = self.prepare(image)
         with torch.inference_mode(self.mode != "official"):
             geo = self._seed_geometry(prep.pixels)
-            keep = self._select(geo)
+            keep = self.select(geo)
             descs = self._pool(geo.feature, geo.boxes[keep])
         regions = [
             Region(prep.box_to_original(b), prep.ellipse_to_original(e), float(s), d)
@@ -182,7 +187,7 @@ class Extractor:
     def _seeds(self, xbar: Tensor) -> tuple[Tensor, Tensor]:
         return seeds_dasr_star(xbar) if self.method == "dasr*" else seeds_dasr(xbar)
 
-    def _select(self, geo: "SeedGeometry") -> Tensor:
+    def select(self, geo: "SeedGeometry") -> Tensor:
         """Indices of the regions kept, best score first (NMS for DASR*)."""
         if self.mode == "official":
             return nms_plus_one(geo.boxes, geo.scores, self.nms_beta)
@@ -194,7 +199,9 @@ class Extractor:
         bb = self.backbone
         official = self.mode == "official"
         with torch.inference_mode():
-            fw = bb.forward(pixels, trace=not official)
+            # fast mode needs the layers from its start stride on; exact modes need them all
+            from_stride = moments.DEFAULT_START_STRIDE if self.mode == "fast" else 1
+            fw = bb.forward(pixels, trace=not official, trace_from_stride=from_stride)
         act, feature = fw.features[bb.activation_layer], fw.features[bb.descriptor_layer][0]
         xbar = act.mean(dim=1)[0]
         if official:
@@ -210,7 +217,7 @@ class Extractor:
             return SeedGeometry(ij, scores, pixels.new_zeros((0, 5)), pixels.new_zeros((0, 4)), feature, 0)
         if self.mode == "fast":
             ellipses, boxes, alive = moments.seed_ellipses(
-                fw.trace, fw.input_size, act, ij, moments.BOX_SCALE[bb.name])
+                fw.trace, fw.input_size, act, ij, moments.BOX_SCALE[bb.name], channels_last=self.channels_last)
         else:
             if official:
                 maps = official_maps(bb, pixels, ij)

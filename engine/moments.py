@@ -22,7 +22,7 @@ from .excitation import EPS, PositiveLinear, record_stride, stop_index
 from .regions import ellipse_from_moments
 
 # Support spread / mass-weighted spread, per backbone; calibrated with benchmarks/extract_speed.py.
-BOX_SCALE = {"efficientnet-lite0": 1.0, "resnet50": 1.0, "vgg16": 1.0}
+BOX_SCALE = {"efficientnet-lite0": 0.63, "resnet50": 0.63, "vgg16": 0.63}
 DEFAULT_START_STRIDE = 8
 
 

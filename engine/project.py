@@ -28,7 +28,7 @@ from dasr_annotator.engine import index as faiss_index
 from dasr_annotator.engine.annotations import AnnotationStore
 from dasr_annotator.engine.collection import (STATE_FOLDER, FileEntry, RegionStore, content_hash, fingerprint,
                                               scan_images)
-from dasr_annotator.engine.descriptors import Whitening, l2n
+from dasr_annotator.engine.descriptors import Whitening
 from dasr_annotator.engine.imageio import ImageError, load_image
 from dasr_annotator.engine.storage import (ProjectFileError, atomic_write_bytes, atomic_write_json, is_writable_dir,
                                            read_json, user_cache_dir)
@@ -67,6 +67,7 @@ class IndexReport:
     regions: int  # regions in the index
     skipped: list[dict] = field(default_factory=list)  # [{"file", "reason"}]
     notes: list[str] = field(default_factory=list)  # for people (whitening refitted, index kind, ...)
+    pending: int = 0  # left for the next run because `pause` asked to stop early
 
     def as_json(self) -> dict:
         return {"images": self.images, "indexed": self.indexed, "reused": self.reused, "removed": self.removed,
@@ -167,10 +168,12 @@ class Project:
 
     def update_index(self, extractor, progress: ProgressFn = no_progress, cancel: CancelFn = never_cancel,
                      rebuild: bool = False, weights: str | None = None, batch_files: int = BATCH_FILES,
-                     batch_seconds: float = BATCH_SECONDS) -> IndexReport:
+                     batch_seconds: float = BATCH_SECONDS, pause: CancelFn = never_cancel) -> IndexReport:
         """Bring the regions and the index up to date with the folder: extract new or changed
         images, drop removed ones, reuse the rest. Finished batches are saved as they complete, so
-        a cancelled (or killed) run is resumed by the next one. Raises IncompatibleIndex when the
+        a cancelled (or killed) run is resumed by the next one. When `pause()` turns true the run
+        stops extracting, indexes what it has and returns (`pending` images are left for the next
+        run), so a search can use the images done so far. Raises IncompatibleIndex when the
         folder was indexed with other settings, unless `rebuild`."""
         config = extractor.config()
         with _Lock(self.state_dir / "lock"):
@@ -188,10 +191,11 @@ class Project:
             skipped = scan.problems + plan.skipped
             for entry in plan.refreshed.values():
                 store.entries[entry.file] = entry
-            extracted, failed = self._extract(extractor, plan.extract, store, progress, cancel,
-                                              batch_files, batch_seconds)
+            extracted, failed, pending = self._extract(extractor, plan.extract, store, progress, cancel, pause,
+                                                       batch_files, batch_seconds)
             skipped += failed
-            unusable = {s["file"] for s in skipped}
+            # unreadable, or changed and not yet extracted again: their stored regions are stale
+            unusable = {s["file"] for s in skipped} | set(pending)
             live = [f for f in scan.files if f in store.entries and f not in unusable]
             catalogued = set(store.entries)
             removed = len(catalogued - set(scan.files))
@@ -202,7 +206,7 @@ class Project:
                 notes.append(f"{len(plan.refreshed)} touched file(s) had unchanged content and were reused")
             regions = self._refresh_search_state(store, live, manifest, notes, cancel)
         return IndexReport(images=len(live), indexed=extracted, reused=len(plan.reuse) + len(plan.refreshed),
-                           removed=removed, regions=regions, skipped=skipped, notes=notes)
+                           removed=removed, regions=regions, skipped=skipped, notes=notes, pending=len(pending))
 
     def _plan(self, files: list[str], store: RegionStore) -> _Plan:
         plan = _Plan([], [], {}, [])
@@ -221,8 +225,8 @@ class Project:
                 plan.extract.append((rel, fp))
         return plan
 
-    def _extract(self, extractor, todo, store: RegionStore, progress, cancel, batch_files, batch_seconds):
-        """Extract `todo` in shards; returns (number extracted, skipped entries)."""
+    def _extract(self, extractor, todo, store: RegionStore, progress, cancel, pause, batch_files, batch_seconds):
+        """Extract `todo` in shards; returns (number extracted, skipped entries, files not reached)."""
         max_side = extractor.config().get("max_side")
         batch, failed, done, started = [], [], 0, time.monotonic()
         progress(0, len(todo))
@@ -234,13 +238,19 @@ class Project:
             batch, started = [], time.monotonic()
 
         try:
-            for rel, fp in todo:
+            for position, (rel, fp) in enumerate(todo):
                 if cancel():
                     raise Cancelled()
+                if pause():
+                    flush()
+                    return done, failed, [r for r, _ in todo[position:]]
                 path = self.path_of(rel)
                 try:
-                    digest = content_hash(path)
                     regions = extractor.extract(load_image(path, max_side=max_side))
+                    # hashed after extraction (a refused image costs no read); if the file
+                    # changed meanwhile the hash may not match the regions: record none
+                    digest = content_hash(path)
+                    digest = digest if fingerprint(path) == fp else ""
                 except ImageError as exc:
                     failed.append({"file": rel, "reason": exc.reason})
                 except OSError as exc:
@@ -256,7 +266,7 @@ class Project:
             flush()  # keep every image finished so far
             raise
         flush()
-        return done, failed
+        return done, failed, []
 
     # ---- whitening and index ------------------------------------------------------------------
     def _refresh_search_state(self, store: RegionStore, live: list[str], manifest: dict, notes: list[str],
@@ -283,11 +293,8 @@ class Project:
                 and self._index_files_present(index_info)):
             return n_regions
         arrays = store.read(live)
-        vectors = _prepare(arrays.descriptors, whitening, dim)
-        if n_regions:
-            built = faiss_index.build_index(vectors, cancel=cancel)
-        else:
-            built = faiss_index.build_index(np.zeros((0, vectors.shape[1]), np.float32), spec="Flat")
+        vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
+        built = faiss_index.build_index(vectors, spec=None if n_regions else "Flat", cancel=cancel)
         gen = _generation()
         new_index = {"file": f"index-{gen}.faiss", "meta": f"index-{gen}.npz", "type": built.spec,
                      "metric": "inner_product", "nprobe": built.nprobe, "dim": built.dim, "regions": n_regions,
@@ -385,6 +392,8 @@ def _writable(folder: Path) -> bool:
 
 
 def _same_content(path: Path, sha256: str) -> bool:
+    if not sha256:
+        return False
     try:
         return content_hash(path) == sha256
     except OSError:
@@ -398,14 +407,6 @@ def _content_key(store: RegionStore, live: list[str]) -> str:
         e = store.entries[f]
         digest.update(f"{f}\0{e.shard}\0{e.start}\0{e.count}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
-
-
-def _prepare(descriptors: np.ndarray, whitening: Whitening | None, dim: int) -> np.ndarray:
-    """Stored raw descriptors -> the vectors the index holds (whitened when fitted, l2)."""
-    if len(descriptors) == 0:
-        return np.zeros((0, whitening.output_dim if whitening else dim), np.float32)
-    x = descriptors.astype(np.float32)
-    return whitening.transform(x) if whitening is not None else np.ascontiguousarray(l2n(x), np.float32)
 
 
 def _generation() -> str:

@@ -1,9 +1,9 @@
 """Instance search over a project's index: query boxes in, one hit per image out.
 
 A region's score is its cosine similarity to the query (whitened space); with several positive
-boxes it is the best over them, and a region that looks like a negative box loses that
-similarity: score = max_pos - max(0, max_neg). An image scores as its best region, which is also
-where the hit is drawn. The index is searched for more and more regions until enough distinct
+boxes, or negative ones, it is `feedback.feedback_scores` (best positive, minus a penalty for
+looking like a negative), the same scoring the GUI re-ranks with. An image scores as its best
+region, which is also where the hit is drawn. The index is searched for more and more regions until enough distinct
 images are found.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from dasr_annotator.engine import index as faiss_index
-from dasr_annotator.engine.descriptors import Whitening, l2n
+from dasr_annotator.engine.descriptors import Whitening
+from dasr_annotator.engine.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.imageio import load_image
 from dasr_annotator.engine.types import Box, Ellipse, Hit
 
@@ -75,10 +76,9 @@ class Searcher:
     def prepare(self, descriptors: np.ndarray) -> np.ndarray:
         """Raw (l2) descriptors [Q, D] -> the index's space: whitened when the project has a
         whitening, l2-normalised, float32 contiguous."""
-        x = np.asarray(descriptors, np.float32).reshape(-1, np.asarray(descriptors).shape[-1])
-        if self.whitening is not None:
-            return self.whitening.transform(x)
-        return np.ascontiguousarray(l2n(x), dtype=np.float32)
+        x = np.asarray(descriptors, np.float32)
+        x = x.reshape(-1, x.shape[-1])
+        return faiss_index.index_vectors(x, self.whitening, x.shape[1])
 
     def resolve(self, image: str | os.PathLike) -> tuple[Path, str | None]:
         """(file path, collection-relative path or None) of an image named relative to the photo
@@ -106,23 +106,23 @@ class Searcher:
         excluded = self._image_id.get(exclude_image, -1) if exclude_image else -1
         k = min(n, max(4 * top_k, 64))
         while True:
-            sims, ids = self.index.search(positives, k)
+            with faiss_index.single_thread():
+                sims, ids = self.index.search(positives, k)
             regions, scores = _best_per_region(ids.ravel(), sims.ravel())
-            if negs is not None and len(regions):
-                against = faiss_index.reconstruct(self.index, regions) @ negs.T
-                scores = scores - np.maximum(against.max(1), 0.0)
-            images, best = _best_per_image(self.region_image[regions], scores)
+            if len(positives) > 1 or negs is not None:
+                # every candidate against every example (a candidate one positive missed still
+                # has a similarity to it), the same scoring as the GUI's re-ranking
+                scores = feedback_scores(positives, negs, faiss_index.reconstruct(self.index, regions))
+            images, best, image_scores = image_ranking(scores, self.region_image[regions])
             keep = images != excluded
-            images, best = images[keep], best[keep]
+            images, best, image_scores = images[keep], best[keep], image_scores[keep]
             if len(images) >= top_k or k >= n:
                 break
             k = min(n, 4 * k)
-        order = np.argsort(-scores[best], kind="stable")[:top_k]
         hits = []
-        for i in order:
-            r = int(regions[best[i]])
-            cx, cy, a, b, angle = (float(v) for v in self.ellipses[r])
-            hits.append(Hit(self.images[int(images[i])], float(scores[best[i]]), Box(*map(float, self.boxes[r])),
+        for image, region, score in zip(images[:top_k], regions[best[:top_k]], image_scores[:top_k]):
+            cx, cy, a, b, angle = (float(v) for v in self.ellipses[region])
+            hits.append(Hit(self.images[int(image)], float(score), Box(*map(float, self.boxes[region])),
                             Ellipse(cx, cy, a, b, angle)))
         return hits
 
@@ -141,11 +141,3 @@ def _best_per_region(ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.
     first = np.ones(len(ids), bool)
     first[1:] = ids[1:] != ids[:-1]
     return ids[first], sims[first].astype(np.float32)
-
-
-def _best_per_image(region_images: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids, index of each image's best region) for candidate regions."""
-    order = np.lexsort((-scores, region_images))
-    first = np.ones(len(order), bool)
-    first[1:] = region_images[order][1:] != region_images[order][:-1]
-    return region_images[order][first], order[first]

@@ -24,12 +24,14 @@ start=$SECONDS
     --distpath dist --workpath "build/pyinstaller-$variant" "$@" dasr_annotator.spec
 echo "built $bundle in $((SECONDS - start)) s"
 
-echo "size: $(du -sh "$bundle" | cut -f1); largest parts:"
-du -s --block-size=1M "$bundle"/_internal/* "$bundle"/_internal/*/* 2>/dev/null | sort -rn | head -12
+internal="$bundle/_internal"
+echo "size: $(du -sh "$bundle" | cut -f1). Largest folders (MiB):"
+du -s --block-size=1M "$internal"/* | sort -rn | awk 'NR <= 8'
+echo "Largest files (MiB):"
+find "$internal" -type f -size +40M -printf '%s %P\n' | sort -rn | awk 'NR <= 12 {printf "%d\t%s\n", $1 / 1048576, $2}'
 
 # The xcb plugin needs a few X libraries that PyInstaller copies from the build host; a host
 # without them yields a bundle that only runs offscreen. Say so instead of failing later.
-internal="$bundle/_internal"
 for plugin in "$internal"/PySide6/Qt/plugins/platforms/*.so; do
     missing=$(LD_LIBRARY_PATH="$internal:$internal/PySide6/Qt/lib" ldd "$plugin" | awk '/not found/ {print $1}' | sort -u)
     if [[ -n $missing ]]; then

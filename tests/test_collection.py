@@ -79,6 +79,8 @@ def test_scan_finds_images_in_any_case_skips_state_and_survives_link_loops(tmp_p
     found = scan_images(root)
     assert found.files == ["a.jpg", "b.JPEG", "f.gif", "g.bmp", "h.tif", "sub/c.Png", "sub/deep/d.webp", "sub/e.TIFF"]
     assert found.problems == []
+    make_image(root / os.fsdecode(b"bad-\xff.png"), COLOURS[2])
+    assert [p["reason"] for p in scan_images(root).problems] == ["file name is not valid UTF-8; rename the file"]
 
 
 def test_first_run_then_rerun_reuses_everything(photos):
@@ -231,3 +233,13 @@ def test_a_second_indexer_is_refused_while_one_runs(photos):
     with _Lock(project.state_dir / "lock"):
         with pytest.raises(ProjectBusy):
             project.update_index(TinyExtractor())
+
+
+def test_pause_indexes_what_is_done_and_leaves_the_rest_for_later(photos):
+    project = Project.open(photos)
+    ex = TinyExtractor()
+    report = project.update_index(ex, pause=lambda: len(ex.extracted) >= 2)
+    assert (report.images, report.indexed, report.pending) == (2, 2, 4)
+    assert len(project.searcher(ex).images) == 2
+    rest = project.update_index(TinyExtractor())
+    assert (rest.images, rest.indexed, rest.reused, rest.pending) == (6, 4, 2, 0)

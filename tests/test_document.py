@@ -141,15 +141,17 @@ def test_deleting_an_accepted_annotation_returns_its_hit_to_pending(doc):
     assert entry.status == ACCEPTED and entry.annotation_id == ann_id
 
 
-def test_overlap_with_existing_label_is_reported(doc):
+def test_hits_on_already_labelled_instances_are_reported(doc):
     doc.add_annotation("img0.jpg", "cup", Box(1, 6, 20, 30))
     doc.add_annotation("img1.jpg", "plate", Box(10, 5, 20, 30))
-    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.8), "cup"))
-    first, second = doc.hits.entries
-    assert doc.overlapping_annotation(first) is not None
-    assert doc.overlapping_annotation(second) is None  # same place, other category
+    doc.add_annotation("img2.jpg", "cup", Box(200, 200, 20, 30))
+    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.8, 0.7), "cup"))
+    first, second, third = doc.hits.entries
+    assert doc.labelled_hit_keys() == {first.key}  # not: other category, other place
     doc.decide_hits([second.key], ACCEPTED)
-    assert doc.overlapping_annotation(second) is None  # its own annotation does not count
+    assert doc.labelled_hit_keys() == {first.key}  # its own new label does not count
+    doc.decide_hits([first.key], ACCEPTED)
+    assert doc.labelled_hit_keys() == set()  # decided: no longer a question
 
 
 def test_rerank_keeps_decided_hits_first_and_adjusted_boxes(doc):

@@ -10,7 +10,7 @@ from PySide6.QtGui import QKeySequence
 
 from dasr_annotator import resources
 from dasr_annotator.app import actions, settings
-from dasr_annotator.app.workers import EngineWorker, Task, describe_error, load_display_image
+from dasr_annotator.app.workers import EngineWorker, Task, UserMessage, describe_error, load_display_image
 from dasr_annotator.engine.imageio import ImageError
 from dasr_annotator.engine.storage import ProjectFileError
 from dasr_annotator.engine.types import Box, Cancelled
@@ -113,6 +113,7 @@ def test_worker_turns_exceptions_into_messages(qapp):
     assert describe_error(ImageError("truncated image file")) == "truncated image file"
     assert "GPU ran out of memory" in describe_error(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert describe_error(KeyError("x")) == "KeyError: 'x'"
+    assert describe_error(UserMessage("Nothing is indexed yet.")) == "Nothing is indexed yet."
 
 
 def test_display_crop_shows_the_box_region(tmp_path, qapp):
@@ -125,3 +126,36 @@ def test_display_crop_shows_the_box_region(tmp_path, qapp):
     assert max(crop.width(), crop.height()) <= 64
     centre = crop.pixelColor(crop.width() // 2, crop.height() // 2)
     assert (centre.red(), centre.green(), centre.blue()) == (255, 0, 0)
+
+
+def _outcome(vectors, images, query):
+    from dasr_annotator.app.controller import CandidateRegions, SearchOutcome, SearchRequest
+
+    n = len(images)
+    boxes = np.array([[10.0 * i, 0, 10, 10] for i in range(n)])
+    regions = CandidateRegions(np.asarray(vectors, np.float32), images, boxes, np.zeros((n, 5)))
+    return SearchOutcome(SearchRequest("x", []), [], np.asarray([query], np.float32), regions, n, n)
+
+
+def test_feedback_ranking_uses_accepted_and_rejected_regions():
+    from dasr_annotator.app.review import feedback_ranking
+
+    def unit(*v):
+        v = np.array(v, np.float32)
+        return v / np.linalg.norm(v)
+
+    # a: like the query; b: unlike it but like c; c: a look-alike of b, close to the query too;
+    # d: the instance from another side; e: like d, unlike the query
+    vectors = [unit(1, 0, 0), unit(0, 1, 0), unit(0.6, 0.8, 0), unit(0.5, 0, 0.86), unit(0.3, 0, 0.95)]
+    images = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
+    outcome = _outcome(vectors, images, unit(1, 0, 0))
+    keys = {0: "a.jpg", 2: "c.jpg", 4: "e.jpg"}
+    plain = feedback_ranking(outcome, [], [], keys)
+    assert set(plain) == set(keys) and plain[0].score == pytest.approx(1.0)
+    assert plain[2].score == pytest.approx(0.6) and plain[4].box == Box(40, 0, 10, 10)
+    rejected_b = feedback_ranking(outcome, [], [("b.jpg", Box(10, 0, 10, 10))], keys)
+    assert rejected_b[2].score < plain[2].score  # c looks like the rejected b
+    assert rejected_b[0].score == pytest.approx(plain[0].score)  # a does not
+    accepted_d = feedback_ranking(outcome, [("d.jpg", Box(31, 1, 10, 10))], [], keys)  # an adjusted box
+    assert accepted_d[4].score > plain[4].score + 0.3  # e looks like the accepted d
+    assert accepted_d[0].score == pytest.approx(plain[0].score)

@@ -11,7 +11,9 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QDockWidget
 
+from dasr_annotator.app.controller import SearchRequest
 from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED
+from dasr_annotator.app.settings import Preferences
 from dasr_annotator.app.main_window import MainWindow
 from dasr_annotator.engine.types import Box
 
@@ -72,8 +74,8 @@ def window_on(qtbot):
     """Open a window on a folder; checks on teardown that it closed and left no window behind."""
     windows = []
 
-    def open_window(photos):
-        window = MainWindow(photos)
+    def open_window(photos, prefs=None):
+        window = MainWindow(photos, prefs=prefs or Preferences(device="cpu"))
         window.ask_save_path = lambda *args: None  # no dialog may ever block a test
         window.ask_open_path = lambda *args: None
         window.confirm = lambda *args: False
@@ -133,12 +135,14 @@ def test_label_by_example_end_to_end(qtbot, tmp_path, dev_data, dev_manifest, wi
     tolerance = 2.0 / window.canvas.zoom() + 1.0  # one screen pixel of rounding at each end
     assert draft is not None and draft.iou(gt) > 0.9
     assert abs(draft.x - gt.x) <= tolerance and abs(draft.y2 - gt.y2) <= tolerance
-    window.category_box.setEditText("box")
-
-    # Enter searches (on the engine thread) and the hits show.
-    window.canvas.setFocus()
+    # Type the category; Enter there searches (on the engine thread) and the hits show.
+    window.activateWindow()
+    qtbot.waitActive(window)
+    window.category_box.lineEdit().setFocus()
+    QTest.keyClicks(window.category_box.lineEdit(), "box")
+    assert window.review.draft is not None  # letters typed there are not shortcuts
     with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:
-        press(qtbot, window, Qt.Key_Return)
+        QTest.keyClick(window.category_box.lineEdit(), Qt.Key_Return)
     hits = searched.args[0].hits
     assert hits and all(h.image != query_image for h in hits)
     assert [r.image for r in window.results.model.rows()] == [h.image for h in hits]
@@ -183,6 +187,23 @@ def test_label_by_example_end_to_end(qtbot, tmp_path, dev_data, dev_manifest, wi
     assert [c["name"] for c in coco["categories"]] == ["box"]
     assert second.image not in names.values() or second.image == query_image
 
+    # Del deletes the selected label (its hit returns to pending); undo restores it.
+    window.results.select_key(first.key)
+    qtbot.waitUntil(lambda: window.canvas.selected_keys() == [f"ann:{first.annotation_id}"], timeout=10_000)
+    window.canvas.setFocus()
+    press(qtbot, window, Qt.Key_Delete)
+    assert first.status == PENDING and len(window.document.annotations()) == 1
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier)
+    assert first.status == ACCEPTED and len(window.document.annotations()) == 2
+
+    # A and D walk through the photos.
+    paths = window.file_model.paths()
+    row = paths.index(window.current_image)
+    press(qtbot, window, Qt.Key_D)
+    assert window.current_image == paths[min(row + 1, len(paths) - 1)]
+    press(qtbot, window, Qt.Key_A)
+    assert window.current_image == paths[row]
+
     # Everything was autosaved to the project's store.
     qtbot.waitUntil(lambda: window.document.is_saved, timeout=5_000)
     stored = json.loads((window.project.state_dir / "annotations.json").read_text())
@@ -219,8 +240,9 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     wait_for_image(qtbot, window, query_image)
     window.category_box.setEditText("thing")
     window.review.draft = truth[query_image]
+    window.canvas.setFocus()
     with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000):
-        window.review.find_similar()
+        press(qtbot, window, Qt.Key_Enter)  # the keypad's Enter, on the photo
     doc = window.document
     entries = list(doc.hits.entries)
     assert len(entries) >= 4
@@ -237,12 +259,13 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     # Relevance feedback: decisions, then a re-ranking of the rest by the engine's scores.
     doc.decide_hits([entries[0].key], ACCEPTED)
     doc.decide_hits([entries[1].key], REJECTED)
-    with qtbot.waitSignal(window.controller.rerankFinished, timeout=60_000) as reranked:
-        window.action["rerank"].trigger()
-    assert reranked.args[0] and doc.hits.reranked == 1
-    assert "re-ranked 1×" in window.results.summary.text()
-    pending = [e.score for e in doc.hits.entries if e.status == PENDING]
-    assert pending == sorted(pending, reverse=True)
+    before = {e.key: e.score for e in doc.hits.entries}
+    window.action["rerank"].trigger()
+    assert doc.hits.reranked == 1 and "re-ranked 1×" in window.results.summary.text()
+    assert "Re-ranked" in window.message_bar.text()
+    pending = [e for e in doc.hits.entries if e.status == PENDING]
+    assert [e.score for e in pending] == sorted((e.score for e in pending), reverse=True)
+    assert any(abs(e.score - before[e.key]) > 1e-6 for e in pending)  # the feedback changed the scores
     assert [e.status for e in doc.hits.entries[:2]] == [ACCEPTED, REJECTED]
 
     # "Find more like these": every label of the category is an example, rejected hits negatives.
@@ -252,6 +275,73 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     assert sorted(request.positives) == sorted((a.image, a.box) for a in doc.annotations() if a.category == "thing")
     assert request.negatives == [(entries[1].image, entries[1].box)]
     assert doc.hits.query_id in {q.id for q in doc.store.queries}
+
+    # Every few decisions the rest is re-ranked on its own.
+    window.prefs.feedback_every = 2
+    window.results.select_key(doc.hits.entries[0].key)
+    window.review.decide(ACCEPTED)
+    assert doc.hits.reranked == 0
+    window.review.decide(REJECTED)
+    assert doc.hits.reranked == 1
+
+
+def test_the_latest_search_wins(qtbot, tmp_path, indexed_folder, window_on):
+    photos, truth = fresh_copy(indexed_folder, tmp_path)
+    window = window_on(photos)
+    qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS).wait()
+    first, second = sorted(truth)[:2]
+    outcomes = []
+    window.controller.searchFinished.connect(outcomes.append)
+    window.controller.search(SearchRequest("old", [(first, truth[first])], exclude_image=first))
+    window.controller.search(SearchRequest("new", [(second, truth[second])], exclude_image=second))
+    qtbot.waitUntil(lambda: not window.controller.is_searching, timeout=60_000)
+    qtbot.wait(200)
+    assert [o.request.category for o in outcomes] == ["new"]
+    assert window.document.hits.category == "new"
+
+
+def test_settings_change_reindexes_after_confirmation(qtbot, tmp_path, indexed_folder, window_on):
+    photos, truth = fresh_copy(indexed_folder, tmp_path)
+    window = window_on(photos)
+    qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS).wait()
+    asked = []
+    window.confirm = lambda title, text: asked.append(title) or True
+    with qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS) as rebuilt:
+        window.project_actions.apply_preferences(Preferences(max_side=256, device="cpu"))
+    assert asked and rebuilt.args[0].indexed == len(truth)
+    assert window.project.manifest()["extractor"]["max_side"] == 256
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message shown without a GPU")
+def test_choosing_a_missing_gpu_says_so(qtbot, tmp_path, indexed_folder, window_on):
+    photos, _ = fresh_copy(indexed_folder, tmp_path)
+    window = window_on(photos, Preferences(device="cuda"))
+    with qtbot.waitSignal(window.controller.failed, timeout=INDEX_TIMEOUT_MS) as failed:
+        pass
+    assert failed.args[1].startswith("No CUDA GPU")  # written for people, no exception names
+    assert window.message_bar.isVisible() and "No CUDA GPU" in window.message_bar.text()
+    assert not window.progress.bar.isVisible()  # nothing pretends to be running
+
+
+def test_import_coco_is_one_undo_step(qtbot, tmp_path, indexed_folder, window_on):
+    photos, truth = fresh_copy(indexed_folder, tmp_path)
+    names = sorted(truth)[:3]
+    coco = {"images": [{"id": i, "file_name": n, "width": _size(photos / n)[0], "height": _size(photos / n)[1]}
+                       for i, n in enumerate(names, start=1)],
+            "categories": [{"id": 7, "name": "target"}],
+            "annotations": [{"id": i, "image_id": i, "category_id": 7, "bbox": truth[n].as_list(), "iscrowd": 0}
+                            for i, n in enumerate(names, start=1)]}
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(coco))
+    window = window_on(photos)
+    qtbot.waitUntil(lambda: window.document is not None, timeout=INDEX_TIMEOUT_MS)
+    window.ask_open_path = lambda *args: str(path)
+    window.action["import_coco"].trigger()
+    doc = window.document
+    assert sorted((a.image, a.category, a.source) for a in doc.annotations()) == [(n, "target", "import") for n in names]
+    assert "Imported 3 labels" in window.message_bar.text()
+    doc.undo_stack.undo()
+    assert doc.annotations() == [] and not doc.has_category("target")
 
 
 def test_engine_errors_are_shown_not_raised(qtbot, tmp_path, window_on):
@@ -265,6 +355,9 @@ def test_engine_errors_are_shown_not_raised(qtbot, tmp_path, window_on):
     assert window.message_bar.isVisible() and window.message_bar.level == "error"
     assert "broken.jpg" in window.message_bar.text()
     qtbot.waitUntil(lambda: "unreadable" in window.file_model.state("broken.jpg").status_text(), timeout=5_000)
+    window.show_image("broken.jpg")
+    qtbot.waitUntil(lambda: "Cannot show broken.jpg" in window.canvas_hint.text(), timeout=5_000)
+    assert window.stack.currentWidget() is window.canvas_hint
 
 
 def test_layout_is_remembered(qtbot, tmp_path, window_on):

@@ -42,7 +42,7 @@ def test_flat_index_is_exact():
 def ivf():
     x = clustered(30_100, 32, seed=1)
     held_out, x = x[:100], x[100:]
-    return x, faiss_index.build_index(x, spec="IVF128,SQ6"), held_out
+    return x, faiss_index.build_index(x, spec="IVF128,SQ8"), held_out
 
 
 def test_ivf_is_tuned_to_the_recall_target(ivf):
@@ -137,3 +137,17 @@ def test_boxes_are_checked():
     with pytest.raises(BoxError, match="finite"):
         checked_box(Box(float("nan"), 1, 5, 5), 10, 10)
     assert checked_box(Box(-2, 5, 6, 10), 10, 10) == Box(0, 5, 4, 5)
+
+
+def test_latency_benchmark_runs_on_a_small_collection():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "search_latency.py"
+    spec = importlib.util.spec_from_file_location("search_latency", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.measure(20_000, queries=20, seed=0, raw_dim=64)
+    assert (result["index_type"], result["dim"], result["recall_at_100"]) == ("Flat", 64, 1.0)
+    assert result["bytes_per_region"] == pytest.approx(4 * 64, rel=0.01)
+    assert 0 < result["p50_ms"] <= result["p95_ms"]

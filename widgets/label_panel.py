@@ -129,7 +129,7 @@ class CategoryPanel(QWidget):
 
 # ---- the current image's labels ---------------------------------------------------------------
 class AnnotationTableModel(QAbstractTableModel):
-    COLUMNS = ("Category", "Box (x, y, w, h)", "Source", "Score")
+    COLUMNS = ("Category", "Box", "Source", "Score")
     categoryEdited = Signal(str, str)  # annotation id, new category
 
     def __init__(self, parent=None):
@@ -173,10 +173,12 @@ class AnnotationTableModel(QAbstractTableModel):
             if column == 0:
                 return ann.category
             if column == 1:
-                return ", ".join(f"{v:.0f}" for v in ann.box.as_list())
+                return f"{ann.box.x:.0f},{ann.box.y:.0f}  {ann.box.w:.0f}×{ann.box.h:.0f}"
             if column == 2:
                 return ann.source
             return "" if ann.score is None else f"{ann.score:.3f}"
+        if role == Qt.ToolTipRole and column == 1:
+            return "x, y (top left), width × height in photo pixels"
         if role == Qt.DecorationRole and column == 0:
             return swatch(self._colors.get(ann.category, "#ffffff"))
         return None

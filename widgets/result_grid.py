@@ -21,6 +21,7 @@ RowRole = Qt.UserRole + 1
 STATUS_COLORS = {"pending": "#d0d0d0", "accepted": "#3fb950", "rejected": "#f85149"}
 STATUS_MARKS = {"pending": "", "accepted": "✓", "rejected": "✗"}
 SLIDER_STEPS = 1000
+HINT = "Draw a box around an object, pick a category and press Enter to find it in the other photos."
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class ResultPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.model = HitListModel(self)
-        self.summary = QLabel("Draw a box around an object, pick a category and press Enter to find it in the other photos.")
+        self.summary = QLabel(HINT)
         self.summary.setWordWrap(True)
         self.summary.setObjectName("resultSummary")
         self.view = QListView()

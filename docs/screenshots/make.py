@@ -113,9 +113,9 @@ def shoot(data: Path, out: Path, scratch: Path) -> int:
     save(window, "03-results.png")
 
     window.document.decide_hits([entries[0].key, entries[1].key], "accepted")
-    window.document.decide_hits([entries[-1].key], "rejected")
-    window.results.select_key(entries[2].key)
-    wait(lambda: window.current_image == entries[2].image)
+    window.document.decide_hits([entries[4].key], "rejected")
+    window.results.select_key(entries[1].key)
+    wait(lambda: window.current_image == entries[1].image)
     save(window, "04-review.png")
 
     window.show_shortcuts()

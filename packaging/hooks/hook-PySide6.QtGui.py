@@ -16,8 +16,9 @@ KEPT_PLUGINS = {
     "imageformats": None,
     # SVG icons (resources/icons) render crisply at any size through the SVG icon engine.
     "iconengines": None,
-    # Compose/IBus input, so category names can be typed with dead keys and input methods.
-    "platforminputcontexts": None,
+    # Compose/IBus input, so category names can be typed with dead keys and input methods (not the
+    # virtual keyboard: it needs QtQuick).
+    "platforminputcontexts": {"libcomposeplatforminputcontextplugin", "libibusplatforminputcontextplugin"},
 }
 DROPPED_FILES = {"libqpdf"}
 

@@ -1,0 +1,286 @@
+"""Extraction speed and agreement on real dev photos: per-seed reference, batched exact, fast.
+
+    .venv/bin/python benchmarks/extract_speed.py --json [--images N] [--backbone NAME]
+        [--max-side 512] [--reference-seeds 3] [--threads 1] [--options] [--calibrate]
+
+Per image, in one process so that ratios hold on a shared machine: a plain forward pass; the
+exact batched rule (all seeds); the one-seed-at-a-time reference on the first
+`--reference-seeds` seeds, extrapolated per seed to all seeds (and compared map by map with
+the batched rule); fast mode (moment propagation). Fast boxes are compared with the exact ones
+per seed (same seed) and per final region (each exact region after NMS against its best fast
+region). `--options` also measures the fast-mode alternatives; `--calibrate` prints the
+support/mass spread ratio that `moments.BOX_SCALE` holds. Prints one JSON object with --json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+DEV = REPO.parent / "shared" / "data" / "dev"
+
+from dasr_annotator.engine import moments  # noqa: E402
+from dasr_annotator.engine.backbones import WeightsMissing  # noqa: E402
+from dasr_annotator.engine.excitation import Excitation, reference_maps, seed_tensor, stop_index  # noqa: E402
+from dasr_annotator.engine.extractor import Extractor  # noqa: E402
+from dasr_annotator.engine.imageio import load_image  # noqa: E402
+from dasr_annotator.engine.regions import (  # noqa: E402
+    box_iou_matrix, clip_boxes, ellipse_from_moments, ellipses_from_maps, nms,
+)
+
+log = logging.getLogger("extract_speed")
+
+
+def pick_images(manifest: dict, count: int, offset: float) -> list[tuple[str, list]]:
+    """`count` photos spread over the sequences; each with the GT boxes of the instances in it."""
+    by_video: dict[str, list] = {}
+    for inst in manifest["instances"]:
+        by_video.setdefault(inst["video"], inst["images"])
+    gt: dict[str, list] = {}
+    for inst in manifest["instances"]:
+        for im in inst["images"]:
+            gt.setdefault(im["file"], []).append(im["box"])
+    chosen, round_ = [], 0
+    while len(chosen) < count and round_ < 10:
+        for images in by_video.values():
+            frac = (offset + 0.13 * round_) % 1.0
+            f = images[int(frac * (len(images) - 1))]["file"]
+            if f not in [c for c, _ in chosen] and len(chosen) < count:
+                chosen.append((f, gt[f]))
+        round_ += 1
+    return chosen
+
+
+CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = time.process_time
+
+
+def timed(fn):
+    t = clock()
+    out = fn()
+    return out, clock() - t
+
+
+def matched_region_iou(exact_boxes, exact_scores, boxes, scores, beta):
+    """Mean over the exact rule's final regions of the best IoU with the candidate's final regions."""
+    ke, kc = nms(exact_boxes, exact_scores, beta), nms(boxes, scores, beta)
+    if len(ke) == 0 or len(kc) == 0:
+        return 0.0, len(ke), len(kc)
+    return float(box_iou_matrix(exact_boxes[ke], boxes[kc]).max(1).values.mean()), len(ke), len(kc)
+
+
+def gt_recall(boxes, scores, beta, prep, gts) -> float:
+    """Mean over the photo's GT boxes of the best IoU of a final region (original pixels)."""
+    keep = nms(boxes, scores, beta)
+    if len(keep) == 0:
+        return 0.0
+    b = boxes[keep].clone()
+    b[:, 0::2] /= prep.scale_x
+    b[:, 1::2] /= prep.scale_y
+    g = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in gts], dtype=torch.float32)
+    return float(box_iou_matrix(g, b).max(1).values.mean())
+
+
+def fast_options(ex: Extractor, prep, exact_geo, gts) -> dict:
+    """Every fast-mode alternative against the exact boxes of the same seeds."""
+    bb = ex.backbone
+    scale = moments.BOX_SCALE[bb.name]
+    height, width = prep.pixels.shape[-2:]
+    beta, stride = ex.nms_beta, bb.descriptor_stride
+    ij, scores = exact_geo.ij, exact_geo.scores
+    out = {}
+
+    def record(name, boxes, seconds):
+        boxes = clip_boxes(boxes, width, height, stride)
+        region_iou, _, n = matched_region_iou(exact_geo.boxes, scores, boxes, scores, beta)
+        out[name] = {
+            "s_per_image": seconds,
+            "seed_box_iou": float(box_iou_matrix(boxes, exact_geo.boxes).diag().mean()),
+            "region_box_iou": region_iou,
+            "regions": n,
+            "gt_best_iou": gt_recall(boxes, scores, beta, prep, gts),
+        }
+
+    def traced():
+        fw = bb.forward(prep.pixels, trace=True)
+        return fw, fw.features[bb.activation_layer]
+
+    for start in (1, 4, 8, 16, 32):
+        def run(start=start):
+            fw, act = traced()
+            return moments.seed_ellipses(fw.trace, fw.input_size, act, ij, scale, start, ex.channels_last)[1]
+        boxes, seconds = timed(run)
+        record(f"moments_from_stride_{start}", boxes, seconds)
+
+    for stop_stride in (1, 8):
+        def hybrid(stop_stride=stop_stride):
+            fw, act = traced()
+            approx = moments.seed_ellipses(fw.trace, fw.input_size, act, ij, scale,
+                                           moments.DEFAULT_START_STRIDE, ex.channels_last)[1]
+            keep = nms(clip_boxes(approx, width, height, stride), scores, beta)
+            stop = stop_index(fw.trace, fw.input_size, stop_stride) if stop_stride > 1 else 0
+            exc = Excitation(fw.trace, fw.input_size, first=stop, channels_last=ex.channels_last)
+            maps = exc.backward(seed_tensor(act, ij[keep]), stop=stop)
+            if maps.shape[-2:] != (height, width):
+                maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+            boxes = approx.clone()
+            boxes[keep] = ellipses_from_maps(maps, ex.tau)[1]
+            return boxes
+        boxes, seconds = timed(hybrid)
+        record(f"hybrid_exact_survivors_to_stride_{stop_stride}", boxes, seconds)
+    return out
+
+
+def spread_ratios(ex: Extractor, prep, exact_geo) -> torch.Tensor:
+    """Support spread (exact box / 4) over mass-weighted spread, per seed and axis."""
+    bb = ex.backbone
+    fw = bb.forward(prep.pixels, trace=True)
+    _, _, cov = moments.seed_moments(fw.trace, fw.input_size, fw.features[bb.activation_layer], exact_geo.ij,
+                                     moments.DEFAULT_START_STRIDE, ex.channels_last)
+    b = exact_geo.boxes
+    support = torch.stack([(b[:, 2] - b[:, 0]) / 4, (b[:, 3] - b[:, 1]) / 4], 1)
+    mass = torch.stack([cov[:, 0, 0].sqrt(), cov[:, 1, 1].sqrt()], 1)
+    inside = (b[:, 0] > 0) & (b[:, 1] > 0) & (b[:, 2] < prep.pixels.shape[-1]) & (b[:, 3] < prep.pixels.shape[-2])
+    return (support / mass)[inside].flatten()  # clipped boxes would bias the ratio down
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--backbone", default="efficientnet-lite0")
+    ap.add_argument("--max-side", type=int, default=512)
+    ap.add_argument("--reference-seeds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadiest on a shared machine)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=sorted(CLOCK), default="cpu",
+                    help="cpu: this process's CPU seconds (steady on a shared machine with --threads 1); wall")
+    ap.add_argument("--offset", type=float, default=0.5, help="where in each sequence to take frames (0..1)")
+    ap.add_argument("--options", action="store_true", help="also measure the fast-mode alternatives")
+    ap.add_argument("--calibrate", action="store_true", help="print the spread ratio for moments.BOX_SCALE")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCK[args.clock]
+    if args.device != "cpu" and args.clock == "cpu":
+        clock = CLOCK["wall"]  # GPU work does not show as CPU time
+
+    weights_note = "pretrained"
+    try:
+        exact = Extractor(args.backbone, mode="exact", device=args.device, max_side=args.max_side)
+        fast = Extractor(args.backbone, mode="fast", device=args.device, max_side=args.max_side)
+    except WeightsMissing as exc:
+        log.warning("%s -- using random weights", exc)
+        weights_note = "random"
+        exact = Extractor(args.backbone, mode="exact", device=args.device, max_side=args.max_side, pretrained=False)
+        fast = Extractor(args.backbone, mode="fast", device=args.device, max_side=args.max_side, pretrained=False)
+    bb = exact.backbone
+    manifest = json.loads((DEV / "manifest.json").read_text())
+    images = pick_images(manifest, args.images, args.offset)
+
+    rows, options, ratios = [], [], []
+    with torch.inference_mode():
+        fast.extract(load_image(DEV / images[0][0]))  # warm-up: first calls allocate and pick kernels
+    for rel, gts in images:
+        image = load_image(DEV / rel)
+        prep = exact.prepare(image)
+        with torch.inference_mode():
+            _, t_forward = timed(lambda: bb.forward(prep.pixels))
+            exact_geo, t_exact = timed(lambda: exact.seed_geometry(image))
+            fast_result, t_fast = timed(lambda: fast.extract(image))
+            fast_geo = fast.seed_geometry(image)
+            fw, t_traced = timed(lambda: bb.forward(prep.pixels, trace=True))
+            act = fw.features[bb.activation_layer]
+            top = seed_tensor(act, exact_geo.ij[: args.reference_seeds])
+            batched = Excitation(fw.trace, fw.input_size).backward(top)
+        reference, t_ref = timed(lambda: reference_maps(fw.trace, top))
+        k = int(exact_geo.ij.shape[0])
+        region_iou, n_exact, n_fast = matched_region_iou(exact_geo.boxes, exact_geo.scores, fast_geo.boxes,
+                                                         fast_geo.scores, exact.nms_beta)
+        row = {
+            "image": rel,
+            "seeds": k,
+            "forward_s": t_forward,
+            "batched_s": t_exact,
+            "reference_s": t_traced + t_ref / top.shape[0] * k,
+            "fast_s": t_fast,
+            "max_rel_diff": float((batched - reference).abs().max() / reference.abs().max()),
+            "fast_seed_box_iou": float(box_iou_matrix(fast_geo.boxes, exact_geo.boxes).diag().mean()),
+            "fast_region_box_iou": region_iou,
+            "regions_exact": n_exact,
+            "regions_fast": len(fast_result.regions),
+            "gt_best_iou_exact": gt_recall(exact_geo.boxes, exact_geo.scores, exact.nms_beta, prep, gts),
+            "gt_best_iou_fast": gt_recall(fast_geo.boxes, fast_geo.scores, fast.nms_beta, prep, gts),
+        }
+        rows.append(row)
+        log.info("%s", json.dumps({k_: (round(v, 3) if isinstance(v, float) else v) for k_, v in row.items()}))
+        if args.options:
+            with torch.inference_mode():
+                options.append(fast_options(fast, prep, exact_geo, gts))
+        if args.calibrate:
+            with torch.inference_mode():
+                ratios.append(spread_ratios(fast, prep, exact_geo))
+
+    def mean(key, source=rows):
+        return statistics.fmean(r[key] for r in source)
+
+    result = {
+        "backbone": bb.name,
+        "weights": weights_note,
+        "device": exact.device,
+        "device_name": exact.device_name,
+        "threads": args.threads,
+        "clock": "process CPU seconds" if clock is time.process_time else "wall seconds",
+        "max_side": args.max_side,
+        "images": len(rows),
+        "seeds_per_image": mean("seeds"),
+        "regions_per_image": mean("regions_exact"),
+        "fast_regions_per_image": mean("regions_fast"),
+        "forward_s_per_image": mean("forward_s"),
+        "batched_s_per_image": mean("batched_s"),
+        "reference_s_per_image": mean("reference_s"),
+        "speedup": mean("reference_s") / mean("batched_s"),
+        "max_rel_diff": max(r["max_rel_diff"] for r in rows),
+        "fast_s_per_image": mean("fast_s"),
+        "fast_over_forward": mean("fast_s") / mean("forward_s"),
+        "fast_box_iou_vs_exact": mean("fast_region_box_iou"),
+        "fast_seed_box_iou_vs_exact": mean("fast_seed_box_iou"),
+        "gt_best_iou_exact": mean("gt_best_iou_exact"),
+        "gt_best_iou_fast": mean("gt_best_iou_fast"),
+        "fast_box_scale": moments.BOX_SCALE[bb.name],
+        "fast_start_stride": moments.DEFAULT_START_STRIDE,
+        "notes": (f"reference measured on the first {args.reference_seeds} seeds of each image and extrapolated "
+                  "per seed (plus its traced forward); fast_box_iou_vs_exact = mean over the exact rule's final "
+                  "regions of the best IoU with a fast region; fast_seed_box_iou_vs_exact = same seed, before NMS; "
+                  "gt_best_iou = best region IoU with each ground-truth box of the photo"),
+        "per_image": rows,
+    }
+    if options:
+        result["fast_options"] = {
+            name: {key: statistics.fmean(o[name][key] for o in options) for key in options[0][name]}
+            for name in options[0]
+        }
+    if ratios:
+        r = torch.cat(ratios)
+        result["calibration"] = {"median_support_over_mass_spread": float(r.median()), "seeds_axes": int(r.numel()),
+                                 "q25": float(r.quantile(0.25)), "q75": float(r.quantile(0.75))}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for key, value in result.items():
+            if key not in ("per_image",):
+                print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
