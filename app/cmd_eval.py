@@ -28,10 +28,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--descriptor-layer", help="backbone layer pooled into region descriptors")
     parser.add_argument("--tau", type=float, default=0.1, help="support threshold of the maps (exact modes)")
     parser.add_argument("--nms-beta", default="0.3", help="DASR* NMS IoU threshold, or 'none'")
-    parser.add_argument("--whitening", choices=WHITENING_CHOICES, default="collection",
-                        help="PCA-whitening fitted on the evaluated images, none, or on the other videos only")
+    parser.add_argument("--whitening", choices=WHITENING_CHOICES, default="auto",
+                        help="PCA-whitening: auto (as a project: fitted on the collection once it has enough "
+                             "regions), collection, none, or other (fitted on the other videos' images only)")
+    parser.add_argument("--whitening-dim", type=int, help="keep this many whitened components")
     parser.add_argument("--queries-per-instance", type=int, default=3, help="query frames per instance, evenly spread")
     parser.add_argument("--baselines", action="store_true", help="also run global pooling and SIFT baselines")
+    parser.add_argument("--simulate-feedback", action="store_true",
+                        help="simulate an annotator accepting true hits and rejecting the others, with re-ranking")
+    parser.add_argument("--feedback-batch", type=int, default=10, help="hits reviewed between re-rankings (default 10)")
+    parser.add_argument("--feedback-hits", type=int, default=100,
+                        help="re-rank during the first N reviewed hits (default 100)")
     parser.add_argument("--limit-images", type=int, metavar="N", help="keep N frames per instance (quick runs)")
     parser.add_argument("--instances", help="comma-separated instance names to evaluate")
     parser.add_argument("--cache", metavar="DIR", help="extraction cache folder (default: user cache dir/eval)")
@@ -58,9 +65,12 @@ def settings_from_args(args):
     instances = [n.strip() for n in args.instances.split(",") if n.strip()] if args.instances else None
     return EvalSettings(backbone=args.backbone, method=args.method, mode=args.mode, max_side=args.max_side,
                         descriptor_layer=args.descriptor_layer, tau=args.tau, nms_beta=_nms_beta(args.nms_beta),
-                        whitening=args.whitening, queries_per_instance=args.queries_per_instance,
+                        whitening=args.whitening, whitening_dim=args.whitening_dim,
+                        queries_per_instance=args.queries_per_instance,
                         baselines=args.baselines, limit_images=args.limit_images, instances=instances,
-                        cache_dir=cache, weights=args.weights, device=args.device)
+                        cache_dir=cache, weights=args.weights, device=args.device,
+                        simulate_feedback=args.simulate_feedback, feedback_batch=args.feedback_batch,
+                        feedback_hits=args.feedback_hits)
 
 
 def run(args) -> int:
@@ -117,6 +127,8 @@ COLUMNS = (
 def _fmt(value, digits=3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
     return f"{value:.{digits}f}"
 
 
@@ -147,8 +159,21 @@ def format_report(report: dict) -> str:
     lines += _table(["instance", "mAP@50", "mAP@50-loc", "mAP@all", "R@100-loc"], [
         [name, _fmt(v["map@50"]), _fmt(v["map@50_located"]), _fmt(v["map@all"]), _fmt(v["recall@100_located"])]
         for name, v in main["per_instance"].items()])
+    if report.get("simulated_feedback"):
+        lines += [""] + _feedback_lines(report["simulated_feedback"])
     lines.append(f"\nwall time {report['wall_seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def _feedback_lines(sim: dict) -> list[str]:
+    lines = [f"simulated annotator (accepts located hits, rejects the rest; batches of {sim['batch']}, "
+             f"re-ranking during the first {sim['feedback_hits']} hits):"]
+    rows = [[name, _fmt(v["reached_90"], 2), _fmt(v["median_reviews_to_90"], 0),
+             _fmt(v["mean_reviews_to_90_when_reached"], 1), _fmt(v["found@50"]), _fmt(v["found@100"])]
+            for name, v in (("plain list", sim["plain"]), ("with feedback", sim["feedback"]))]
+    lines += _table(["", "reach 90%", "median reviews", "mean when reached", "found@50", "found@100"], rows)
+    lines.append("reviews = hits looked at until 90% of the instance's other images are found (inf: never).")
+    return lines
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -10,18 +10,29 @@ from __future__ import annotations
 import json
 import sys
 
-METHODS = {"dasr": "dasr", "dasr-star": "dasr*"}
-DEFAULTS = {"backbone": "efficientnet-lite0", "method": "dasr-star", "mode": "fast", "max_side": 512}
+METHODS = {"dasr": "dasr", "dasr-star": "dasr*"}  # command-line name -> Extractor's
+
+
+def _extractor_defaults() -> dict:
+    """The Extractor's own defaults, shown in --help (so they are stated in one place only)."""
+    import inspect
+
+    from dasr_annotator.engine.extractor import Extractor
+
+    return {k: p.default for k, p in inspect.signature(Extractor).parameters.items()}
 
 
 def add_arguments(parser) -> None:
+    d = _extractor_defaults()
+    method = {v: k for k, v in METHODS.items()}[d["method"]]
+    later = "a folder indexed before keeps its settings unless given"
     parser.add_argument("photos", metavar="PHOTOS", help="photo folder (searched recursively)")
-    parser.add_argument("--backbone", help=f"network (default {DEFAULTS['backbone']}; also resnet50, vgg16)")
+    parser.add_argument("--backbone", help=f"network (default {d['backbone']}; {later})")
     parser.add_argument("--weights", metavar="PATH", help="weights file for the backbone (default: built-in)")
-    parser.add_argument("--method", choices=sorted(METHODS), help="region seeds (default dasr-star)")
-    parser.add_argument("--mode", choices=("fast", "exact"), help="backward rule (default fast)")
+    parser.add_argument("--method", choices=sorted(METHODS), help=f"region seeds (default {method})")
+    parser.add_argument("--mode", choices=("fast", "exact"), help=f"backward rule (default {d['mode']})")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--max-side", type=int, metavar="PX", help="long side the network sees (default 512)")
+    parser.add_argument("--max-side", type=int, metavar="PX", help=f"long side the network sees (default {d['max_side']})")
     parser.add_argument("--rebuild", action="store_true", help="forget stored regions and index everything anew")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="images per saved batch (a killed run loses at most one batch)")
@@ -29,18 +40,17 @@ def add_arguments(parser) -> None:
 
 
 def settings(args, project) -> dict:
-    """Extractor keyword arguments: explicit options, else the folder's stored ones, else defaults."""
-    stored = {}
-    if not args.rebuild:
-        manifest = project.manifest()
-        if manifest is not None:
-            c = manifest["extractor"]
-            stored = {"backbone": c["backbone"], "mode": c["mode"], "max_side": c["max_side"],
-                      "method": {v: k for k, v in METHODS.items()}[c["method"]], "weights": manifest.get("weights")}
-    given = {"backbone": args.backbone, "method": args.method, "mode": args.mode, "max_side": args.max_side,
-             "weights": args.weights}
-    out = {k: v if v is not None else stored.get(k, DEFAULTS.get(k)) for k, v in given.items()}
-    out["method"] = METHODS[out["method"]]
+    """Extractor keyword arguments: explicit options, else the folder's stored ones (also those
+    without an option here, e.g. from the GUI), else the Extractor's defaults."""
+    from dasr_annotator.engine.project import extractor_args
+
+    manifest = None if args.rebuild else project.manifest()
+    out = extractor_args(manifest) if manifest is not None else {}
+    given = {"backbone": args.backbone, "method": args.method and METHODS[args.method], "mode": args.mode,
+             "max_side": args.max_side, "weights": args.weights}
+    if args.backbone is not None and args.backbone != out.get("backbone", args.backbone):
+        out.pop("descriptor_layer", None)  # the stored layer belongs to the stored backbone
+    out.update({k: v for k, v in given.items() if v is not None})
     return out
 
 
@@ -61,7 +71,7 @@ def run(args) -> int:
     announce_state(project)
     try:
         options = settings(args, project)
-        if options["max_side"] < 32:
+        if options.get("max_side", 32) < 32:
             raise ValueError(f"--max-side {options['max_side']} is too small (at least 32)")
         extractor = Extractor(device=args.device, **options)
     except (ValueError, WeightsMissing, ProjectFileError) as exc:
@@ -75,7 +85,7 @@ def run(args) -> int:
 
     try:
         report = project.update_index(extractor, progress=progress, rebuild=args.rebuild,
-                                      weights=options["weights"], batch_files=max(1, args.batch_size))
+                                      weights=options.get("weights"), batch_files=max(1, args.batch_size))
     except (IncompatibleIndex, ProjectBusy, ProjectFileError) as exc:
         bar.close()
         print(f"dasr-annotator index: {getattr(exc, 'message', exc)}", file=sys.stderr)

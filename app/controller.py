@@ -171,28 +171,24 @@ class Controller(QObject):
         self.cancel_all()
 
         def open_project(progress, cancel):  # noqa: ARG001 - task signature
-            from dasr_annotator.engine.project import Project
+            from dasr_annotator.engine.project import Project, extractor_args
 
             self._searcher = None  # it searched the previous folder
             project = Project.open(photos)
-            return project, project.scan(), project.manifest()
+            manifest = project.manifest()
+            return project, project.scan(), extractor_args(manifest) if manifest is not None else None
 
         self._run("Opening the folder", open_project, finished=self._opened)
 
     def _opened(self, result) -> None:
-        self.project, self.images, manifest = result
-        self.extractor_args = self._wanted_extractor_args(manifest)
+        """A folder indexed before keeps its settings (as the CLI does); a new one uses the
+        preferences. Changing them later is an explicit rebuild (`apply_preferences`)."""
+        self.project, self.images, stored_args = result
+        self.extractor_args = stored_args or self._preferred_extractor_args()
         self.projectOpened.emit(self.project, list(self.images))
         self.start_indexing()
 
-    def _wanted_extractor_args(self, manifest: dict | None) -> dict:
-        """A folder indexed before keeps its settings (as the CLI does); a new one uses the
-        preferences. Changing them later is an explicit rebuild (`apply_preferences`)."""
-        if manifest is not None and manifest.get("extractor"):
-            stored = manifest["extractor"]
-            return {"backbone": stored["backbone"], "method": stored["method"], "mode": stored["mode"],
-                    "max_side": stored["max_side"], "tau": stored["tau"], "nms_beta": stored["nms_beta"],
-                    "descriptor_layer": stored["descriptor_layer"], "weights": manifest.get("weights")}
+    def _preferred_extractor_args(self) -> dict:
         return {"backbone": self.prefs.backbone, "mode": self.prefs.mode, "max_side": self.prefs.max_side}
 
     # ---- engine state (engine thread) --------------------------------------------------------
@@ -219,8 +215,12 @@ class Controller(QObject):
             try:
                 self._searcher = self.project.searcher(extractor)
             except NoIndex:
-                raise UserMessage("Nothing is indexed yet: wait until the first photos are indexed, "
-                                  "then search again.") from None
+                manifest = self.project.manifest()
+                if manifest is None or manifest.get("index") is None:
+                    raise UserMessage("Nothing is indexed yet: wait until the first photos are indexed, "
+                                      "then search again.") from None
+                raise UserMessage("The search index is damaged or incomplete. Re-open the folder: indexing "
+                                  "rebuilds it from the stored regions.") from None
         return self._searcher
 
     # ---- indexing ----------------------------------------------------------------------------
@@ -335,13 +335,13 @@ class Controller(QObject):
         """Take new preferences; True when the index must be rebuilt for them (the caller asks
         the user and then calls `rebuild_index`)."""
         self.prefs = prefs
-        wanted = {"backbone": prefs.backbone, "mode": prefs.mode, "max_side": prefs.max_side}
+        wanted = self._preferred_extractor_args()
         current = {k: self.extractor_args.get(k) for k in wanted}
         return self.project is not None and wanted != current
 
     def rebuild_index(self) -> None:
         """Re-index everything with the preferences' extractor settings."""
-        self.extractor_args = {"backbone": self.prefs.backbone, "mode": self.prefs.mode, "max_side": self.prefs.max_side}
+        self.extractor_args = self._preferred_extractor_args()
         self.cancel_indexing()
         self._run("Indexing", lambda progress, cancel: None, finished=lambda _: self.start_indexing(rebuild=True))
 

@@ -235,9 +235,12 @@ class Review(QObject):
             self._select_on_canvas(entry)
 
     def image_shown(self, rel: str) -> None:
-        entries = self._current_entries()
-        if entries and entries[0].image == rel:
-            self._select_on_canvas(entries[0])
+        """The canvas shows `rel` now: select the current hit on it, if it lies there."""
+        key = self.window.results.current_key()
+        if key is not None and self.doc is not None and self.doc.hits is not None:
+            entry = self.doc.hits.entry(key)
+            if entry.image == rel:
+                self._select_on_canvas(entry)
 
     def _select_on_canvas(self, entry) -> None:
         key = f"ann:{entry.annotation_id}" if entry.status == ACCEPTED else f"hit:{entry.key}"

@@ -6,10 +6,11 @@
 Per image, in one process so that ratios hold on a shared machine: a plain forward pass; the
 exact batched rule (all seeds); the one-seed-at-a-time reference on the first
 `--reference-seeds` seeds, extrapolated per seed to all seeds (and compared map by map with
-the batched rule); fast mode (moment propagation). Fast boxes are compared with the exact ones
-per seed (same seed) and per final region (each exact region after NMS against its best fast
-region). `--options` also measures the fast-mode alternatives; `--calibrate` prints the
-support/mass spread ratio that `moments.BOX_SCALE` holds. Prints one JSON object with --json.
+the batched rule); "fast" mode (moments rank, NMS, exact maps for the survivors) and "moments"
+mode (every box from moment propagation). Their boxes are compared with the exact ones per final
+region (each exact region after NMS against its best match) and, for moments, per seed.
+`--options` also measures the alternatives; `--calibrate` prints the support/mass spread ratio
+that `moments.BOX_SCALE` holds. Prints one JSON object with --json.
 """
 from __future__ import annotations
 
@@ -69,28 +70,39 @@ def timed(fn):
     return out, clock() - t
 
 
-def matched_region_iou(exact_boxes, exact_scores, boxes, scores, beta):
-    """Mean over the exact rule's final regions of the best IoU with the candidate's final regions."""
-    ke, kc = nms(exact_boxes, exact_scores, beta), nms(boxes, scores, beta)
-    if len(ke) == 0 or len(kc) == 0:
-        return 0.0, len(ke), len(kc)
-    return float(box_iou_matrix(exact_boxes[ke], boxes[kc]).max(1).values.mean()), len(ke), len(kc)
-
-
-def gt_recall(boxes, scores, beta, prep, gts) -> float:
-    """Mean over the photo's GT boxes of the best IoU of a final region (original pixels)."""
-    keep = nms(boxes, scores, beta)
-    if len(keep) == 0:
+def matched_region_iou(exact_final, candidate_final) -> float:
+    """Mean over the exact rule's final regions of the best IoU with a candidate final region."""
+    if len(exact_final) == 0 or len(candidate_final) == 0:
         return 0.0
-    b = boxes[keep].clone()
+    return float(box_iou_matrix(exact_final, candidate_final).max(1).values.mean())
+
+
+def gt_recall(final, prep, gts) -> float:
+    """Mean over the photo's GT boxes of the best IoU of a final region (original pixels)."""
+    if len(final) == 0:
+        return 0.0
+    b = final.clone()
     b[:, 0::2] /= prep.scale_x
     b[:, 1::2] /= prep.scale_y
     g = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in gts], dtype=torch.float32)
     return float(box_iou_matrix(g, b).max(1).values.mean())
 
 
-def fast_options(ex: Extractor, prep, exact_geo, gts) -> dict:
-    """Every fast-mode alternative against the exact boxes of the same seeds."""
+_VARIANTS: dict = {}
+
+
+def _fast_variant(ex: Extractor, rank_stride: int) -> Extractor:
+    """A fast-mode extractor sharing `ex`'s backbone, with another moment-pass start."""
+    if rank_stride not in _VARIANTS:
+        variant = Extractor(ex.backbone.name, mode="fast", device=ex.device, max_side=ex.max_side,
+                            pretrained=False)
+        variant.backbone, variant.rank_stride = ex.backbone, rank_stride
+        _VARIANTS[rank_stride] = variant
+    return _VARIANTS[rank_stride]
+
+
+def fast_options(ex: Extractor, prep, exact_geo, exact_final, gts) -> dict:
+    """Every fast-mode alternative against the exact rule's boxes (same seeds; final regions)."""
     bb = ex.backbone
     scale = moments.BOX_SCALE[bb.name]
     height, width = prep.pixels.shape[-2:]
@@ -98,44 +110,55 @@ def fast_options(ex: Extractor, prep, exact_geo, gts) -> dict:
     ij, scores = exact_geo.ij, exact_geo.scores
     out = {}
 
-    def record(name, boxes, seconds):
-        boxes = clip_boxes(boxes, width, height, stride)
-        region_iou, _, n = matched_region_iou(exact_geo.boxes, scores, boxes, scores, beta)
+    def clip(boxes):
+        return clip_boxes(boxes, width, height, stride)
+
+    def record(name, boxes, seconds, final=None):
+        """boxes: one per seed (None where not computed); final: the option's final regions."""
+        if final is None:
+            final = boxes[nms(boxes, scores, beta)]
         out[name] = {
             "s_per_image": seconds,
-            "seed_box_iou": float(box_iou_matrix(boxes, exact_geo.boxes).diag().mean()),
-            "region_box_iou": region_iou,
-            "regions": n,
-            "gt_best_iou": gt_recall(boxes, scores, beta, prep, gts),
+            "region_box_iou": matched_region_iou(exact_final, final),
+            "regions": len(final),
+            "gt_best_iou": gt_recall(final, prep, gts),
         }
+        if boxes is not None:
+            out[name]["seed_box_iou"] = float(box_iou_matrix(boxes, exact_geo.boxes).diag().mean())
 
-    def traced():
-        fw = bb.forward(prep.pixels, trace=True)
+    def traced(from_stride=1):
+        fw = bb.forward(prep.pixels, trace=True, trace_from_stride=from_stride)
         return fw, fw.features[bb.activation_layer]
 
     for start in (1, 4, 8, 16, 32):
         def run(start=start):
-            fw, act = traced()
-            return moments.seed_ellipses(fw.trace, fw.input_size, act, ij, scale, start, ex.channels_last)[1]
+            fw, act = traced(start)
+            return clip(moments.seed_ellipses(fw.trace, fw.input_size, act, ij, scale, start, ex.channels_last)[1])
         boxes, seconds = timed(run)
         record(f"moments_from_stride_{start}", boxes, seconds)
 
+    for rank_stride in (8, 32):
+        hybrid = _fast_variant(ex, rank_stride)
+        geo, seconds = timed(lambda: hybrid._seed_geometries(prep.pixels)[0])
+        record(f"fast_rank_stride_{rank_stride} (iterated NMS, exact survivors)", None, seconds,
+               geo.boxes[hybrid.select(geo)])
+
+    def one_pass_hybrid(stop_stride):
+        """Moments -> NMS once -> maps for the survivors, optionally ending at `stop_stride`."""
+        fw, act = traced()
+        rough = moments.seed_ellipses(fw.trace, fw.input_size, act, ij, scale, 8, ex.channels_last)[1]
+        keep = nms(clip(rough), scores, beta)
+        stop = stop_index(fw.trace, fw.input_size, stop_stride) if stop_stride > 1 else 0
+        exc = Excitation(fw.trace, fw.input_size, first=stop, channels_last=ex.channels_last)
+        maps = exc.backward(seed_tensor(act, ij[keep]), stop=stop, budget_bytes=ex.memory_budget)
+        if maps.shape[-2:] != (height, width):
+            maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+        boxes = clip(ellipses_from_maps(maps, ex.tau)[1])
+        return boxes[nms(boxes, scores[keep], beta)]
+
     for stop_stride in (1, 8):
-        def hybrid(stop_stride=stop_stride):
-            fw, act = traced()
-            approx = moments.seed_ellipses(fw.trace, fw.input_size, act, ij, scale,
-                                           moments.DEFAULT_START_STRIDE, ex.channels_last)[1]
-            keep = nms(clip_boxes(approx, width, height, stride), scores, beta)
-            stop = stop_index(fw.trace, fw.input_size, stop_stride) if stop_stride > 1 else 0
-            exc = Excitation(fw.trace, fw.input_size, first=stop, channels_last=ex.channels_last)
-            maps = exc.backward(seed_tensor(act, ij[keep]), stop=stop)
-            if maps.shape[-2:] != (height, width):
-                maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-            boxes = approx.clone()
-            boxes[keep] = ellipses_from_maps(maps, ex.tau)[1]
-            return boxes
-        boxes, seconds = timed(hybrid)
-        record(f"hybrid_exact_survivors_to_stride_{stop_stride}", boxes, seconds)
+        final, seconds = timed(lambda: one_pass_hybrid(stop_stride))
+        record(f"one_nms_pass_rank_stride_8_exact_to_stride_{stop_stride}", None, seconds, final)
     return out
 
 
@@ -175,21 +198,27 @@ def main(argv=None) -> int:
         clock = CLOCK["wall"]  # GPU work does not show as CPU time
 
     weights_note = "pretrained"
+    kwargs = dict(device=args.device, max_side=args.max_side)
     try:
-        exact = Extractor(args.backbone, mode="exact", device=args.device, max_side=args.max_side)
-        fast = Extractor(args.backbone, mode="fast", device=args.device, max_side=args.max_side)
+        exact = Extractor(args.backbone, mode="exact", **kwargs)
     except WeightsMissing as exc:
         log.warning("%s -- using random weights", exc)
-        weights_note = "random"
-        exact = Extractor(args.backbone, mode="exact", device=args.device, max_side=args.max_side, pretrained=False)
-        fast = Extractor(args.backbone, mode="fast", device=args.device, max_side=args.max_side, pretrained=False)
+        weights_note, kwargs["pretrained"] = "random", False
+        exact = Extractor(args.backbone, mode="exact", **kwargs)
+    fast = Extractor(args.backbone, mode="fast", **kwargs)
+    moment = Extractor(args.backbone, mode="moments", **kwargs)
     bb = exact.backbone
     manifest = json.loads((DEV / "manifest.json").read_text())
     images = pick_images(manifest, args.images, args.offset)
 
     rows, options, ratios = [], [], []
     with torch.inference_mode():
-        fast.extract(load_image(DEV / images[0][0]))  # warm-up: first calls allocate and pick kernels
+        for warm in (fast, moment):  # first calls allocate and pick kernels
+            warm.extract(load_image(DEV / images[0][0]))
+
+    def final(ex, geo):
+        return geo.boxes[ex.select(geo)]
+
     for rel, gts in images:
         image = load_image(DEV / rel)
         prep = exact.prepare(image)
@@ -197,15 +226,15 @@ def main(argv=None) -> int:
             _, t_forward = timed(lambda: bb.forward(prep.pixels))
             exact_geo, t_exact = timed(lambda: exact.seed_geometry(image))
             fast_result, t_fast = timed(lambda: fast.extract(image))
-            fast_geo = fast.seed_geometry(image)
+            moments_result, t_moments = timed(lambda: moment.extract(image))
+            fast_geo, moments_geo = fast.seed_geometry(image), moment.seed_geometry(image)
             fw, t_traced = timed(lambda: bb.forward(prep.pixels, trace=True))
             act = fw.features[bb.activation_layer]
             top = seed_tensor(act, exact_geo.ij[: args.reference_seeds])
             batched = Excitation(fw.trace, fw.input_size).backward(top)
         reference, t_ref = timed(lambda: reference_maps(fw.trace, top))
         k = int(exact_geo.ij.shape[0])
-        region_iou, n_exact, n_fast = matched_region_iou(exact_geo.boxes, exact_geo.scores, fast_geo.boxes,
-                                                         fast_geo.scores, exact.nms_beta)
+        exact_final = final(exact, exact_geo)
         row = {
             "image": rel,
             "seeds": k,
@@ -213,22 +242,26 @@ def main(argv=None) -> int:
             "batched_s": t_exact,
             "reference_s": t_traced + t_ref / top.shape[0] * k,
             "fast_s": t_fast,
+            "moments_s": t_moments,
             "max_rel_diff": float((batched - reference).abs().max() / reference.abs().max()),
-            "fast_seed_box_iou": float(box_iou_matrix(fast_geo.boxes, exact_geo.boxes).diag().mean()),
-            "fast_region_box_iou": region_iou,
-            "regions_exact": n_exact,
+            "fast_region_box_iou": matched_region_iou(exact_final, final(fast, fast_geo)),
+            "moments_region_box_iou": matched_region_iou(exact_final, final(moment, moments_geo)),
+            "moments_seed_box_iou": float(box_iou_matrix(moments_geo.boxes, exact_geo.boxes).diag().mean()),
+            "regions_exact": len(exact_final),
             "regions_fast": len(fast_result.regions),
-            "gt_best_iou_exact": gt_recall(exact_geo.boxes, exact_geo.scores, exact.nms_beta, prep, gts),
-            "gt_best_iou_fast": gt_recall(fast_geo.boxes, fast_geo.scores, fast.nms_beta, prep, gts),
+            "regions_moments": len(moments_result.regions),
+            "gt_best_iou_exact": gt_recall(exact_final, prep, gts),
+            "gt_best_iou_fast": gt_recall(final(fast, fast_geo), prep, gts),
+            "gt_best_iou_moments": gt_recall(final(moment, moments_geo), prep, gts),
         }
         rows.append(row)
         log.info("%s", json.dumps({k_: (round(v, 3) if isinstance(v, float) else v) for k_, v in row.items()}))
         if args.options:
             with torch.inference_mode():
-                options.append(fast_options(fast, prep, exact_geo, gts))
+                options.append(fast_options(exact, prep, exact_geo, exact_final, gts))
         if args.calibrate:
             with torch.inference_mode():
-                ratios.append(spread_ratios(fast, prep, exact_geo))
+                ratios.append(spread_ratios(moment, prep, exact_geo))
 
     def mean(key, source=rows):
         return statistics.fmean(r[key] for r in source)
@@ -245,6 +278,7 @@ def main(argv=None) -> int:
         "seeds_per_image": mean("seeds"),
         "regions_per_image": mean("regions_exact"),
         "fast_regions_per_image": mean("regions_fast"),
+        "moments_regions_per_image": mean("regions_moments"),
         "forward_s_per_image": mean("forward_s"),
         "batched_s_per_image": mean("batched_s"),
         "reference_s_per_image": mean("reference_s"),
@@ -253,15 +287,21 @@ def main(argv=None) -> int:
         "fast_s_per_image": mean("fast_s"),
         "fast_over_forward": mean("fast_s") / mean("forward_s"),
         "fast_box_iou_vs_exact": mean("fast_region_box_iou"),
-        "fast_seed_box_iou_vs_exact": mean("fast_seed_box_iou"),
+        "moments_s_per_image": mean("moments_s"),
+        "moments_over_forward": mean("moments_s") / mean("forward_s"),
+        "moments_box_iou_vs_exact": mean("moments_region_box_iou"),
+        "moments_seed_box_iou_vs_exact": mean("moments_seed_box_iou"),
         "gt_best_iou_exact": mean("gt_best_iou_exact"),
         "gt_best_iou_fast": mean("gt_best_iou_fast"),
-        "fast_box_scale": moments.BOX_SCALE[bb.name],
-        "fast_start_stride": moments.DEFAULT_START_STRIDE,
+        "gt_best_iou_moments": mean("gt_best_iou_moments"),
+        "moments_box_scale": moments.BOX_SCALE[bb.name],
+        "moments_start_stride": moments.DEFAULT_START_STRIDE,
+        "fast_rank_stride": moments.HYBRID_START_STRIDE,
         "notes": (f"reference measured on the first {args.reference_seeds} seeds of each image and extrapolated "
-                  "per seed (plus its traced forward); fast_box_iou_vs_exact = mean over the exact rule's final "
-                  "regions of the best IoU with a fast region; fast_seed_box_iou_vs_exact = same seed, before NMS; "
-                  "gt_best_iou = best region IoU with each ground-truth box of the photo"),
+                  "per seed (plus its traced forward); *_box_iou_vs_exact = mean over the exact rule's final "
+                  "regions (after NMS) of the best IoU with a final region of that mode; moments_seed_box_iou = "
+                  "same seed, before NMS; gt_best_iou = mean over the photo's ground-truth boxes of the best "
+                  "final-region IoU; fast = moments rank all seeds, NMS, exact maps for the survivors"),
         "per_image": rows,
     }
     if options:

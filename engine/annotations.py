@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dasr_annotator.engine.storage import ProjectFileError, atomic_write_json, read_json
+from dasr_annotator.engine.collection import write_json
+from dasr_annotator.engine.storage import ProjectFileError, read_json
 from dasr_annotator.engine.types import Annotation, Box
 
 FORMAT = 1
@@ -107,7 +108,7 @@ class AnnotationStore:
         return store
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.to_json())
+        write_json(self.path, self.to_json())
         self.dirty = False
 
     def to_json(self) -> dict:

@@ -127,13 +127,20 @@ class Record:
 
 
 class Trace:
-    """Records of one forward pass, in forward order, plus the normalised input layer."""
+    """Records of one forward pass, in forward order."""
 
     def __init__(self):
         self.records: list[Record] = []
 
     def add(self, kind, layer, a=None, skip_input=None):
         self.records.append(Record(kind, layer, a, skip_input))
+
+    def image(self, index: int) -> "Trace":
+        """The trace of one image of a batched forward pass (views, no copies)."""
+        one = Trace()
+        pick = lambda t: None if t is None else t[index:index + 1]  # noqa: E731
+        one.records = [Record(r.kind, r.layer, pick(r.a), pick(r.skip_input)) for r in self.records]
+        return one
 
 
 def _run_unit(unit, x: Tensor, trace: Trace | None, first_input: Tensor | None) -> Tensor:

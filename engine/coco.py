@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dasr_annotator.engine.imageio import ImageError, image_size
-from dasr_annotator.engine.storage import ProjectFileError, atomic_write_json, read_json
+from dasr_annotator.engine.collection import write_json
+from dasr_annotator.engine.storage import ProjectFileError, read_json
 from dasr_annotator.engine.types import Box
 
 DUPLICATE_IOU = 0.9
@@ -92,7 +93,7 @@ def export_coco(project, out_path: str | Path, all_images: bool = False) -> Expo
                        for c in categories],
         "annotations": annotations,
     }
-    atomic_write_json(Path(out_path), coco, backup=False)
+    write_json(Path(out_path), coco, backup=False)
     return ExportReport(len(images), len(annotations), len(categories), skipped)
 
 
@@ -128,11 +129,11 @@ def import_coco(project, in_path: str | Path) -> ImportReport:
             continue
         attributes = a.get("attributes") if isinstance(a.get("attributes"), dict) else {}
         score = attributes.get("score", a.get("score"))
-        if score is not None and not (isinstance(score, (int, float)) and math.isfinite(score)):
+        if score is not None and _number(score) is None:
             reasons.append(f"{where}: score {score!r} is not a number")
             continue
         query_id = attributes.get("query_id")
-        entries.append((image["rel"], category, box, None if score is None else float(score),
+        entries.append((image["rel"], category, box, None if score is None else _number(score),
                         None if query_id is None else str(query_id)))
     if reasons:
         raise CocoError(in_path, reasons)
@@ -140,15 +141,24 @@ def import_coco(project, in_path: str | Path) -> ImportReport:
     store = project.annotations
     known = {c.name for c in store.categories}
     report = ImportReport(0, skipped=skipped)
-    for rel, category, box, score, query_id in entries:
-        existing = store.find_duplicate(rel, category, box, DUPLICATE_IOU)
-        if existing is not None:
-            report.duplicates.append({"image": rel, "category": category, "box": box.as_list(), "existing": existing.id})
-            continue
-        store.add(rel, category, box, score=score, query_id=query_id, source="import")
-        report.added += 1
-    report.categories_added = [c.name for c in store.categories if c.name not in known]
-    store.save()
+    added = []
+    try:
+        for rel, category, box, score, query_id in entries:
+            existing = store.find_duplicate(rel, category, box, DUPLICATE_IOU)
+            if existing is not None:
+                report.duplicates.append({"image": rel, "category": category, "box": box.as_list(),
+                                          "existing": existing.id})
+                continue
+            added.append(store.add(rel, category, box, score=score, query_id=query_id, source="import"))
+        report.added = len(added)
+        report.categories_added = [c.name for c in store.categories if c.name not in known]
+        store.save()
+    except BaseException:  # all or nothing, in memory as on disk
+        for ann in added:
+            store.remove(ann.id)
+        for name in [c.name for c in store.categories if c.name not in known]:
+            store.remove_category(name)
+        raise
     return report
 
 
@@ -181,6 +191,9 @@ def _checked_images(project, data: dict) -> tuple[dict, list[str]]:
         except ImageError as exc:
             reasons.append(f"{where}: {name!r}: {exc.reason}")
             continue
+        except ValueError:  # a NUL byte, or a name the file system cannot encode
+            reasons.append(f"{where}: {name!r} is not a usable file name")
+            continue
         stated = (im.get("width"), im.get("height"))
         if stated != (None, None) and tuple(stated) != (width, height):
             reasons.append(f"{where}: {name!r} is {width} x {height} here (EXIF orientation applied) but "
@@ -212,19 +225,31 @@ def _checked_categories(data: dict) -> tuple[dict, list[str]]:
     return out, reasons
 
 
+def _number(value) -> float | None:
+    """`value` as a finite float, or None (booleans, text, NaN, infinities, ints past float range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _checked_bbox(bbox, image: dict | None, where: str, reasons: list[str]) -> Box | None:
-    if (not isinstance(bbox, list) or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+    values = [_number(v) for v in bbox] if isinstance(bbox, list) else []
+    if len(values) != 4 or None in values:
         reasons.append(f"{where}: 'bbox' must be [x, y, width, height] numbers, not {bbox!r}")
         return None
-    box = Box.from_list(bbox)
+    box = Box(*values)
     if box.w <= 0 or box.h <= 0:
         reasons.append(f"{where}: bbox {bbox} has no area")
         return None
     if image is None:
         return None
     w, h, tol = image["width"], image["height"], SIZE_TOLERANCE
-    if box.x < -tol or box.y < -tol or box.x2 > w + tol or box.y2 > h + tol:
+    inside = box.clipped(w, h)
+    if box.x < -tol or box.y < -tol or box.x2 > w + tol or box.y2 > h + tol or inside.area <= 0:
         reasons.append(f"{where}: bbox {bbox} does not fit in {image['rel']} ({w} x {h})")
         return None
-    return box.clipped(w, h)
+    return inside

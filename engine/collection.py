@@ -6,23 +6,27 @@ Layout under the state folder:
   shards/NNNNNN.json  the batch's files with fingerprints and row ranges; written after the .npz,
                       so a shard counts only once both are complete
   catalog.json        every indexed file -> (shard, rows, fingerprint), written when a run ends;
-                      shards numbered after its `last_seq` are replayed on load (a killed run's)
+                      shards numbered after its `last_seq` are replayed on load (a killed run's;
+                      all of them if the catalog is damaged: shards describe themselves)
 No pickle: JSON and numpy's own .npz format (`allow_pickle=False`).
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import re
+import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dasr_annotator.engine.imageio import is_image_name
-from dasr_annotator.engine.storage import ProjectFileError, atomic_write_bytes, atomic_write_json, read_json
+from dasr_annotator.engine.storage import ProjectFileError, atomic_write_bytes, read_json
 from dasr_annotator.engine.types import ImageRegions
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,9 @@ log = logging.getLogger(__name__)
 STATE_FOLDER = ".dasr"
 FORMAT = 1
 _SHARD_NAME = re.compile(r"^(\d{6})\.(npz|json)$")
+REBUILD_HINT = "run `dasr-annotator index PHOTOS --rebuild` to index the folder afresh (labels are kept)"
+# What reading a damaged .npz raises (truncated zip, bad CRC, missing member, wrong shape).
+NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 # ---- scanning -------------------------------------------------------------------------------
@@ -59,24 +66,20 @@ def scan_images(root: Path) -> ScanResult:
         seen_dirs.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if d != STATE_FOLDER)
         rel_folder = Path(folder).relative_to(root)
-        for name in names:
-            if not is_image_name(name):
-                continue
-            rel = (rel_folder / name).as_posix()
-            if _utf8(rel):
-                files.append(rel)
-            else:  # project files are UTF-8 JSON; such a name could not be stored
-                shown = os.fsencode(rel).decode("utf-8", "replace")
-                problems.append({"file": shown, "reason": "file name is not valid UTF-8; rename the file"})
+        files.extend((rel_folder / n).as_posix() for n in names if is_image_name(n))
     return ScanResult(sorted(files), problems)
 
 
-def _utf8(name: str) -> bool:
+def write_json(path: Path, obj, backup: bool = True) -> None:
+    """`storage.atomic_write_json`, except that a file name which is not valid UTF-8 (POSIX allows
+    them; Python holds them as lone surrogates) is written as a JSON escape (backslash-u-dcXX)
+    instead of failing: json.loads gives the same name back, and the OS accepts it again."""
+    text = json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     try:
-        name.encode("utf-8")
+        data = text.encode("utf-8")
     except UnicodeEncodeError:
-        return False
-    return True
+        data = (json.dumps(obj, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+    atomic_write_bytes(path, data, backup=backup)
 
 
 # ---- fingerprints ---------------------------------------------------------------------------
@@ -135,54 +138,81 @@ class RegionArrays:
 class RegionStore:
     """Shards of extracted regions plus the catalog of which file lives where."""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, load: bool = True):
         self.state_dir = Path(state_dir)
         self.shard_dir = self.state_dir / "shards"
         self.catalog_path = self.state_dir / "catalog.json"
         self.entries: dict[str, FileEntry] = {}
         self.last_seq = 0  # shards up to here are covered by catalog.json
         self.warnings: list[str] = []
-        self.load()
+        if load:
+            self.load()
 
     # -- reading --
     def load(self) -> None:
+        """Read the catalog, then replay newer shards. Shards describe themselves, so a damaged
+        catalog costs little: every shard is replayed (latest wins) and touched files are hashed
+        again; the next commit writes a new catalog."""
         self.entries, self.last_seq, self.warnings = {}, 0, []
         if self.catalog_path.exists():
-            data = read_json(self.catalog_path)
             try:
+                data = read_json(self.catalog_path, expect=dict)
                 if data.get("format") != FORMAT:
-                    raise ValueError(f"unknown format {data.get('format')!r}")
+                    raise ValueError(f"format {data.get('format')!r} is not {FORMAT}")
                 self.last_seq = int(data["last_seq"])
                 self.entries = {rel: FileEntry(**e) for rel, e in data["files"].items()}
-            except (AttributeError, KeyError, TypeError, ValueError) as exc:
-                raise ProjectFileError(f"{self.catalog_path}: damaged catalog ({exc}); run index --rebuild") from exc
+            except (ProjectFileError, AttributeError, KeyError, TypeError, ValueError) as exc:
+                reason = exc.message if isinstance(exc, ProjectFileError) else f"{self.catalog_path}: {exc}"
+                self.warnings.append(f"catalog unusable ({reason}); recovered from the region shards")
+                self.entries, self.last_seq = {}, 0
         for seq in self._shard_seqs():
             if seq > self.last_seq:
                 self._replay(seq)
-        missing = {e.shard for e in self.entries.values() if e.count and not self._npz(e.shard).exists()}
-        if missing:
-            self.warnings.append(f"{len(missing)} region shard(s) missing; their images will be extracted again")
-            self.entries = {k: e for k, e in self.entries.items() if not (e.count and e.shard in missing)}
+        rows_needed: dict[int, int] = {}
+        for e in self.entries.values():
+            rows_needed[e.shard] = max(rows_needed.get(e.shard, 0), e.start + e.count)
+        broken = {seq for seq, rows in rows_needed.items() if rows and self._rows(seq) < rows}
+        if broken:
+            self.warnings.append(f"{len(broken)} region shard(s) missing or damaged; their images are extracted again")
+            self.entries = {k: e for k, e in self.entries.items() if not (e.count and e.shard in broken)}
+
+    def _rows(self, seq: int) -> int:
+        """Rows a shard holds; -1 when it is missing or unreadable (only its small arrays are read)."""
+        try:
+            with np.load(self._npz(seq), allow_pickle=False) as z:
+                return len(z["scores"])
+        except NPZ_ERRORS:
+            return -1
 
     def _replay(self, seq: int) -> None:
         """Add a shard a killed run finished but never entered in the catalog."""
         try:
-            meta = read_json(self._json(seq))
-            with np.load(self._npz(seq), allow_pickle=False) as z:
-                rows = len(z["scores"])
+            meta = read_json(self._json(seq), fallback_to_backup=False, expect=dict)
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}")
             files = [FileEntry(**{**f, "shard": seq}) for f in meta["files"]]
-            if any(f.start + f.count > rows for f in files):
+            if any(f.start + f.count > self._rows(seq) for f in files):
                 raise ValueError("row ranges exceed the shard")
-        except (OSError, ValueError, KeyError, TypeError, ProjectFileError) as exc:
+        except (ValueError, KeyError, TypeError, ProjectFileError) as exc:
             log.info("ignoring incomplete shard %06d: %s", seq, exc)
             return
         for f in files:
             self.entries[f.file] = f
 
-    def _shard_seqs(self) -> list[int]:
+    def _shard_seqs(self, files_only: bool = True) -> list[int]:
+        """Numbers of the shard files present (or of any entry named like one, for numbering)."""
         if not self.shard_dir.is_dir():
             return []
-        return sorted({int(m.group(1)) for p in self.shard_dir.iterdir() if (m := _SHARD_NAME.match(p.name))})
+        return sorted({int(m.group(1)) for p in self.shard_dir.iterdir()
+                       if (m := _SHARD_NAME.match(p.name)) and (p.is_file() or not files_only)})
+
+    def _next_seq(self) -> int:
+        return max(self._shard_seqs(files_only=False) + [self.last_seq]) + 1
+
+    def _delete_shard(self, seq: int) -> None:
+        for path in (self._json(seq), self._npz(seq)):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
 
     def _npz(self, seq: int) -> Path:
         return self.shard_dir / f"{seq:06d}.npz"
@@ -199,11 +229,14 @@ class RegionStore:
                 by_shard.setdefault(e.shard, []).append((i, e))
         parts: dict[int, tuple] = {}
         for seq, items in by_shard.items():
-            with np.load(self._npz(seq), allow_pickle=False) as z:
-                desc, boxes, ell, scores = z["descriptors"], z["boxes"], z["ellipses"], z["scores"]
-                for i, e in items:
-                    rows = slice(e.start, e.start + e.count)
-                    parts[i] = (desc[rows], boxes[rows], ell[rows], scores[rows])
+            try:
+                with np.load(self._npz(seq), allow_pickle=False) as z:
+                    desc, boxes, ell, scores = z["descriptors"], z["boxes"], z["ellipses"], z["scores"]
+            except NPZ_ERRORS as exc:
+                raise ProjectFileError(f"region shard {self._npz(seq)} is damaged ({exc}); {REBUILD_HINT}") from exc
+            for i, e in items:
+                rows = slice(e.start, e.start + e.count)
+                parts[i] = (desc[rows], boxes[rows], ell[rows], scores[rows])
         order = sorted(parts)
         if not order:
             return RegionArrays(np.zeros((0, 0), np.float16), np.zeros((0, 4), np.float32),
@@ -219,7 +252,7 @@ class RegionStore:
     # -- writing --
     def write_shard(self, batch: list[tuple[FileEntry, ImageRegions]]) -> list[FileEntry]:
         """Store one batch of extracted images as a new shard; returns their entries."""
-        seq = max(self._shard_seqs() + [self.last_seq]) + 1
+        seq = self._next_seq()
         entries, desc, boxes, ell, scores = [], [], [], [], []
         row = 0
         for entry, regions in batch:
@@ -246,7 +279,7 @@ class RegionStore:
                  scores=arrays.scores)
         atomic_write_bytes(self._npz(seq), buffer.getvalue())
         files = [{k: v for k, v in e.as_json().items() if k != "shard"} for e in entries]
-        atomic_write_json(self._json(seq), {"format": FORMAT, "seq": seq, "files": files})
+        write_json(self._json(seq), {"format": FORMAT, "seq": seq, "files": files}, backup=False)
 
     def commit(self, live: list[str]) -> int:
         """Keep only `live` files, write the catalog, then delete shards nothing refers to.
@@ -256,14 +289,13 @@ class RegionStore:
         for rel in dropped:
             del self.entries[rel]
         self.last_seq = max(self._shard_seqs() + [self.last_seq])
-        atomic_write_json(self.catalog_path, {
+        write_json(self.catalog_path, {
             "format": FORMAT, "last_seq": self.last_seq,
             "files": {rel: self.entries[rel].as_json() for rel in sorted(self.entries)}})
         used = {e.shard for e in self.entries.values()}
         for seq in self._shard_seqs():
             if seq not in used:
-                for path in (self._json(seq), self._npz(seq)):
-                    path.unlink(missing_ok=True)
+                self._delete_shard(seq)
         return len(dropped)
 
     def compact(self, min_live_fraction: float = 0.5, batch_files: int = 256) -> int:
@@ -274,9 +306,8 @@ class RegionStore:
             live_rows[e.shard] = live_rows.get(e.shard, 0) + e.count
         sparse = []
         for seq in live_rows:
-            with np.load(self._npz(seq), allow_pickle=False) as z:
-                total = len(z["scores"])
-            if total and live_rows[seq] < min_live_fraction * total:
+            total = self._rows(seq)
+            if total > 0 and live_rows[seq] < min_live_fraction * total:
                 sparse.append(seq)
         if not sparse:
             return 0
@@ -284,7 +315,7 @@ class RegionStore:
         for i in range(0, len(moving), batch_files):
             chunk = moving[i:i + batch_files]
             arrays = self.read(chunk)
-            seq = max(self._shard_seqs() + [self.last_seq]) + 1
+            seq = self._next_seq()
             entries, row = [], 0
             for rel in chunk:
                 e = self.entries[rel]
@@ -297,9 +328,11 @@ class RegionStore:
         return len(sparse)
 
     def clear(self) -> None:
-        """Forget every region (a rebuild)."""
-        for seq in self._shard_seqs():
-            for path in (self._json(seq), self._npz(seq)):
-                path.unlink(missing_ok=True)
-        self.catalog_path.unlink(missing_ok=True)
+        """Forget every region (a rebuild): the shard folder and the catalog go, whatever state
+        they are in (nothing is read first)."""
+        if self.shard_dir.is_dir() and not self.shard_dir.is_symlink():
+            shutil.rmtree(self.shard_dir)
+        for path in (self.catalog_path, self.catalog_path.with_name(self.catalog_path.name + ".bak")):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
         self.entries, self.last_seq = {}, 0

@@ -25,13 +25,15 @@ from .backbones import DEFAULT_BACKBONE
 from .descriptors import Whitening, l2n
 from .extractor import Extractor
 from .imageio import load_image
+from .index import whitening_min_regions
 from .types import Box, Cancelled, CancelFn, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
 
-WHITENING_CHOICES = ("collection", "none", "other")
+WHITENING_CHOICES = ("auto", "collection", "none", "other")
 # Modules whose code decides the regions: a change to any of them invalidates cached extraction.
 _EXTRACTION_MODULES = ("extractor", "moments", "excitation", "regions", "backbones", "descriptors")
+_CACHE_FORMAT = 2  # arrays stored per image
 
 
 # --------------------------------------------------------------------------- manifest
@@ -169,10 +171,12 @@ class ImageRegionsArrays:
     height: int
     seeds: int
     seconds: float
+    scores: np.ndarray | None = None  # [R] seed scores (saliency), best first
 
 
 def extraction_cache(extractor: Extractor, folder) -> NpzCache:
-    return NpzCache(folder, "regions", {"config": extractor.config(), "code": code_fingerprint(_EXTRACTION_MODULES)})
+    return NpzCache(folder, "regions", {"config": extractor.config(), "code": code_fingerprint(_EXTRACTION_MODULES),
+                                        "format": _CACHE_FORMAT})
 
 
 def extract_manifest(manifest: Manifest, extractor: Extractor, cache: NpzCache,
@@ -192,6 +196,7 @@ def extract_manifest(manifest: Manifest, extractor: Extractor, cache: NpzCache,
             arrays = {
                 "boxes": np.array([r.box.as_list() for r in regions.regions], np.float64).reshape(-1, 4),
                 "descriptors": regions.descriptors().reshape(-1, dim),
+                "scores": np.array([r.score for r in regions.regions], np.float64),
                 "size": np.array([regions.width, regions.height], np.int64),
                 "seeds": np.int64(regions.seeds),
                 "seconds": np.float64(seconds),
@@ -199,7 +204,7 @@ def extract_manifest(manifest: Manifest, extractor: Extractor, cache: NpzCache,
             cache.save(file, source, arrays)
         out.append(ImageRegionsArrays(arrays["boxes"], arrays["descriptors"].astype(np.float32),
                                       int(arrays["size"][0]), int(arrays["size"][1]), int(arrays["seeds"]),
-                                      float(arrays["seconds"])))
+                                      float(arrays["seconds"]), arrays["scores"]))
         progress(done + 1, len(manifest.files))
     return out
 
@@ -244,9 +249,16 @@ def _whitening_functions(images: list[ImageRegionsArrays], manifest: Manifest, m
     """video -> whitening function for its queries, and a description of what it was fitted on."""
     identity = lambda x: l2n(np.asarray(x, np.float32)).astype(np.float32)  # noqa: E731
     videos = sorted(set(manifest.videos.values()))
+    descs = [im.descriptors for im in images]
+    n_regions = sum(d.shape[0] for d in descs)
+    if mode == "auto":  # what a project does: its own whitening once it has enough regions
+        dim = max((d.shape[1] for d in descs if d.size), default=1)
+        needed = whitening_min_regions(dim)
+        if n_regions < needed:
+            return {v: identity for v in videos}, f"auto -> none: {n_regions} regions < {needed} a project needs to fit one"
+        mode = "collection"
     if mode == "none":
         return {v: identity for v in videos}, "none (raw l2-normalised descriptors)"
-    descs = [im.descriptors for im in images]
     if mode == "collection":
         fit = Whitening(dim).fit(np.concatenate(descs))
         return {v: fit.transform for v in videos}, f"collection: all {fit.n_fit} regions of the evaluated images (unsupervised)"
@@ -344,7 +356,7 @@ class EvalSettings:
     descriptor_layer: str | None = None
     tau: float = 0.1
     nms_beta: float = 0.3  # 1.0 = no suppression
-    whitening: str = "collection"
+    whitening: str = "auto"
     whitening_dim: int | None = None  # None: every component the data spans
     queries_per_instance: int = 3
     baselines: bool = False
@@ -353,6 +365,9 @@ class EvalSettings:
     cache_dir: str | None = None
     weights: str | None = None
     device: str = "auto"
+    simulate_feedback: bool = False
+    feedback_batch: int = 10  # hits a simulated annotator reviews between re-rankings
+    feedback_hits: int = 100  # re-ranking stops after this many reviewed hits
 
     def extractor(self) -> Extractor:
         return Extractor(backbone=self.backbone, method=self.method, mode=self.mode, device=self.device,
@@ -379,7 +394,8 @@ def run_eval(manifest_path, settings: EvalSettings | None = None, extractor: Ext
         images = extract_manifest(manifest, extractor, extraction_cache(extractor, settings.cache_dir),
                                   lambda done, _: progress(done, total), cancel)
     whiten, whitening_note = _whitening_functions(images, manifest, settings.whitening, settings.whitening_dim)
-    methods = [_evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel)]
+    reviews = [] if settings.simulate_feedback else None
+    methods = [_evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel, settings, reviews)]
     if settings.baselines:
         methods += baseline_results(manifest, queries, extractor, settings.cache_dir,
                                     lambda done, _: progress(n + done, total), cancel)
@@ -393,11 +409,13 @@ def run_eval(manifest_path, settings: EvalSettings | None = None, extractor: Ext
         "queries": [{"instance": q.instance, "file": q.file, "frame": q.frame} for q in queries],
         "whitening": whitening_note,
         "methods": [m.summary() for m in methods],
+        "simulated_feedback": None if reviews is None else _review_summary(reviews, settings),
         "wall_seconds": time.perf_counter() - started,
     }
 
 
-def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel) -> MethodResult:
+def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel, settings,
+                      reviews: list | None) -> MethodResult:
     cfg = extractor.config()
     name = label or f"{cfg['method'].upper()} {cfg['backbone']} {cfg['descriptor_layer']} ({cfg['mode']})"
     result = MethodResult(name, "regions", note="image score = best region; hit box = that region")
@@ -424,7 +442,42 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
         best = np.array([evaluation.best_iou(images[index_of[f]].boxes, g) if np.isfinite(g[0]) else 0.0
                          for f, g in zip(refs, gt)])
         result.add(q, manifest, refs, Ranking(scores[keep], boxes[keep], seconds), best)
+        if reviews is not None:
+            reviews.append(_simulated_review(q, manifest, images, scorer, qvec, settings))
     return result
+
+
+def _simulated_review(q: Query, manifest: Manifest, images, scorer: RegionScorer, qvec, settings) -> dict:
+    """Hits a simulated annotator reviews before 90% of the instance's other images are found,
+    on the plain list and with re-ranking from its accept / reject decisions."""
+    files = np.array(manifest.files)
+    relevant, gt = manifest.gt_boxes(q.instance, manifest.files)
+    owner = scorer.owner
+    mine = files[owner] != q.file
+    located = relevant[owner] & evaluation.centres_inside(scorer.boxes, gt[owner])
+    n = int(relevant.sum()) - 1  # the query image is not in the list
+    out = {"instance": q.instance, "file": q.file, "occurrences": n}
+    for name, hits in (("plain", 0), ("feedback", settings.feedback_hits)):
+        seq = evaluation.simulate_review(scorer.descriptors[mine], owner[mine], located[mine], qvec,
+                                         settings.feedback_batch, hits)
+        out[name] = {"reviews_to_90": evaluation.hits_to_find(seq, n, 0.9),
+                     "found@50": evaluation.recall_at_k(seq, n, 50), "found@100": evaluation.recall_at_k(seq, n, 100)}
+    return out
+
+
+def _review_summary(reviews: list[dict], settings) -> dict:
+    out = {"batch": settings.feedback_batch, "feedback_hits": settings.feedback_hits, "queries": reviews}
+    for name in ("plain", "feedback"):
+        to90 = np.array([r[name]["reviews_to_90"] for r in reviews], float)
+        reached = to90[np.isfinite(to90)]
+        out[name] = {
+            "reached_90": float(np.isfinite(to90).mean()) if len(to90) else None,
+            "median_reviews_to_90": float(np.median(to90)) if len(to90) else None,  # inf when most never get there
+            "mean_reviews_to_90_when_reached": float(reached.mean()) if len(reached) else None,
+            "found@50": float(np.nanmean([r[name]["found@50"] for r in reviews])) if reviews else None,
+            "found@100": float(np.nanmean([r[name]["found@100"] for r in reviews])) if reviews else None,
+        }
+    return out
 
 
 # --------------------------------------------------------------------------- baselines

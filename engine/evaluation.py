@@ -134,3 +134,44 @@ def mean_metrics(per_query: list[dict[str, float]]) -> dict[str, float]:
         out["m" + key if key.startswith("ap@") else key] = float(finite.mean()) if finite.size else float("nan")
     out["queries"] = float(sum(1 for q in per_query if q.get("relevant", 0) > 0))
     return out
+
+
+def simulate_review(region_vectors, region_images, region_located, query_vector, batch: int = 10,
+                    feedback_hits: int = 0, neg_weight: float = 0.5) -> np.ndarray:
+    """A simulated annotator walking down the hit list; returns 0/1 per reviewed hit (1 = an
+    occurrence of the instance found).
+
+    A hit is one region (one per image in a batch). The annotator accepts a hit whose region is
+    truly the instance (`region_located`) and rejects the others; an accepted image is done, a
+    rejected region never comes back (the image may, with another region). While fewer than
+    `feedback_hits` hits have been reviewed, the list is re-ranked after each batch with the
+    accepted regions as extra positives and the rejected ones as negatives
+    (`feedback.feedback_scores`); feedback_hits=0 is the plain ranked list. Ties go
+    pessimistically (wrong regions first).
+    """
+    from .feedback import feedback_scores
+
+    vectors = np.asarray(region_vectors, np.float32)
+    images = np.asarray(region_images)
+    located = np.asarray(region_located, bool)
+    positives, negatives = [np.asarray(query_vector, np.float32)], []
+    scores = vectors @ positives[0]
+    open_region = np.ones(len(vectors), bool)
+    outcome: list[int] = []
+    while open_region.any():
+        order = np.lexsort((located, -scores))
+        order = order[open_region[order]]
+        _, first = np.unique(images[order], return_index=True)  # one hit per image in a batch
+        picked = order[np.sort(first)[:batch]]
+        for r in picked:
+            if located[r]:
+                open_region[images == images[r]] = False
+                positives.append(vectors[r])
+            else:
+                open_region[r] = False
+                negatives.append(vectors[r])
+            outcome.append(int(located[r]))
+        if len(outcome) < feedback_hits:
+            scores = feedback_scores(np.stack(positives), np.stack(negatives) if negatives else None, vectors,
+                                     neg_weight=neg_weight)
+    return np.asarray(outcome, np.int64)

@@ -1,4 +1,4 @@
-"""DASR / DASR* region extraction and box descriptors for one image at a time.
+"""DASR / DASR* region extraction and box descriptors.
 
 Pipeline (spec section 1): resize so the long side is `max_side` (up or down), one forward pass,
 seeds on the channel mean of the activation layer, one map per seed from the backward rule, an
@@ -6,8 +6,10 @@ ellipse and box per map (tau support), NMS (DASR*), and mean-pooled, l2-normalis
 layer features inside each box. Boxes and ellipses come back in ORIGINAL image pixels.
 
 Modes: "exact" (batched backward rule), "reference" (one seed at a time), "official" (the
-authors' code: per-peak input gradients, 95th-percentile support), "fast" (moment propagation,
-see `moments.py`).
+authors' code: per-peak input gradients, 95th-percentile support), "moments" (every seed's box
+from moment propagation, see `moments.py`), and "fast", the default: moments rank all seeds, NMS
+keeps the best, and only those get exact maps and boxes (the exact rule's geometry for about a
+tenth of its cost; docs/benchmarks.md, "Extraction").
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 
 from . import moments
-from .backbones import DEFAULT_BACKBONE, load_backbone
+from .backbones import DEFAULT_BACKBONE, Forward, load_backbone
 from .descriptors import l2n, pool_boxes
 from .excitation import Excitation, official_maps, reference_maps, seed_tensor
 from .regions import clip_boxes, ellipses_from_maps, nms, seeds_dasr, seeds_dasr_star
@@ -30,7 +32,7 @@ from .types import Box, Ellipse, ImageRegions, Region
 log = logging.getLogger(__name__)
 
 METHODS = ("dasr", "dasr*")
-MODES = ("fast", "exact", "reference", "official")
+MODES = ("fast", "moments", "exact", "reference", "official")
 OFFICIAL_PERCENTILE = 0.95
 
 
@@ -90,6 +92,7 @@ class Extractor:
         self.memory_budget = int(memory_budget_mb) << 20
         # channels-last makes depthwise and transposed convs several times faster, CPU and GPU
         self.channels_last = True
+        self.rank_stride = moments.HYBRID_START_STRIDE  # fast mode's moment pass (benchmarks vary it)
 
     @property
     def device(self) -> str:
@@ -101,7 +104,7 @@ class Extractor:
 
     def config(self) -> dict:
         bb = self.backbone
-        return {
+        cfg = {
             "backbone": bb.name,
             "method": self.method,
             "mode": self.mode,
@@ -115,6 +118,12 @@ class Extractor:
             "tau": self.tau,
             "nms_beta": self.nms_beta,
         }
+        if self.mode in ("fast", "moments"):  # their boxes depend on these too
+            cfg["moments"] = {
+                "start_stride": moments.DEFAULT_START_STRIDE if self.mode == "moments" else self.rank_stride,
+                "box_scale": moments.BOX_SCALE[bb.name],
+            }
+        return cfg
 
     # ------------------------------------------------------------------ input
 
@@ -138,11 +147,31 @@ class Extractor:
     # ------------------------------------------------------------------ API
 
     def extract(self, image) -> ImageRegions:
-        prep = self.prepare(image)
-        with torch.inference_mode(self.mode != "official"):
-            geo = self._seed_geometry(prep.pixels)
-            keep = self.select(geo)
-            descs = self._pool(geo.feature, geo.boxes[keep])
+        return self.extract_many([image])[0]
+
+    def extract_many(self, images, batch_size: int | None = None) -> list[ImageRegions]:
+        """Regions of several images; images of equal network-input size share forward passes
+        (`batch_size` at a time: default 8 on a GPU, 1 on a CPU, where batching gains nothing)."""
+        if batch_size is None:
+            batch_size = 8 if self._device.type == "cuda" else 1
+        preps = [self.prepare(image) for image in images]
+        results: list[ImageRegions | None] = [None] * len(preps)
+        by_size: dict[tuple, list[int]] = {}
+        for index, prep in enumerate(preps):
+            by_size.setdefault(tuple(prep.pixels.shape), []).append(index)
+        for indices in by_size.values():
+            for start in range(0, len(indices), batch_size):
+                group = indices[start:start + batch_size]
+                pixels = torch.cat([preps[i].pixels for i in group])
+                with torch.inference_mode(self.mode != "official"):
+                    geos = self._seed_geometries(pixels)
+                    for i, geo in zip(group, geos):
+                        results[i] = self._finish(preps[i], geo)
+        return results
+
+    def _finish(self, prep: Prepared, geo: "SeedGeometry") -> ImageRegions:
+        keep = self.select(geo)
+        descs = self._pool(geo.feature, geo.boxes[keep])
         regions = [
             Region(prep.box_to_original(b), prep.ellipse_to_original(e), float(s), d)
             for b, e, s, d in zip(geo.boxes[keep].tolist(), geo.ellipses[keep].tolist(),
@@ -151,10 +180,11 @@ class Extractor:
         return ImageRegions(prep.width, prep.height, regions, seeds=geo.n_seeds)
 
     def seed_geometry(self, image) -> "SeedGeometry":
-        """Every seed's ellipse and clipped box before NMS, in network-input pixels (benchmarks)."""
+        """Seeds' ellipses and clipped boxes before NMS, in network-input pixels (benchmarks). In
+        fast mode only the seeds that got exact maps (NMS over them gives the final regions)."""
         prep = self.prepare(image)
         with torch.inference_mode(self.mode != "official"):
-            return self._seed_geometry(prep.pixels)
+            return self._seed_geometries(prep.pixels)[0]
 
     def describe_box(self, image, box: Box) -> np.ndarray:
         """Query descriptor: the descriptor layer of the whole image pooled over `box` (original px)."""
@@ -195,13 +225,24 @@ class Extractor:
             return nms(geo.boxes, geo.scores, self.nms_beta)
         return torch.argsort(geo.scores, descending=True)
 
-    def _seed_geometry(self, pixels: Tensor) -> "SeedGeometry":
+    def _seed_geometries(self, pixels: Tensor) -> list["SeedGeometry"]:
+        """One forward pass for a batch of equal-size images, then each image's seeds."""
         bb = self.backbone
         official = self.mode == "official"
         with torch.inference_mode():
-            # fast mode needs the layers from its start stride on; exact modes need them all
-            from_stride = moments.DEFAULT_START_STRIDE if self.mode == "fast" else 1
+            # moments mode needs the layers from its start stride on; the others need them all
+            from_stride = moments.DEFAULT_START_STRIDE if self.mode == "moments" else 1
             fw = bb.forward(pixels, trace=not official, trace_from_stride=from_stride)
+        out = []
+        for b in range(pixels.shape[0]):
+            features = {name: t[b:b + 1] for name, t in fw.features.items()}
+            trace = None if fw.trace is None else fw.trace.image(b)
+            out.append(self._seed_geometry(Forward(features, trace, fw.input_size), pixels[b:b + 1]))
+        return out
+
+    def _seed_geometry(self, fw: Forward, pixels: Tensor) -> "SeedGeometry":
+        bb = self.backbone
+        official = self.mode == "official"
         act, feature = fw.features[bb.activation_layer], fw.features[bb.descriptor_layer][0]
         xbar = act.mean(dim=1)[0]
         if official:
@@ -211,35 +252,74 @@ class Extractor:
                 ij, scores = ij[strong], scores[strong]
         else:
             ij, scores = self._seeds(xbar)
-        height, width = fw.input_size
         n_seeds = int(ij.shape[0])
         if n_seeds == 0:
             return SeedGeometry(ij, scores, pixels.new_zeros((0, 5)), pixels.new_zeros((0, 4)), feature, 0)
-        if self.mode == "fast":
-            ellipses, boxes, alive = moments.seed_ellipses(
-                fw.trace, fw.input_size, act, ij, moments.BOX_SCALE[bb.name], channels_last=self.channels_last)
-        else:
-            if official:
-                maps = official_maps(bb, pixels, ij)
-                # support = pixels above each map's 95th percentile; a 0/1 map keeps exactly it
-                cut = torch.quantile(maps.flatten(1), OFFICIAL_PERCENTILE, dim=1).view(-1, 1, 1)
-                maps = ((maps > cut) & (maps > 0)).float()
-                tau = 0.5
-            else:
-                top = seed_tensor(act, ij)
-                if self.mode == "reference":
-                    maps = reference_maps(fw.trace, top)
-                else:
-                    exc = Excitation(fw.trace, fw.input_size, transpose_dtype=self.transpose_dtype,
-                                     channels_last=self.channels_last)
-                    maps = exc.backward(top, budget_bytes=self.memory_budget)
-                tau = self.tau
+        if self.mode == "moments":
+            ellipses, boxes, alive = self._moment_geometry(fw, act, ij, moments.DEFAULT_START_STRIDE)
+        elif self.mode == "fast":
+            ij, scores, ellipses, boxes, alive = self._fast_geometry(fw, act, ij, scores)
+        elif official:
+            maps = official_maps(bb, pixels, ij)
+            # support = pixels above each map's 95th percentile; a 0/1 map keeps exactly it
+            cut = torch.quantile(maps.flatten(1), OFFICIAL_PERCENTILE, dim=1).view(-1, 1, 1)
             with torch.inference_mode():
-                ellipses, boxes = ellipses_from_maps(maps, tau)
+                maps = ((maps > cut) & (maps > 0)).float()
+                ellipses, boxes = ellipses_from_maps(maps, 0.5)
                 alive = maps.flatten(1).amax(1) > 0
+        else:
+            ellipses, boxes, alive = self._exact_geometry(fw, act, ij)
         with torch.inference_mode():
-            boxes = clip_boxes(boxes[alive], width, height, bb.descriptor_stride)
-            return SeedGeometry(ij[alive], scores[alive], ellipses[alive], boxes, feature, n_seeds)
+            return SeedGeometry(ij[alive], scores[alive], ellipses[alive], self._clip(boxes[alive], fw),
+                                feature, n_seeds)
+
+    def _clip(self, boxes: Tensor, fw) -> Tensor:
+        height, width = fw.input_size
+        return clip_boxes(boxes, width, height, self.backbone.descriptor_stride)
+
+    def _moment_geometry(self, fw, act: Tensor, ij: Tensor, start_stride: int):
+        return moments.seed_ellipses(fw.trace, fw.input_size, act, ij, moments.BOX_SCALE[self.backbone.name],
+                                     start_stride, channels_last=self.channels_last)
+
+    def _exact_geometry(self, fw, act: Tensor, ij: Tensor, exc: Excitation | None = None):
+        """(ellipses, boxes, has_map) from the backward rule's maps, tau support."""
+        top = seed_tensor(act, ij)
+        if self.mode == "reference":
+            maps = reference_maps(fw.trace, top)
+        else:
+            exc = exc or self._excitation(fw)
+            maps = exc.backward(top, budget_bytes=self.memory_budget)
+        with torch.inference_mode():
+            ellipses, boxes = ellipses_from_maps(maps, self.tau)
+            return ellipses, boxes, maps.flatten(1).amax(1) > 0
+
+    def _excitation(self, fw) -> Excitation:
+        return Excitation(fw.trace, fw.input_size, transpose_dtype=self.transpose_dtype,
+                          channels_last=self.channels_last)
+
+    def _fast_geometry(self, fw, act: Tensor, ij: Tensor, scores: Tensor):
+        """Moments give every seed a rough box; NMS runs on them, and each seed it keeps gets its
+        exact map and box; NMS runs again, until every kept seed has an exact box. The seeds that
+        got exact maps come back (NMS over them keeps the same regions)."""
+        ellipses, boxes, alive = self._moment_geometry(fw, act, ij, self.rank_stride)
+        boxes = self._clip(boxes, fw)
+        if self.method == "dasr":  # DASR's few peaks all get exact maps (no NMS)
+            return (ij, scores) + self._exact_geometry(fw, act, ij)
+        exact = torch.zeros(len(ij), dtype=torch.bool, device=boxes.device)
+        exc = self._excitation(fw)
+        while True:
+            kept = nms(boxes[alive], scores[alive], self.nms_beta)
+            kept = torch.nonzero(alive)[:, 0][kept]
+            todo = kept[~exact[kept]]
+            if len(todo) == 0:
+                break
+            e, b, has_map = self._exact_geometry(fw, act, ij[todo], exc)
+            ellipses[todo], boxes[todo] = e, self._clip(b, fw)
+            alive[todo] &= has_map
+            exact[todo] = True
+        done = exact & alive
+        log.debug("fast mode: exact maps for %d of %d seeds", int(exact.sum()), len(ij))
+        return ij[done], scores[done], ellipses[done], boxes[done], torch.ones_like(done[done])
 
 
 @dataclass

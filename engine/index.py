@@ -52,9 +52,9 @@ def whitening_min_regions(descriptor_dim: int) -> int:
     return max(10 * descriptor_dim, 2000)
 
 
-def needs_refit(n_regions: int, fitted_on: int) -> bool:
+def needs_refit(n_regions: int, regions_at_fit: int) -> bool:
     """Refit once the collection has doubled (or halved) since the whitening was learned."""
-    return n_regions >= 2 * fitted_on or 2 * n_regions <= fitted_on
+    return n_regions >= 2 * regions_at_fit or 2 * n_regions <= regions_at_fit
 
 
 def is_exact(n_regions: int, dim: int) -> bool:

@@ -23,7 +23,10 @@ from .regions import ellipse_from_moments
 
 # Support spread / mass-weighted spread, per backbone; calibrated with benchmarks/extract_speed.py.
 BOX_SCALE = {"efficientnet-lite0": 0.63, "resnet50": 0.63, "vgg16": 0.63}
-DEFAULT_START_STRIDE = 8
+# Where the pass starts: mode "moments" (boxes straight from the moments), and mode "fast"
+# (moments only rank the seeds for NMS; survivors get exact maps). See docs/benchmarks.md.
+DEFAULT_START_STRIDE = 16
+HYBRID_START_STRIDE = 32
 
 
 def _fields(channels: int, h: int, w: int, stride: int, input_size, device) -> tuple[Tensor, float, float, float]:

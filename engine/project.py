@@ -7,6 +7,9 @@ as read-only even for root (who could write anyway): the intent of such a mode i
 `state_dir/manifest.json` records the extractor settings the regions were made with, the explicit
 weights file, the whitening and the current index generation; the index files of a generation are
 written first and the manifest switches to them atomically, so a reader never sees half an index.
+
+Building the index holds every live region's raw descriptor (float16) and its whitened copy in
+memory, about N x (2 D + 4 d) bytes: ~1.1 GB at a million regions of D = 320, d = 112.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import io
 import logging
 import os
 import secrets
+import shutil
 import stat
 import sys
 import time
@@ -26,12 +30,12 @@ import numpy as np
 
 from dasr_annotator.engine import index as faiss_index
 from dasr_annotator.engine.annotations import AnnotationStore
-from dasr_annotator.engine.collection import (STATE_FOLDER, FileEntry, RegionStore, content_hash, fingerprint,
-                                              scan_images)
+from dasr_annotator.engine.collection import (NPZ_ERRORS, REBUILD_HINT, STATE_FOLDER, FileEntry, RegionStore,
+                                              content_hash, fingerprint, scan_images, write_json)
 from dasr_annotator.engine.descriptors import Whitening
 from dasr_annotator.engine.imageio import ImageError, load_image
-from dasr_annotator.engine.storage import (ProjectFileError, atomic_write_bytes, atomic_write_json, is_writable_dir,
-                                           read_json, user_cache_dir)
+from dasr_annotator.engine.storage import (ProjectFileError, atomic_write_bytes, is_writable_dir, read_json,
+                                           user_cache_dir)
 from dasr_annotator.engine.types import CancelFn, Cancelled, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -115,9 +119,15 @@ class Project:
     def manifest(self) -> dict | None:
         if not self.manifest_path.exists():
             return None
-        data = read_json(self.manifest_path, expect=dict)
+        try:
+            data = read_json(self.manifest_path, expect=dict)
+        except ProjectFileError as exc:
+            raise ProjectFileError(f"{exc.message}; {REBUILD_HINT}") from None
         if data.get("format") != FORMAT:
-            raise ProjectFileError(f"{self.manifest_path}: unknown format {data.get('format')!r}; run index --rebuild")
+            raise ProjectFileError(f"{self.manifest_path} has format {data.get('format')!r}, which this version "
+                                   f"does not read; {REBUILD_HINT}")
+        if not isinstance(data.get("extractor"), dict):
+            raise ProjectFileError(f"{self.manifest_path} records no extractor settings; {REBUILD_HINT}")
         return data
 
     def scan(self) -> list[str]:
@@ -177,12 +187,14 @@ class Project:
         folder was indexed with other settings, unless `rebuild`."""
         config = extractor.config()
         with _Lock(self.state_dir / "lock"):
-            if not rebuild:
+            manifest = None
+            if not rebuild:  # a rebuild reads nothing: the old state may be damaged
                 self.check_compatible(config, weights)
-            manifest = self.manifest()
-            store = RegionStore(self.state_dir)
-            if rebuild or manifest is None:
-                store.clear()
+                manifest = self.manifest()
+            store = RegionStore(self.state_dir, load=manifest is not None)
+            if manifest is None:
+                self._clear_search_state()
+                store.clear()  # regions of unknown settings
                 manifest = {"format": FORMAT, "photos": str(self.photos), "extractor": config, "weights": weights,
                             "whitening": None, "index": None}
                 self._write_manifest(manifest)
@@ -277,20 +289,22 @@ class Project:
         content = _content_key(store, live)
         white_info = manifest.get("whitening")
         wanted_dim = faiss_index.whitening_dim(n_regions, dim)
+        stored = self._load_whitening(white_info) if white_info else None
         if n_regions < faiss_index.whitening_min_regions(dim):
             new_white_info, whitening = None, None
-        elif (white_info is None or white_info.get("requested_dim") != wanted_dim
-              or faiss_index.needs_refit(n_regions, white_info["fitted_on"])):
+        elif (stored is None or white_info.get("requested_dim") != wanted_dim
+              or faiss_index.needs_refit(n_regions, white_info.get("collection_regions", 0))):
             whitening = self._fit_whitening(store, live, wanted_dim)
             new_white_info = {"file": f"whitening-{_generation()}.npz", "fitted_on": whitening.n_fit,
-                              "requested_dim": wanted_dim, "dim": whitening.output_dim}
+                              "collection_regions": n_regions, "requested_dim": wanted_dim,
+                              "dim": whitening.output_dim}
             self._save_arrays(new_white_info["file"], whitening.to_arrays())
             notes.append(f"whitening fitted on {whitening.n_fit} regions ({whitening.output_dim} dims)")
         else:
-            new_white_info, whitening = white_info, self._load_whitening(white_info)
+            new_white_info, whitening = white_info, stored
         index_info = manifest.get("index")
         if (index_info is not None and index_info.get("content") == content and new_white_info == white_info
-                and self._index_files_present(index_info)):
+                and self._index_intact(index_info)):
             return n_regions
         arrays = store.read(live)
         vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
@@ -304,6 +318,7 @@ class Project:
         self._save_arrays(new_index["meta"], {
             "images": np.array(live, dtype=str), "sizes": sizes, "image": arrays.image, "boxes": arrays.boxes,
             "ellipses": arrays.ellipses, "scores": arrays.scores})
+        new_index["bytes"] = [(self.state_dir / new_index[k]).stat().st_size for k in ("file", "meta")]
         manifest.update(index=new_index, whitening=new_white_info)
         self._write_manifest(manifest)
         self._remove_stale_generations(manifest)
@@ -323,29 +338,43 @@ class Project:
         sample = store.read(sorted(chosen)).descriptors.astype(np.float32)
         return Whitening(dim=dim).fit(sample)
 
-    def _load_whitening(self, info: dict) -> Whitening:
-        with np.load(self.state_dir / info["file"], allow_pickle=False) as z:
-            return Whitening.from_arrays(dict(z))
+    def _load_whitening(self, info: dict) -> Whitening | None:
+        """The stored whitening, or None when its file is missing or damaged (it is refitted)."""
+        try:
+            with np.load(self.state_dir / info["file"], allow_pickle=False) as z:
+                return Whitening.from_arrays(dict(z))
+        except NPZ_ERRORS:
+            return None
 
     def _save_arrays(self, name: str, arrays: dict) -> None:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         atomic_write_bytes(self.state_dir / name, buffer.getvalue(), backup=False)
 
-    def _index_files_present(self, info: dict) -> bool:
-        return (self.state_dir / info["file"]).exists() and (self.state_dir / info["meta"]).exists()
+    def _index_intact(self, info: dict) -> bool:
+        """The index files are there with the sizes they were written with (a cheap check that
+        catches truncation; anything subtler is caught when the searcher loads them)."""
+        paths = [self.state_dir / info["file"], self.state_dir / info["meta"]]
+        return all(p.is_file() for p in paths) and [p.stat().st_size for p in paths] == info.get("bytes")
 
     def _write_manifest(self, manifest: dict) -> None:
         manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(self.manifest_path, manifest)
+        write_json(self.manifest_path, manifest)
 
     def _remove_stale_generations(self, manifest: dict) -> None:
         keep = {manifest["index"]["file"], manifest["index"]["meta"]}
         if manifest.get("whitening"):
             keep.add(manifest["whitening"]["file"])
         for path in self.state_dir.iterdir():
-            if path.name.startswith(("index-", "whitening-")) and path.name not in keep:
-                path.unlink(missing_ok=True)
+            if path.name.startswith(("index-", "whitening-")) and path.name not in keep and path.is_file():
+                path.unlink()
+
+    def _clear_search_state(self) -> None:
+        """Drop the manifest, whitening and index files (a rebuild); the labels stay."""
+        for path in self.state_dir.iterdir():
+            if (path.name.startswith(("index-", "whitening-", "manifest.json")) and
+                    (path.is_file() or path.is_symlink())):
+                path.unlink()
 
     # ---- search -------------------------------------------------------------------------------
     def stored_extractor_args(self) -> dict:
@@ -353,28 +382,42 @@ class Project:
         manifest = self.manifest()
         if manifest is None or manifest.get("index") is None:
             raise NoIndex(f"{self.photos} has no index yet: run `dasr-annotator index {self.photos}` first")
-        c = manifest["extractor"]
-        return {"backbone": c["backbone"], "method": c["method"], "mode": c["mode"], "max_side": c["max_side"],
-                "tau": c["tau"], "nms_beta": c["nms_beta"], "descriptor_layer": c["descriptor_layer"],
-                "weights": manifest.get("weights")}
+        return extractor_args(manifest)
 
     def searcher(self, extractor):
         """A Searcher over the current index; `extractor` must have the index's settings."""
         from dasr_annotator.engine.search import Searcher
 
         manifest = self.manifest()
-        if manifest is None or manifest.get("index") is None or not self._index_files_present(manifest["index"]):
+        if manifest is None or manifest.get("index") is None:
             raise NoIndex(f"{self.photos} has no index yet: run `dasr-annotator index {self.photos}` first")
         self.check_compatible(extractor.config(), manifest.get("weights"))
-        info = manifest["index"]
-        index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"])
-        with np.load(self.state_dir / info["meta"], allow_pickle=False) as z:
-            meta = {k: z[k] for k in z.files}
-        whitening = self._load_whitening(manifest["whitening"]) if manifest.get("whitening") else None
+        info, white_info = manifest["index"], manifest.get("whitening")
+        damaged = NoIndex(f"the index of {self.photos} is damaged or incomplete: run `dasr-annotator index "
+                          f"{self.photos}` to rebuild it from the stored regions")
+        if not self._index_intact(info):
+            raise damaged
+        try:
+            index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"])
+            with np.load(self.state_dir / info["meta"], allow_pickle=False) as z:
+                meta = {k: z[k] for k in ("images", "sizes", "image", "boxes", "ellipses")}
+        except (RuntimeError, *NPZ_ERRORS):
+            raise damaged from None
+        whitening = self._load_whitening(white_info) if white_info else None
+        if (white_info and whitening is None) or len(meta["image"]) != index.ntotal:
+            raise damaged
         return Searcher(self, extractor, index, meta, whitening)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+def extractor_args(manifest: dict) -> dict:
+    """`Extractor` keyword arguments for the settings a manifest records."""
+    c = manifest["extractor"]
+    return {"backbone": c["backbone"], "method": c["method"], "mode": c["mode"], "max_side": c["max_side"],
+            "tau": c["tau"], "nms_beta": c["nms_beta"], "descriptor_layer": c["descriptor_layer"],
+            "weights": manifest.get("weights")}
+
+
 def cache_state_dir(photos: Path) -> Path:
     """The cache-side state folder of `photos` (keyed by its absolute path)."""
     key = hashlib.sha256(os.fsencode(str(photos))).hexdigest()[:16]
@@ -422,6 +465,8 @@ class _Lock:
         self._fd: int | None = None
 
     def __enter__(self):
+        if self.path.is_dir() and not self.path.is_symlink():
+            shutil.rmtree(self.path)  # not ours to keep: only this lock file belongs at this name
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock_fd(self._fd)

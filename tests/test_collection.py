@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from dasr_annotator.engine import index as faiss_index
+from dasr_annotator.engine import project as project_module
 from dasr_annotator.engine.collection import RegionStore, scan_images
 from dasr_annotator.engine.project import IncompatibleIndex, Project, ProjectBusy, _Lock
 from dasr_annotator.engine.types import Box, Cancelled, Ellipse, ImageRegions, Region
@@ -79,8 +80,6 @@ def test_scan_finds_images_in_any_case_skips_state_and_survives_link_loops(tmp_p
     found = scan_images(root)
     assert found.files == ["a.jpg", "b.JPEG", "f.gif", "g.bmp", "h.tif", "sub/c.Png", "sub/deep/d.webp", "sub/e.TIFF"]
     assert found.problems == []
-    make_image(root / os.fsdecode(b"bad-\xff.png"), COLOURS[2])
-    assert [p["reason"] for p in scan_images(root).problems] == ["file name is not valid UTF-8; rename the file"]
 
 
 def test_first_run_then_rerun_reuses_everything(photos):
@@ -211,21 +210,25 @@ def test_compaction_drops_dead_shards(photos):
 
 def test_whitening_is_fitted_once_enough_regions_and_refitted_when_doubled(photos, monkeypatch):
     monkeypatch.setattr(faiss_index, "whitening_min_regions", lambda dim: 12)
+    monkeypatch.setattr(project_module, "WHITEN_SAMPLE", 10)  # fits on a sample, not everything
     project = Project.open(photos)
     ex = TinyExtractor(dim=6)
     project.update_index(ex)
     white = project.manifest()["whitening"]
-    assert white["fitted_on"] == 12 and white["dim"] <= 6
+    assert white["collection_regions"] == 12 and 10 <= white["fitted_on"] <= 12 and white["dim"] <= 6
     searcher = project.searcher(ex)
     assert searcher.whitening is not None
     desc = searcher.query_descriptor("set1/img1.png", Box(24, 0, 24, 32))
     hit = searcher.search(desc[None], top_k=1)[0]
     assert hit.image == "set1/img1.png" and hit.score == pytest.approx(1.0, abs=1e-3)
-    for i in range(6, 12):
+    make_image(photos / "more" / "one_more.png", COLOURS[0], seed=40)
+    grown = project.update_index(ex)  # 14 regions: not yet twice 12, the whitening stays
+    assert project.manifest()["whitening"] == white and not any("whitening" in n for n in grown.notes)
+    for i in range(6, 11):
         make_image(photos / "more" / f"m{i}.png", COLOURS[i % 6], seed=i)
     report = project.update_index(ex)
-    assert any("whitening fitted on 24" in n for n in report.notes)
-    assert project.manifest()["whitening"]["fitted_on"] == 24
+    assert any("whitening fitted on" in n for n in report.notes)
+    assert project.manifest()["whitening"]["collection_regions"] == 24
 
 
 def test_a_second_indexer_is_refused_while_one_runs(photos):
@@ -243,3 +246,31 @@ def test_pause_indexes_what_is_done_and_leaves_the_rest_for_later(photos):
     assert len(project.searcher(ex).images) == 2
     rest = project.update_index(TinyExtractor())
     assert (rest.images, rest.indexed, rest.reused, rest.pending) == (6, 4, 2, 0)
+
+
+def test_a_name_that_is_not_utf8_is_indexed_searched_and_labelled(photos):
+    latin1 = os.fsdecode(b"caf\xe9.png")  # possible on POSIX; Python holds it with a lone surrogate
+    make_image(photos / latin1, COLOURS[4], seed=11)
+    project = Project.open(photos)
+    ex = TinyExtractor()
+    assert project.update_index(ex).images == 7
+    searcher = project.searcher(ex)
+    desc = searcher.query_descriptor(latin1, Box(0, 0, 24, 32))
+    assert searcher.search(desc[None], top_k=1)[0].image == latin1
+    project.annotations.add(latin1, "cup", Box(1, 1, 5, 5))
+    project.annotations.save()
+    assert Project.open(photos).annotations.list()[0].image == latin1
+    assert Project.open(photos).update_index(TinyExtractor()).reused == 7
+
+
+def test_a_damaged_catalog_is_recovered_from_the_shards(photos):
+    project = Project.open(photos)
+    project.update_index(TinyExtractor(), batch_files=4)
+    for name in ("catalog.json", "catalog.json.bak"):
+        if (project.state_dir / name).exists():
+            (project.state_dir / name).write_text('{"format": 1, "files": [')
+    ex = TinyExtractor()
+    report = project.update_index(ex)
+    assert (report.images, report.indexed, report.reused) == (6, 0, 6) and ex.extracted == []
+    assert any("recovered from the region shards" in note for note in report.notes)
+    assert RegionStore(project.state_dir).warnings == []  # a good catalog was written again

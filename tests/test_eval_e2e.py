@@ -86,7 +86,7 @@ def oracle_regions(manifest, shift: float) -> list[ImageRegionsArrays]:
 @pytest.mark.parametrize("shift, located", [(0.0, 1.0), (3.0, 0.0)])
 def test_oracle_regions_score_perfectly_and_locate_by_box(tiny_manifest, shift, located):
     manifest = load_manifest(tiny_manifest)
-    settings = EvalSettings(whitening="none", queries_per_instance=2)
+    settings = EvalSettings(whitening="none", queries_per_instance=2, simulate_feedback=True, feedback_batch=2)
     report = run_eval(tiny_manifest, settings, extractor=OracleExtractor(manifest),
                       images=oracle_regions(manifest, shift), label="oracle")
     row = report["methods"][0]
@@ -97,6 +97,10 @@ def test_oracle_regions_score_perfectly_and_locate_by_box(tiny_manifest, shift, 
     assert row["map@50_located"] == located and row["recall@100_located"] == located
     assert row["localization"]["mean_best"] == pytest.approx(located, abs=1e-9)
     assert set(row["per_instance"]) == set(INSTANCES)
+    sim = report["simulated_feedback"]
+    for mode in ("plain", "feedback"):
+        # all three other frames are found in the first three reviews, or never
+        assert sim[mode]["median_reviews_to_90"] == (FRAMES - 1 if located else float("inf"))
 
 
 def test_cli_eval_with_baselines_json_plot_and_cache(tiny_manifest, tmp_path, capsys):

@@ -223,3 +223,33 @@ def test_projected_box_rejects_degenerate_homographies():
     assert baselines.projected_box(flip, (-100, 0, 80, 10)) is None
     ident = baselines.projected_box(np.eye(3), (1, 2, 3, 4))
     assert ident == pytest.approx([1, 2, 3, 4])
+
+
+# --------------------------------------------------------------------------- simulated annotator
+
+
+def _unit(*v):
+    v = np.array(v, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_simulated_review_plain_list():
+    vectors = np.stack([_unit(1, 0, 0), _unit(0.9, 0.44, 0), _unit(0.5, 0, 0.87), _unit(0.1, 0.99, 0)])
+    images = np.array([0, 1, 1, 2])
+    located = np.array([True, False, True, False])
+    seq = ev.simulate_review(vectors, images, located, _unit(1, 0, 0), batch=2)
+    # batch 1: best region of images 0 and 1 (r0 yes, r1 no); then image 1 returns with r2
+    assert seq.tolist() == [1, 0, 1, 0]
+    assert ev.hits_to_find(seq, 2, 0.9) == 3.0
+
+
+def test_simulated_review_feedback_pushes_look_alikes_of_rejected_hits_down():
+    vectors = np.stack([_unit(1, 0, 0), _unit(0.95, 0.31, 0), _unit(0.9, 0.44, 0), _unit(0.8, 0, 0.6)])
+    images = np.arange(4)
+    located = np.array([True, False, False, True])
+    query = _unit(1, 0, 0)
+    plain = ev.simulate_review(vectors, images, located, query, batch=2)
+    fed = ev.simulate_review(vectors, images, located, query, batch=2, feedback_hits=10)
+    assert plain.tolist() == [1, 0, 0, 1]
+    assert fed.tolist() == [1, 0, 1, 0]  # rejecting r1 demotes its look-alike r2 below r3
+    assert ev.hits_to_find(fed, 2) < ev.hits_to_find(plain, 2)

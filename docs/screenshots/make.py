@@ -64,7 +64,7 @@ def shoot(data: Path, out: Path, scratch: Path) -> int:
     QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(scratch / "qsettings"))
     from dasr_annotator.app.main_window import MainWindow
 
-    def wait(condition, timeout_s=300.0):
+    def wait(condition, timeout_s=120.0):
         loop = QEventLoop()
         timer = QTimer(interval=50)
         timer.timeout.connect(lambda: condition() and loop.quit())
@@ -73,7 +73,7 @@ def shoot(data: Path, out: Path, scratch: Path) -> int:
         loop.exec()
         timer.stop()
         if not condition():
-            raise TimeoutError("the window did not reach the expected state")
+            raise TimeoutError(f"the window did not reach the expected state; it says: {window.message_bar.text()!r}")
 
     def settle(ms=400):
         loop = QEventLoop()
