@@ -30,6 +30,9 @@ du -s --block-size=1M "$internal"/* | sort -rn | awk 'NR <= 8'
 echo "Largest files (MiB):"
 find "$internal" -type f -size +40M -printf '%s %P\n' | sort -rn | awk 'NR <= 12 {printf "%d\t%s\n", $1 / 1048576, $2}'
 
+broken=$(find "$bundle" -xtype l)
+[[ -z $broken ]] || { echo "error: symlinks to files not in the bundle:" $broken >&2; exit 1; }
+
 # The xcb plugin needs a few X libraries that PyInstaller copies from the build host; a host
 # without them yields a bundle that only runs offscreen. Say so instead of failing later.
 for plugin in "$internal"/PySide6/Qt/plugins/platforms/*.so; do
