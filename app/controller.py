@@ -5,9 +5,9 @@ call is a `Task` queued on one thread (see workers.py): indexing, searching and 
 overlap. Widgets never call the engine; they call the controller and listen to its signals.
 
 Indexing runs in the background as soon as a folder opens. A search asked for meanwhile pauses
-it: the images indexed so far are committed and indexed (see `_PausingExtractor`), the search runs
-over them, and indexing resumes behind it, so the latest request wins and nothing waits long.
-Engine modules are imported on the engine thread, so the window appears before torch has loaded.
+it (`Project.update_index(pause=...)`): the images extracted so far are committed and indexed, the
+search runs over them, and indexing resumes behind it, so the latest request wins and nothing waits
+long. Engine modules are imported on the engine thread, so the window appears before torch has loaded.
 """
 from __future__ import annotations
 
@@ -16,19 +16,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PySide6.QtCore import QObject, QThread, Signal
 
 from dasr_annotator.app.settings import Preferences
 from dasr_annotator.app.workers import EngineWorker, ImageLoader, Task, UserMessage
-from dasr_annotator.engine.imageio import ImageError
 from dasr_annotator.engine.types import Box, Cancelled, Hit
 
 log = logging.getLogger(__name__)
 
-PAUSED_REASON = "indexing paused for a search; indexed when it resumes"
 MAX_EXAMPLES = 32  # positives of one "find more like these" query (each costs a forward pass)
 
 
@@ -60,25 +57,6 @@ class SearchOutcome:
     regions: CandidateRegions
     searched_images: int  # images in the index when it ran
     total_images: int  # images in the folder
-
-
-class _PausingExtractor:
-    """The extractor, until `paused()` turns true; then it refuses the remaining images, so
-    `Project.update_index` commits and indexes what is done and returns (the refused images are
-    extracted by the next run)."""
-
-    def __init__(self, extractor, paused: Callable[[], bool]):
-        self._extractor, self._paused = extractor, paused
-        self.refused = 0
-
-    def extract(self, image):
-        if self._paused():
-            self.refused += 1
-            raise ImageError(PAUSED_REASON)
-        return self._extractor.extract(image)
-
-    def __getattr__(self, name):
-        return getattr(self._extractor, name)
 
 
 class Controller(QObject):
@@ -235,13 +213,12 @@ class Controller(QObject):
 
             extractor = self._engine_extractor(args, device)
             self._searcher = None  # the index is about to change
-            pausing = _PausingExtractor(extractor, pause.is_set)
             try:
-                report = project.update_index(pausing, progress, cancel, rebuild=rebuild, weights=args.get("weights"))
+                report = project.update_index(extractor, progress, cancel, rebuild=rebuild,
+                                              weights=args.get("weights"), pause=pause.is_set)
             except IncompatibleIndex as exc:
                 return "incompatible", exc.message, []
-            report.skipped = [s for s in report.skipped if s["reason"] != PAUSED_REASON]
-            return ("paused" if pausing.refused else "done"), report, project.scan()
+            return ("paused" if report.pending else "done"), report, project.scan()
 
         self._eta_start = None
         self._index_task = self._run("Indexing", index, progress=self._index_progress, finished=self._indexed,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget,
 )
@@ -401,9 +401,17 @@ class MainWindow(QMainWindow):
         self.review.update_enabled()
 
     # ---- layout and closing ------------------------------------------------------------------
+    def _default_size(self):
+        """1400x900, shrunk to fit a smaller screen's available area."""
+        size = QSize(1400, 900)
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is not None:
+            size = size.boundedTo(screen.availableGeometry().size() * 0.95)
+        return size
+
     def _restore_layout(self) -> None:
         saved = app_settings.load_layout()
-        self.resize(1400, 900)
+        self.resize(self._default_size())
         self.resizeDocks([self.findChild(QDockWidget, "dock_results")], [260], Qt.Vertical)
         if saved is not None:
             self.restoreGeometry(saved[0])

@@ -8,7 +8,11 @@ keep the CPU bill down, each checked against a direct extraction on a few images
 - descriptor layer: regions do not depend on it (seeds and maps come from the activation
   layer), so the default extraction's boxes are re-pooled on each candidate layer;
 - NMS beta: one extraction without suppression, then NMS at each beta on its boxes and scores.
-Exact mode costs ~25 s per image here, so `mode` and `tau` run on `--subset` frames per instance.
+NMS on the boxes of an unsuppressed extraction equals NMS inside the extractor only where every
+seed gets its box before NMS (modes moments / exact / reference); for mode fast (which refines
+only the seeds NMS keeps) the NMS ablation runs in mode moments, and says so.
+The long-side and tau ablations run on `--subset` frames per instance, fast vs exact on
+`--exact-subset` (exact costs ~25 s per image on this CPU).
 """
 from __future__ import annotations
 
@@ -91,8 +95,8 @@ def print_rows(title: str, rows: list[dict]) -> None:
 
 
 class Ablations:
-    def __init__(self, manifest_path: str, settings: er.EvalSettings, subset: int):
-        self.path, self.base, self.subset = manifest_path, settings, subset
+    def __init__(self, manifest_path: str, settings: er.EvalSettings, subset: int, exact_subset: int):
+        self.path, self.base, self.subset, self.exact_subset = manifest_path, settings, subset, exact_subset
         self.manifest = er.load_manifest(manifest_path, settings.instances, settings.limit_images)
 
     def extract(self, settings: er.EvalSettings):
@@ -133,16 +137,17 @@ class Ablations:
     def nms(self) -> list[dict]:
         if self.base.method != "dasr*":
             return []
-        manifest, extractor, images = self.extract(replace(self.base, nms_beta=1.0))
-        direct = replace(self.base, nms_beta=0.3).extractor()
+        base = replace(self.base, mode="moments") if self.base.mode == "fast" else self.base
+        manifest, extractor, images = self.extract(replace(base, nms_beta=1.0))
+        direct = replace(base, nms_beta=0.3).extractor()
         same = 0
         for file, im in zip(manifest.files[:CHECK_IMAGES], suppressed(images[:CHECK_IMAGES], 0.3)):
             got = direct.extract(load_image(manifest.root / file, max_side=direct.max_side))
             boxes = np.array([r.box.as_list() for r in got.regions]).reshape(-1, 4)
             same += boxes.shape == im.boxes.shape and np.allclose(boxes, im.boxes, atol=1e-3)
         print(f"  check: post-hoc NMS 0.3 equals direct extraction on {same}/{CHECK_IMAGES} images", file=sys.stderr)
-        return [self.evaluate(f"NMS beta {beta if beta is not None else 'none'}",
-                              replace(self.base, nms_beta=beta if beta is not None else 1.0),
+        return [self.evaluate(f"NMS beta {beta if beta is not None else 'none'} (mode {base.mode})",
+                              replace(base, nms_beta=beta if beta is not None else 1.0),
                               extractor, suppressed(images, beta)) for beta in NMS_BETAS]
 
     def method(self) -> list[dict]:
@@ -156,26 +161,31 @@ class Ablations:
     def side(self) -> list[dict]:
         rows = []
         for side in SIDES:
-            settings = replace(self.base, max_side=side)
+            settings = replace(self.base, max_side=side, limit_images=self.subset)
             _, extractor, images = self.extract(settings)
-            rows.append(self.evaluate(f"long side {side}", settings, extractor, images))
+            rows.append(self.evaluate(f"long side {side} ({self._frames(self.subset)})", settings, extractor, images))
         return rows
 
     def mode(self) -> list[dict]:
         rows = []
-        for mode in ("fast", "exact"):
-            settings = replace(self.base, mode=mode, limit_images=self.subset)
+        for mode in ("moments", "fast", "exact"):
+            settings = replace(self.base, mode=mode, limit_images=self.exact_subset)
             _, extractor, images = self.extract(settings)
-            rows.append(self.evaluate(f"mode {mode} ({self.subset} frames/instance)", settings, extractor, images))
+            rows.append(self.evaluate(f"mode {mode} ({self._frames(self.exact_subset)})", settings, extractor, images))
         return rows
 
     def tau(self) -> list[dict]:
         rows = []
         for tau in TAUS:
-            settings = replace(self.base, mode="exact", tau=tau, limit_images=self.subset)
+            settings = replace(self.base, tau=tau, limit_images=self.subset)
             _, extractor, images = self.extract(settings)
-            rows.append(self.evaluate(f"tau {tau} (exact, {self.subset} frames/instance)", settings, extractor, images))
+            rows.append(self.evaluate(f"tau {tau} (mode {settings.mode}, {self._frames(self.subset)})",
+                                      settings, extractor, images))
         return rows
+
+    @staticmethod
+    def _frames(n: int | None) -> str:
+        return f"{n} frames/instance" if n else "all frames"
 
 
 def main(argv=None) -> int:
@@ -186,15 +196,17 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", default="efficientnet-lite0", choices=sorted(LAYERS))
     parser.add_argument("--whitening", default="auto", choices=er.WHITENING_CHOICES,
                         help="whitening for every ablation but the whitening one")
-    parser.add_argument("--subset", type=int, default=4, help="frames per instance for the exact-mode ablations")
+    parser.add_argument("--mode", default="fast", help="extraction mode of every ablation but mode/nms")
+    parser.add_argument("--subset", type=int, default=10, help="frames per instance for the side and tau ablations")
+    parser.add_argument("--exact-subset", type=int, default=3, help="frames per instance for fast vs exact")
     parser.add_argument("--limit-images", type=int, help="frames per instance for all ablations (quick runs)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
     parser.add_argument("--json", help="write all rows as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    base = er.EvalSettings(backbone=args.backbone, whitening=args.whitening, cache_dir=args.cache,
+    base = er.EvalSettings(backbone=args.backbone, mode=args.mode, whitening=args.whitening, cache_dir=args.cache,
                            limit_images=args.limit_images, device="cpu")
-    ablations = Ablations(args.manifest, base, args.subset)
+    ablations = Ablations(args.manifest, base, args.subset, args.exact_subset)
     results = {}
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
         if name not in ABLATIONS:

@@ -91,14 +91,14 @@ def gt_recall(final, prep, gts) -> float:
 _VARIANTS: dict = {}
 
 
-def _fast_variant(ex: Extractor, rank_stride: int) -> Extractor:
-    """A fast-mode extractor sharing `ex`'s backbone, with another moment-pass start."""
-    if rank_stride not in _VARIANTS:
+def _fast_variant(ex: Extractor, rank_stride: int, rounds: int | None) -> Extractor:
+    """A fast-mode extractor sharing `ex`'s backbone, with other fast-mode settings."""
+    if (rank_stride, rounds) not in _VARIANTS:
         variant = Extractor(ex.backbone.name, mode="fast", device=ex.device, max_side=ex.max_side,
                             pretrained=False)
-        variant.backbone, variant.rank_stride = ex.backbone, rank_stride
-        _VARIANTS[rank_stride] = variant
-    return _VARIANTS[rank_stride]
+        variant.backbone, variant.rank_stride, variant.fast_rounds = ex.backbone, rank_stride, rounds
+        _VARIANTS[rank_stride, rounds] = variant
+    return _VARIANTS[rank_stride, rounds]
 
 
 def fast_options(ex: Extractor, prep, exact_geo, exact_final, gts) -> dict:
@@ -137,10 +137,11 @@ def fast_options(ex: Extractor, prep, exact_geo, exact_final, gts) -> dict:
         boxes, seconds = timed(run)
         record(f"moments_from_stride_{start}", boxes, seconds)
 
-    for rank_stride in (8, 32):
-        hybrid = _fast_variant(ex, rank_stride)
+    for rank_stride, rounds in ((8, 1), (8, 2), (8, None), (16, None), (32, None)):
+        hybrid = _fast_variant(ex, rank_stride, rounds)
         geo, seconds = timed(lambda: hybrid._seed_geometries(prep.pixels)[0])
-        record(f"fast_rank_stride_{rank_stride} (iterated NMS, exact survivors)", None, seconds,
+        label = "until stable" if rounds is None else f"{rounds} round{'s' * (rounds > 1)}"
+        record(f"fast_rank_stride_{rank_stride}_nms_{label.replace(' ', '_')}", None, seconds,
                geo.boxes[hybrid.select(geo)])
 
     def one_pass_hybrid(stop_stride):
@@ -156,9 +157,8 @@ def fast_options(ex: Extractor, prep, exact_geo, exact_final, gts) -> dict:
         boxes = clip(ellipses_from_maps(maps, ex.tau)[1])
         return boxes[nms(boxes, scores[keep], beta)]
 
-    for stop_stride in (1, 8):
-        final, seconds = timed(lambda: one_pass_hybrid(stop_stride))
-        record(f"one_nms_pass_rank_stride_8_exact_to_stride_{stop_stride}", None, seconds, final)
+    final, seconds = timed(lambda: one_pass_hybrid(8))
+    record("fast_rank_stride_8_nms_1_round_exact_only_to_stride_8", None, seconds, final)
     return out
 
 
@@ -296,7 +296,8 @@ def main(argv=None) -> int:
         "gt_best_iou_moments": mean("gt_best_iou_moments"),
         "moments_box_scale": moments.BOX_SCALE[bb.name],
         "moments_start_stride": moments.DEFAULT_START_STRIDE,
-        "fast_rank_stride": moments.HYBRID_START_STRIDE,
+        "fast_rank_stride": fast.rank_stride,
+        "fast_nms_rounds": fast.fast_rounds,
         "notes": (f"reference measured on the first {args.reference_seeds} seeds of each image and extrapolated "
                   "per seed (plus its traced forward); *_box_iou_vs_exact = mean over the exact rule's final "
                   "regions (after NMS) of the best IoU with a final region of that mode; moments_seed_box_iou = "

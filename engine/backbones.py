@@ -475,9 +475,10 @@ def _torchvision_state_dict(name: str, weights: str | None, pretrained: bool) ->
     import torchvision.models as tvm
 
     if weights is None and not pretrained:
-        torch.manual_seed(0)
-        model = getattr(tvm, name)(weights=None)
-        if name == "resnet50":  # torchvision zero-inits nothing here; perturb BN so folding is exercised
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
+            torch.manual_seed(0)
+            model = getattr(tvm, name)(weights=None)
+            # BatchNorm starts as the identity; perturb it so that folding it matters
             for m in model.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     torch.nn.init.uniform_(m.weight, 0.5, 1.5)

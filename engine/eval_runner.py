@@ -8,6 +8,7 @@ images takes minutes on a CPU. Baselines (global pooling, SIFT) run on the same 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 WHITENING_CHOICES = ("auto", "collection", "none", "other")
 # Modules whose code decides the regions: a change to any of them invalidates cached extraction.
 _EXTRACTION_MODULES = ("extractor", "moments", "excitation", "regions", "backbones", "descriptors")
+_GLOBAL_MODULES = ("baselines", "backbones", "extractor")
+_SIFT_MODULES = ("baselines", "extractor")
 _CACHE_FORMAT = 2  # arrays stored per image
 
 
@@ -151,13 +154,19 @@ class NpzCache:
         partial.replace(target)
 
 
-def code_fingerprint(module_names) -> str:
-    """Hash of the source of engine modules, so cached results follow code changes."""
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(module_names: tuple[str, ...]) -> str:
+    """Hash of the source of engine modules, so cached results follow code changes. Read once
+    per process, close to when the modules were imported: the key describes the running code."""
     digest = hashlib.sha1()
     here = Path(__file__).parent
     for name in module_names:
         digest.update((here / f"{name}.py").read_bytes())
     return digest.hexdigest()[:16]
+
+
+for _modules in (_EXTRACTION_MODULES, _GLOBAL_MODULES, _SIFT_MODULES):
+    code_fingerprint(_modules)  # fix the keys to the code this process imported
 
 
 # --------------------------------------------------------------------------- extraction
@@ -403,6 +412,7 @@ def run_eval(manifest_path, settings: EvalSettings | None = None, extractor: Ext
         "manifest": str(manifest_path),
         "settings": asdict(settings),
         "extractor": extractor.config(),
+        "extraction_code": code_fingerprint(_EXTRACTION_MODULES),
         "device": extractor.device_name,
         "images": len(manifest.files),
         "instances": list(manifest.instances),
@@ -495,9 +505,9 @@ def baseline_results(manifest: Manifest, queries: list[Query], extractor: Extrac
     """Global pooling (whole query image, and the box crop) and the SIFT matcher."""
     backbone = extractor.backbone
     global_cache = NpzCache(cache_dir, "global", {"backbone": backbone.config(), "max_side": extractor.max_side,
-                                                  "code": code_fingerprint(("baselines", "backbones", "extractor"))})
+                                                  "code": code_fingerprint(_GLOBAL_MODULES)})
     sift_cache = NpzCache(cache_dir, "sift", {"max_side": extractor.max_side, "opencv": cv2.__version__,
-                                              "code": code_fingerprint(("baselines", "extractor"))})
+                                              "code": code_fingerprint(_SIFT_MODULES)})
     globals_, sifts, g_seconds, s_seconds = [], [], [], []
     for done, file in enumerate(manifest.files):
         if cancel():

@@ -92,7 +92,9 @@ class Extractor:
         self.memory_budget = int(memory_budget_mb) << 20
         # channels-last makes depthwise and transposed convs several times faster, CPU and GPU
         self.channels_last = True
-        self.rank_stride = moments.HYBRID_START_STRIDE  # fast mode's moment pass (benchmarks vary it)
+        # fast mode: where its moment pass starts, and how many NMS rounds may add exact maps
+        # (None: until every kept region has one); benchmarks vary them
+        self.rank_stride, self.fast_rounds = moments.HYBRID_START_STRIDE, moments.HYBRID_ROUNDS
 
     @property
     def device(self) -> str:
@@ -123,6 +125,8 @@ class Extractor:
                 "start_stride": moments.DEFAULT_START_STRIDE if self.mode == "moments" else self.rank_stride,
                 "box_scale": moments.BOX_SCALE[bb.name],
             }
+            if self.mode == "fast":
+                cfg["moments"]["nms_rounds"] = self.fast_rounds
         return cfg
 
     # ------------------------------------------------------------------ input
@@ -299,20 +303,23 @@ class Extractor:
 
     def _fast_geometry(self, fw, act: Tensor, ij: Tensor, scores: Tensor):
         """Moments give every seed a rough box; NMS runs on them, and each seed it keeps gets its
-        exact map and box; NMS runs again, until every kept seed has an exact box. The seeds that
-        got exact maps come back (NMS over them keeps the same regions)."""
+        exact map and box; NMS runs again, until every kept seed has an exact box (or for
+        `fast_rounds` rounds). The seeds that got exact maps come back: NMS over them gives the
+        final regions (the same as over all seeds when the rounds ran to the end)."""
         ellipses, boxes, alive = self._moment_geometry(fw, act, ij, self.rank_stride)
         boxes = self._clip(boxes, fw)
         if self.method == "dasr":  # DASR's few peaks all get exact maps (no NMS)
             return (ij, scores) + self._exact_geometry(fw, act, ij)
         exact = torch.zeros(len(ij), dtype=torch.bool, device=boxes.device)
         exc = self._excitation(fw)
-        while True:
+        rounds = 0
+        while self.fast_rounds is None or rounds < self.fast_rounds:
             kept = nms(boxes[alive], scores[alive], self.nms_beta)
             kept = torch.nonzero(alive)[:, 0][kept]
             todo = kept[~exact[kept]]
             if len(todo) == 0:
                 break
+            rounds += 1
             e, b, has_map = self._exact_geometry(fw, act, ij[todo], exc)
             ellipses[todo], boxes[todo] = e, self._clip(b, fw)
             alive[todo] &= has_map

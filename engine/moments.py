@@ -1,4 +1,4 @@
-"""Fast mode: every seed's map moments from six upward passes (spec section 4).
+"""Every seed's map moments from six upward passes (spec section 4): modes "moments" and "fast".
 
 With Z fixed by the image, the backward rule is linear in the seed: `M_k = L e_k`. So for a
 weight field w over the map, `sum_x M_k(x) w(x) = (L^T w)[k]`, and `L^T w` is one upward pass
@@ -9,8 +9,8 @@ centre and covariance of all seeds' maps at once, whatever their number.
 The exact rule's boxes come from the tau-thresholded support, not from mass-weighted moments;
 the maps have long low tails, so mass-weighted spreads are larger. `BOX_SCALE` maps the
 mass-weighted spread to the support's spread; it was calibrated against the exact rule on dev
-images (docs/benchmarks.md, "Extraction"). The pass may also start at a coarser layer (stride 4
-or 8): mass is then placed at cell centres, with the cell's own variance (s^2 / 12) added.
+images (docs/benchmarks.md, "Extraction"). The pass may also start at a coarser layer (stride 8
+or 16): mass is then placed at cell centres, with the cell's own variance (s^2 / 12) added.
 """
 from __future__ import annotations
 
@@ -21,12 +21,16 @@ from .backbones import Trace
 from .excitation import EPS, PositiveLinear, record_stride, stop_index
 from .regions import ellipse_from_moments
 
-# Support spread / mass-weighted spread, per backbone; calibrated with benchmarks/extract_speed.py.
+# Support spread / mass-weighted spread, per backbone, from `benchmarks/extract_speed.py
+# --calibrate` (Lite0: median 0.634 over 612 seed axes of 8 dev photos). No resnet50/vgg16 weights
+# were at hand: they borrow Lite0's value until someone calibrates them with their weights.
 BOX_SCALE = {"efficientnet-lite0": 0.63, "resnet50": 0.63, "vgg16": 0.63}
 # Where the pass starts: mode "moments" (boxes straight from the moments), and mode "fast"
-# (moments only rank the seeds for NMS; survivors get exact maps). See docs/benchmarks.md.
+# (moments only rank the seeds for NMS; the kept ones get exact maps, NMS again, until every
+# kept region has an exact box: HYBRID_ROUNDS None). See docs/benchmarks.md.
 DEFAULT_START_STRIDE = 16
-HYBRID_START_STRIDE = 32
+HYBRID_START_STRIDE = 8
+HYBRID_ROUNDS = None
 
 
 def _fields(channels: int, h: int, w: int, stride: int, input_size, device) -> tuple[Tensor, float, float, float]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the one-folder bundle: packaging/build.sh [extra pyinstaller options, e.g. --clean]
-#   DASR_BUNDLE_CPU_ONLY=1 packaging/build.sh   -> CPU-only variant (about 1.3 GB lighter)
+#   DASR_BUNDLE_CPU_ONLY=1 packaging/build.sh   -> CPU-only variant (about 1.4 GB lighter)
 # Creates .venv when missing and installs the project with its `package` extra (PyInstaller).
 # Output: dist/dasr-annotator-VERSION[-cpu]/dasr-annotator; work files under build/.
 # docs/packaging.md describes both variants and the smoke check (packaging/smoke.sh).
