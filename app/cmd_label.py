@@ -169,7 +169,7 @@ def query_from_box(searcher, project, image: str, box_text: str) -> LabelQuery:
 
     box = parse_box(box_text)
     path, rel = searcher.resolve(image)
-    inside = checked_box(box, *image_size(path))  # refuses an unusable box before the model runs
+    inside = checked_box(box, *image_size(path))  # refuses an unusable box before any forward pass
     if rel is None:
         print(f"note: the query image lies outside {project.photos}; only the hits are recorded", file=sys.stderr)
     return LabelQuery(positives=[(rel or str(path), box)], negatives=[], exclude={rel} if rel else set(),
@@ -296,7 +296,7 @@ def accepted_hits(searcher, positives: np.ndarray, negatives: np.ndarray | None,
     want = (top if top is not None else SEARCH_STEP) + len(exclude)
     while True:
         page = searcher.search(positives, want, negatives=negatives)
-        hits = list(page)
+        hits = [h for h in page if h.image not in exclude]
         if fusion != "max" and len(positives) > 1:
             hits = rescored(searcher, hits, positives, negatives, fusion)
         cut = above if top is None else (hits[top - 1].score if len(hits) >= top else math.inf)

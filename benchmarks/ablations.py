@@ -83,14 +83,19 @@ def row(label: str, report: dict) -> dict:
             "queries": len(report["queries"]), "whitening": report["whitening"], "extractor": report["extractor"]}
 
 
+def _cell(value, width: int, digits: int = 3) -> str:
+    return f"{'n/a':>{width}}" if value is None or value != value else f"{value:{width}.{digits}f}"
+
+
 def print_rows(title: str, rows: list[dict]) -> None:
     print(f"\n## {title}")
     print(f"{'setting':<46} {'mAP@50':>7} {'mAP@all':>7} {'mAP@50-loc':>10} {'R@100-loc':>9} {'locR top':>8} "
           f"{'locR best':>9} {'reg/img':>7} {'s/img':>6} {'images':>6}")
     for r in rows:
-        print(f"{r['ablation']:<46} {r['map@50']:7.3f} {r['map@all']:7.3f} {r['map@50_located']:10.3f} "
-              f"{r['recall@100_located']:9.3f} {r['loc_top']:8.3f} {r['loc_best']:9.3f} {r['regions_per_image']:7.1f} "
-              f"{r['seconds_per_image']:6.2f} {r['images']:6d}")
+        print(f"{r['ablation']:<46} {_cell(r['map@50'], 7)} {_cell(r['map@all'], 7)} "
+              f"{_cell(r['map@50_located'], 10)} {_cell(r['recall@100_located'], 9)} {_cell(r['loc_top'], 8)} "
+              f"{_cell(r['loc_best'], 9)} {_cell(r['regions_per_image'], 7, 1)} {_cell(r['seconds_per_image'], 6, 2)} "
+              f"{r['images']:6d}")
     sys.stdout.flush()
 
 

@@ -34,7 +34,7 @@ from dasr_annotator.engine.excitation import Excitation, reference_maps, seed_te
 from dasr_annotator.engine.extractor import Extractor  # noqa: E402
 from dasr_annotator.engine.imageio import load_image  # noqa: E402
 from dasr_annotator.engine.regions import (  # noqa: E402
-    box_iou_matrix, clip_boxes, ellipse_from_moments, ellipses_from_maps, nms,
+    box_iou_matrix, clip_boxes, ellipses_from_maps, nms,
 )
 
 log = logging.getLogger("extract_speed")

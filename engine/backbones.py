@@ -7,7 +7,6 @@ channels and stride of each named unit, activation and descriptor layer, input n
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-log = logging.getLogger(__name__)
 
 BACKBONES = ("efficientnet-lite0", "resnet50", "vgg16")
 DEFAULT_BACKBONE = "efficientnet-lite0"

@@ -146,7 +146,7 @@ class Excitation:
         return max(1, int(budget_bytes // (4 * 4 * largest)))  # P, S, convT out, product
 
     def backward(self, top: Tensor, chunk: int | None = None, stop: int = 0,
-                 budget_bytes: int = 512 << 20, cancel=None) -> Tensor:
+                 budget_bytes: int = 512 << 20) -> Tensor:
         """Maps [K, h, w] for top tensors [K, C, h', w'] (one seed each, at the activation layer).
 
         stop > 0 ends the pass at the input of record `stop` (see `stop_index`).
@@ -156,10 +156,6 @@ class Excitation:
         chunk = chunk or self.chunk_size(budget_bytes)
         out = []
         for start in range(0, top.shape[0], chunk):
-            if cancel is not None and cancel():
-                from .types import Cancelled
-
-                raise Cancelled()
             out.append(self._backward_chunk(top[start:start + chunk], stop))
         return torch.cat(out)
 
