@@ -119,6 +119,7 @@ def run_import(args, project) -> int:
 def run_query(args, project) -> int:
     """Search with the --query/--box box or the --queries examples, then record the accepted hits."""
     from dasr_annotator.engine.backbones import WeightsMissing
+    from dasr_annotator.engine.extractor import DeviceUnavailable
     from dasr_annotator.engine.imageio import ImageError
     from dasr_annotator.engine.project import IncompatibleIndex, NoIndex
     from dasr_annotator.engine.search import BoxError
@@ -135,7 +136,7 @@ def run_query(args, project) -> int:
         positives, negatives = _descriptors(searcher, query.positives), _descriptors(searcher, query.negatives)
         hits = accepted_hits(searcher, positives, negatives, query.exclude, args.accept_top, args.accept_above,
                              args.fusion or "max")
-    except (FileNotFoundError, UsageError, BoxError, NoIndex, WeightsMissing) as exc:
+    except (FileNotFoundError, UsageError, BoxError, NoIndex, WeightsMissing, DeviceUnavailable) as exc:
         print(f"dasr-annotator label: {exc}", file=sys.stderr)
         return 2
     except ImageError as exc:

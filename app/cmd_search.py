@@ -101,6 +101,7 @@ def open_searcher(project, device: str):
 
 def run(args) -> int:
     from dasr_annotator.engine.backbones import WeightsMissing
+    from dasr_annotator.engine.extractor import DeviceUnavailable
     from dasr_annotator.engine.imageio import ImageError
     from dasr_annotator.engine.project import IncompatibleIndex, NoIndex, Project
     from dasr_annotator.engine.search import BoxError
@@ -114,7 +115,7 @@ def run(args) -> int:
         announce_state(project)
         queries = parse_queries(args, project)
         searcher = open_searcher(project, args.device)
-    except (FileNotFoundError, UsageError, BoxError, NoIndex, WeightsMissing) as exc:
+    except (FileNotFoundError, UsageError, BoxError, NoIndex, WeightsMissing, DeviceUnavailable) as exc:
         print(f"dasr-annotator search: {exc}", file=sys.stderr)
         return 2
     except (IncompatibleIndex, ProjectFileError) as exc:

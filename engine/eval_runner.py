@@ -261,8 +261,7 @@ def _whitening_functions(images: list[ImageRegionsArrays], manifest: Manifest, m
     descs = [im.descriptors for im in images]
     n_regions = sum(d.shape[0] for d in descs)
     if mode == "auto":  # what a project does: its own whitening once it has enough regions
-        dim = max((d.shape[1] for d in descs if d.size), default=1)
-        needed = whitening_min_regions(dim)
+        needed = whitening_min_regions(max((d.shape[1] for d in descs if d.size), default=1))
         if n_regions < needed:
             return {v: identity for v in videos}, f"auto -> none: {n_regions} regions < {needed} a project needs to fit one"
         mode = "collection"

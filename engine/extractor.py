@@ -56,10 +56,20 @@ class Prepared:
         return Ellipse(cx / self.scale_x, cy / self.scale_y, a / s, b / s, angle)
 
 
+class DeviceUnavailable(ValueError):
+    """The requested device does not exist on this machine."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise DeviceUnavailable(f"unknown device {device!r}: use auto, cpu or cuda") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("no CUDA GPU is usable here (no device or no driver): use --device cpu or auto")
+    return resolved
 
 
 def device_description(device: torch.device) -> str:
@@ -80,6 +90,8 @@ class Extractor:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self._device = resolve_device(device)
+        self._backbone_args = dict(name=backbone, weights=weights, pretrained=pretrained,
+                                   descriptor_layer=descriptor_layer)
         self.backbone = load_backbone(backbone, weights=weights, pretrained=pretrained, device=self._device,
                                       descriptor_layer=descriptor_layer)
         self.method, self.mode = method, mode
@@ -155,7 +167,38 @@ class Extractor:
 
     def extract_many(self, images, batch_size: int | None = None) -> list[ImageRegions]:
         """Regions of several images; images of equal network-input size share forward passes
-        (`batch_size` at a time: default 8 on a GPU, 1 on a CPU, where batching gains nothing)."""
+        (`batch_size` at a time: default 8 on a GPU, 1 on a CPU, where batching gains nothing).
+
+        GPU out of memory: retry with one image per batch, then with smaller seed chunks, then
+        on the CPU; each step is logged, and the work goes on."""
+        while True:
+            try:
+                return self._extract_many(images, batch_size)
+            except torch.OutOfMemoryError:
+                if self._device.type != "cuda":
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if batch_size != 1:
+                    log.warning("GPU out of memory: retrying one image at a time")
+                    batch_size = 1
+                elif self.memory_budget > (256 << 20):
+                    self.memory_budget //= 4
+                    log.warning("GPU out of memory: retrying with smaller seed chunks (%d MB)",
+                                self.memory_budget >> 20)
+                else:
+                    log.warning("GPU out of memory even with small batches: continuing on the CPU")
+                    self.move_to(torch.device("cpu"))
+
+    def move_to(self, device: torch.device) -> None:
+        """Rebuild the backbone on `device` (settings unchanged, so results stay compatible)."""
+        args = dict(self._backbone_args)
+        self.backbone = load_backbone(args.pop("name"), device=device, **args)
+        self._device = device
+        if device.type == "cpu":
+            self.memory_budget = 64 << 20
+
+    def _extract_many(self, images, batch_size: int | None) -> list[ImageRegions]:
         if batch_size is None:
             batch_size = 8 if self._device.type == "cuda" else 1
         preps = [self.prepare(image) for image in images]
