@@ -26,7 +26,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda:0, ...")
     parser.add_argument("--max-side", type=int, default=512, help="long side of the network input (default 512)")
     parser.add_argument("--descriptor-layer", help="backbone layer pooled into region descriptors")
-    parser.add_argument("--tau", type=float, default=0.1, help="support threshold of the maps (exact modes)")
+    parser.add_argument("--tau", type=float, default=0.1,
+                        help="support threshold of the back-propagated maps (unused by mode moments)")
     parser.add_argument("--nms-beta", default="0.3", help="DASR* NMS IoU threshold, or 'none'")
     parser.add_argument("--whitening", choices=WHITENING_CHOICES, default="auto",
                         help="PCA-whitening: auto (as a project: fitted on the collection once it has enough "

@@ -52,7 +52,8 @@ def pool_gem(f: np.ndarray, p: float = GEM_POWER) -> np.ndarray:
     return l2n((x**p).mean(axis=(1, 2)) ** (1.0 / p)).astype(np.float32)
 
 
-def rmac_regions(h: int, w: int, levels: int = RMAC_LEVELS, overlap: float = RMAC_OVERLAP) -> list[tuple[int, int, int, int]]:
+def rmac_regions(h: int, w: int, levels: int = RMAC_LEVELS,
+                 overlap: float = RMAC_OVERLAP) -> list[tuple[int, int, int, int]]:
     """R-MAC cell windows (row0, row1, col0, col1): the whole map, then at level l squares of side
     2 * min(h, w) / (l + 1), l per short side and a few more along the long side, spread evenly
     so that neighbours overlap by about `overlap`."""

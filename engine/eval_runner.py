@@ -263,13 +263,15 @@ def _whitening_functions(images: list[ImageRegionsArrays], manifest: Manifest, m
     if mode == "auto":  # what a project does: its own whitening once it has enough regions
         needed = whitening_min_regions(max((d.shape[1] for d in descs if d.size), default=1))
         if n_regions < needed:
-            return {v: identity for v in videos}, f"auto -> none: {n_regions} regions < {needed} a project needs to fit one"
+            note = f"auto -> none: {n_regions} regions < {needed} a project needs to fit one"
+            return {v: identity for v in videos}, note
         mode = "collection"
     if mode == "none":
         return {v: identity for v in videos}, "none (raw l2-normalised descriptors)"
     if mode == "collection":
         fit = Whitening(dim).fit(np.concatenate(descs))
-        return {v: fit.transform for v in videos}, f"collection: all {fit.n_fit} regions of the evaluated images (unsupervised)"
+        note = f"collection: all {fit.n_fit} regions of the evaluated images (unsupervised)"
+        return {v: fit.transform for v in videos}, note
     if mode != "other":
         raise ValueError(f"whitening must be one of {WHITENING_CHOICES}, not {mode!r}")
     video_of_file = {}
@@ -302,7 +304,8 @@ class MethodResult:
     regions_per_image: float | None = None
     extract_seconds_per_image: float | None = None
 
-    def add(self, query: Query, manifest: Manifest, refs: list[str], ranking: Ranking, best_ious: np.ndarray | None) -> dict:
+    def add(self, query: Query, manifest: Manifest, refs: list[str], ranking: Ranking,
+            best_ious: np.ndarray | None) -> dict:
         relevant, gt = manifest.gt_boxes(query.instance, refs)
         located = None
         if ranking.boxes is not None:
@@ -436,10 +439,10 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
     for q in queries:
         if cancel():
             raise Cancelled()
-        video = manifest.videos[q.instance]
-        if video not in scorers:
-            scorers[video] = (RegionScorer(images, whiten[video]), whiten[video])
-        scorer, transform = scorers[video]
+        transform = whiten[manifest.videos[q.instance]]
+        if transform not in scorers:  # one per distinct whitening ("other": one per video)
+            scorers[transform] = RegionScorer(images, transform)
+        scorer = scorers[transform]
         start = time.perf_counter()
         image = load_image(manifest.root / q.file, max_side=extractor.max_side)
         qvec = transform(extractor.describe_box(image, Box.from_list(q.box))[None])[0]
@@ -452,11 +455,11 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
                          for f, g in zip(refs, gt)])
         result.add(q, manifest, refs, Ranking(scores[keep], boxes[keep], seconds), best)
         if reviews is not None:
-            reviews.append(_simulated_review(q, manifest, images, scorer, qvec, settings))
+            reviews.append(_simulated_review(q, manifest, scorer, qvec, settings))
     return result
 
 
-def _simulated_review(q: Query, manifest: Manifest, images, scorer: RegionScorer, qvec, settings) -> dict:
+def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, settings) -> dict:
     """Hits a simulated annotator reviews before 90% of the instance's other images are found,
     on the plain list and with re-ranking from its accept / reject decisions."""
     files = np.array(manifest.files)

@@ -80,7 +80,10 @@ def iou_xywh(a, b) -> np.ndarray:
     ix = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
     iy = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
     inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
-    union = np.clip(a[:, 2], 0, None) * np.clip(a[:, 3], 0, None) + np.clip(b[:, 2], 0, None) * np.clip(b[:, 3], 0, None) - inter
+    def area(x):
+        return np.clip(x[:, 2], 0, None) * np.clip(x[:, 3], 0, None)
+
+    union = area(a) + area(b) - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = inter / union
     return np.nan_to_num(np.where(union > 0, iou, 0.0), nan=0.0)
