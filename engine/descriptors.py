@@ -72,12 +72,15 @@ class Whitening:
     by 1 / sqrt(eigenvalue + eps) -> l2.
 
     Components with (numerically) zero variance are dropped, so fitting on fewer vectors than
-    dimensions keeps only the `n - 1` directions the data spans.
+    dimensions keeps only the `n - 1` directions the data spans. `shrinkage` adds that many
+    mean eigenvalues to every eigenvalue before the division: it keeps small-variance (noisy)
+    directions from being blown up when the fitting set is small or not diverse.
     """
 
-    def __init__(self, dim: int | None = None, eps: float = 1e-6):
+    def __init__(self, dim: int | None = None, eps: float = 1e-6, shrinkage: float = 0.0):
         self.dim = dim
         self.eps = eps
+        self.shrinkage = shrinkage
         self.mean: np.ndarray | None = None
         self.projection: np.ndarray | None = None  # [D, dim]
         self.eigenvalues: np.ndarray | None = None
@@ -96,7 +99,8 @@ class Whitening:
         keep = rank if self.dim is None else min(self.dim, rank)
         self.mean = mean.astype(np.float32)
         self.eigenvalues = values[:keep].astype(np.float32)
-        self.projection = (vectors[:, :keep] / np.sqrt(values[:keep] + self.eps)).astype(np.float32)
+        damping = self.eps + self.shrinkage * float(np.clip(values, 0, None).mean())
+        self.projection = (vectors[:, :keep] / np.sqrt(values[:keep] + damping)).astype(np.float32)
         self.n_fit = int(x.shape[0])
         return self
 

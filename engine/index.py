@@ -41,15 +41,21 @@ TUNING_QUERIES = 200
 ADD_CHUNK = 65536
 
 
+# Eigenvalue damping of the collection's whitening, in mean eigenvalues (Whitening.shrinkage).
+WHITENING_SHRINKAGE = 1.0
+
+
 def whitening_min_regions(descriptor_dim: int) -> int:
     """Regions needed before the collection's own PCA-whitening is fitted (l2 only before).
 
     A covariance of D dims estimated from N samples has its smallest eigenvalues shrunk by about
     (1 - sqrt(D / N))^2 (Marchenko-Pastur); whitening divides by their square root, so noise
-    directions get amplified. N >= 10 D keeps that factor above ~0.47; 2000 is a floor for small
-    descriptors.
+    directions get amplified. Measured on the dev set (docs/benchmarks.md, "Retrieval quality"):
+    whitening fitted on its own 2,945 regions (~9 D, 12 scenes) cut mAP@50 from 0.945 to 0.372,
+    0.784 with the damping above. So the collection's whitening waits for a large, varied
+    collection: 100 D regions (~5,000 photos at D = 320), 20,000 at least.
     """
-    return max(10 * descriptor_dim, 2000)
+    return max(100 * descriptor_dim, 20_000)
 
 
 def needs_refit(n_regions: int, regions_at_fit: int) -> bool:

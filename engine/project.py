@@ -373,7 +373,7 @@ class Project:
             chosen.append(live[i])
             total += store.entries[live[i]].count
         sample = store.read(sorted(chosen)).descriptors.astype(np.float32)
-        return Whitening(dim=dim).fit(sample)
+        return Whitening(dim=dim, shrinkage=faiss_index.WHITENING_SHRINKAGE).fit(sample)
 
     def _load_whitening(self, info: dict) -> Whitening | None:
         """The stored whitening, or None when its file is missing or damaged (it is refitted)."""
