@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dasr_annotator.app.cmd_search import UsageError, announce_state, open_searcher, query_image
+from dasr_annotator.engine.coco import finite_number
 from dasr_annotator.engine.types import Box
 
 DUPLICATE_IOU = 0.9
@@ -243,7 +244,7 @@ def _checked_example(item, where: str, project, reasons: list[str]) -> Example |
         problems.append('"id" must be a non-empty string or a whole number')
     if "image" in item and not (isinstance(image, str) and image.strip()):
         problems.append('"image" must be a path (text)')
-    values = [_number(v) for v in box] if isinstance(box, list) else []
+    values = [finite_number(v) for v in box] if isinstance(box, list) else []
     if "box" in item and (len(values) != 4 or None in values):
         problems.append(f'"box" must be [x, y, width, height] numbers, not {json.dumps(box)}')
     if negative is not None and not isinstance(negative, bool):
@@ -270,17 +271,6 @@ def _checked_example(item, where: str, project, reasons: list[str]) -> Example |
         reasons.append(f"{where}: {exc}")
         return None
     return Example(str(example_id), rel, inside, bool(negative))
-
-
-def _number(value) -> float | None:
-    """`value` as a finite float, or None (booleans, text, NaN, infinities)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 # ---- ranking -----------------------------------------------------------------------------------

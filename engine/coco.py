@@ -129,11 +129,11 @@ def import_coco(project, in_path: str | Path) -> ImportReport:
             continue
         attributes = a.get("attributes") if isinstance(a.get("attributes"), dict) else {}
         score = attributes.get("score", a.get("score"))
-        if score is not None and _number(score) is None:
+        if score is not None and finite_number(score) is None:
             reasons.append(f"{where}: score {score!r} is not a number")
             continue
         query_id = attributes.get("query_id")
-        entries.append((image["rel"], category, box, None if score is None else _number(score),
+        entries.append((image["rel"], category, box, None if score is None else finite_number(score),
                         None if query_id is None else str(query_id)))
     if reasons:
         raise CocoError(in_path, reasons)
@@ -225,7 +225,7 @@ def _checked_categories(data: dict) -> tuple[dict, list[str]]:
     return out, reasons
 
 
-def _number(value) -> float | None:
+def finite_number(value) -> float | None:
     """`value` as a finite float, or None (booleans, text, NaN, infinities, ints past float range)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -237,7 +237,7 @@ def _number(value) -> float | None:
 
 
 def _checked_bbox(bbox, image: dict | None, where: str, reasons: list[str]) -> Box | None:
-    values = [_number(v) for v in bbox] if isinstance(bbox, list) else []
+    values = [finite_number(v) for v in bbox] if isinstance(bbox, list) else []
     if len(values) != 4 or None in values:
         reasons.append(f"{where}: 'bbox' must be [x, y, width, height] numbers, not {bbox!r}")
         return None

@@ -40,3 +40,14 @@ def dev_data() -> Path:
 @pytest.fixture(scope="session")
 def dev_manifest(dev_data) -> dict:
     return json.loads((dev_data / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The test machine is shared; two threads fighting for two busy cores run 3-5x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

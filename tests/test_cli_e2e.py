@@ -46,15 +46,7 @@ def copy_frames(dev_data: Path, manifest: dict, root: Path, names=SEQUENCES, fra
     return chosen
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The test machine is shared; two threads fighting for two busy cores run 3-5x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
