@@ -143,16 +143,18 @@ def format_report(report: dict) -> str:
         f"whitening: {report['whitening']}",
         "",
     ]
-    header = ["method"] + [c for c, _ in COLUMNS] + ["locR top", "locR best", "reg/img", "s/img", "query ms"]
+    header = ["method"] + [c for c, _ in COLUMNS] + ["cover", "locR top", "locR best", "reg/img", "s/img",
+                                                     "query ms"]
     rows = []
     for m in report["methods"]:
         loc = m["localization"] or {}
         rows.append([m["name"]] + [_fmt(m.get(k)) for _, k in COLUMNS] + [
-            _fmt(loc.get("mean_top")), _fmt(loc.get("mean_best")), _fmt(m["regions_per_image"], 1),
-            _fmt(m["extract_seconds_per_image"], 2), _fmt(m["query_ms"], 1)])
+            _fmt(loc.get("coverage")), _fmt(loc.get("mean_top")), _fmt(loc.get("mean_best")),
+            _fmt(m["regions_per_image"], 1), _fmt(m["extract_seconds_per_image"], 2), _fmt(m["query_ms"], 1)])
     lines += _table(header, rows)
-    lines += ["", "loc = a hit counts only when its box centre lies inside the instance's box; "
-              "locR = localisation recall averaged over IoU 0.05..0.95 (top-scoring region / best region)."]
+    lines += ["", "loc = a hit counts only when its box centre lies inside the instance's box; cover = share of "
+              "relevant images where some region's centre does (a ceiling on located hits);",
+              "locR = localisation recall averaged over IoU 0.05..0.95 (returned region / best region)."]
     if any(not m["has_boxes"] for m in report["methods"]):
         lines.append("Global descriptors return no box, so they have no located hits (n/a).")
     main = report["methods"][0]

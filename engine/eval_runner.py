@@ -300,19 +300,23 @@ class MethodResult:
     query_instances: list[str] = field(default_factory=list)
     top_ious: list[float] = field(default_factory=list)
     best_ious: list[float] = field(default_factory=list)
+    covered: list[bool] = field(default_factory=list)  # some region's centre is on the instance
     query_seconds: list[float] = field(default_factory=list)
     regions_per_image: float | None = None
     extract_seconds_per_image: float | None = None
 
     def add(self, query: Query, manifest: Manifest, refs: list[str], ranking: Ranking,
-            best_ious: np.ndarray | None) -> dict:
+            best_ious: np.ndarray | None = None, covered: np.ndarray | None = None) -> dict:
+        """Score one query. best_ious / covered: per reference, over all of its regions (None:
+        the method returns one box per image, so they are the returned box's)."""
         relevant, gt = manifest.gt_boxes(query.instance, refs)
         located = None
         if ranking.boxes is not None:
             located = evaluation.centres_inside(ranking.boxes, gt) & relevant
-            self.top_ious.extend(evaluation.iou_xywh(ranking.boxes[relevant], gt[relevant]).tolist())
-            if best_ious is not None:
-                self.best_ious.extend(best_ious[relevant].tolist())
+            top = evaluation.iou_xywh(ranking.boxes, gt)
+            self.top_ious.extend(top[relevant].tolist())
+            self.best_ious.extend((top if best_ious is None else best_ious)[relevant].tolist())
+            self.covered.extend((located if covered is None else covered)[relevant].tolist())
         metrics = evaluation.evaluate_query(ranking.scores, relevant, located)
         self.per_query.append(metrics)
         self.query_instances.append(query.instance)
@@ -327,7 +331,8 @@ class MethodResult:
             for key in list(out):
                 if key.endswith("_located"):
                     out[key] = None
-        out["localization"] = _localization(self.top_ious, self.best_ious) if self.has_boxes else None
+        out["localization"] = (_localization(self.top_ious, self.best_ious, self.covered)
+                               if self.has_boxes else None)
         out["per_instance"] = {
             name: evaluation.mean_metrics([q for q, n in zip(self.per_query, self.query_instances) if n == name])
             for name in dict.fromkeys(self.query_instances)
@@ -342,9 +347,12 @@ class MethodResult:
         return out
 
 
-def _localization(top: list[float], best: list[float]) -> dict:
+def _localization(top: list[float], best: list[float], covered: list[bool]) -> dict:
+    """Recall over IoU thresholds of the returned box (top) and of the best region, and the
+    coverage: how often some region has its centre on the instance (what bounds located hits)."""
     thresholds = evaluation.IOU_THRESHOLDS
-    out = {"thresholds": thresholds.tolist(), "pairs": len(top)}
+    out = {"thresholds": thresholds.tolist(), "pairs": len(top),
+           "coverage": float(np.mean(covered)) if covered else None}
     for name, ious in (("top", top), ("best", best)):
         if ious:
             curve = evaluation.localization_recall(ious, thresholds)
@@ -451,9 +459,11 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
         keep = np.array([f != q.file for f in manifest.files])
         refs = [f for f in manifest.files if f != q.file]
         _, gt = manifest.gt_boxes(q.instance, refs)
-        best = np.array([evaluation.best_iou(images[index_of[f]].boxes, g) if np.isfinite(g[0]) else 0.0
-                         for f, g in zip(refs, gt)])
-        result.add(q, manifest, refs, Ranking(scores[keep], boxes[keep], seconds), best)
+        region_boxes = [images[index_of[f]].boxes for f in refs]
+        best = np.array([evaluation.best_iou(b, g) if np.isfinite(g[0]) else 0.0 for b, g in zip(region_boxes, gt)])
+        covered = np.array([bool(evaluation.centres_inside(b, np.broadcast_to(g, b.shape)).any())
+                            for b, g in zip(region_boxes, gt)])
+        result.add(q, manifest, refs, Ranking(scores[keep], boxes[keep], seconds), best, covered)
         if reviews is not None:
             reviews.append(_simulated_review(q, manifest, scorer, qvec, settings))
     return result
@@ -569,7 +579,7 @@ def _global_results(manifest, queries, extractor, globals_, seconds_per_image, c
                 start = time.perf_counter()
                 scores = matrix[pooling][keep] @ qvec
                 seconds = time.perf_counter() - start + (crop_seconds if query_kind == "crop" else 0.0)
-                results[(pooling, query_kind)].add(q, manifest, refs, Ranking(scores, None, seconds), None)
+                results[(pooling, query_kind)].add(q, manifest, refs, Ranking(scores, None, seconds))
     return list(results.values())
 
 
@@ -590,7 +600,5 @@ def _sift_result(manifest, queries, sifts, seconds_per_image, cancel) -> MethodR
             scores[i], box = baselines.match_sift(query_feats, features, q.box)
             if box is not None:
                 boxes[i] = Box.from_list(box).clipped(width, height).as_list()
-        ranking = Ranking(scores, boxes, time.perf_counter() - start)
-        _, gt = manifest.gt_boxes(q.instance, refs)
-        r.add(q, manifest, refs, ranking, evaluation.iou_xywh(boxes, gt))  # one box: best = returned
+        r.add(q, manifest, refs, Ranking(scores, boxes, time.perf_counter() - start))
     return r

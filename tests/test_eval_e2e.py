@@ -96,6 +96,7 @@ def test_oracle_regions_score_perfectly_and_locate_by_box(tiny_manifest, shift, 
     # in shared Jogging frames the query's own instance must win, or located would drop
     assert row["map@50_located"] == located and row["recall@100_located"] == located
     assert row["localization"]["mean_best"] == pytest.approx(located, abs=1e-9)
+    assert row["localization"]["coverage"] == located
     assert set(row["per_instance"]) == set(INSTANCES)
     sim = report["simulated_feedback"]
     for mode in ("plain", "feedback"):
