@@ -35,6 +35,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--whitening-dim", type=int, help="keep this many whitened components")
     parser.add_argument("--queries-per-instance", type=int, default=3, help="query frames per instance, evenly spread")
     parser.add_argument("--baselines", action="store_true", help="also run global pooling and SIFT baselines")
+    parser.add_argument("--no-relocate", action="store_true",
+                        help="draw each hit as its best DASR region (default: re-localise it with query-shaped "
+                             "windows; both rows are reported)")
     parser.add_argument("--simulate-feedback", action="store_true",
                         help="simulate an annotator accepting true hits and rejecting the others, with re-ranking")
     parser.add_argument("--feedback-batch", type=int, default=10, help="hits reviewed between re-rankings (default 10)")
@@ -71,7 +74,7 @@ def settings_from_args(args):
                         baselines=args.baselines, limit_images=args.limit_images, instances=instances,
                         cache_dir=cache, weights=args.weights, device=args.device,
                         simulate_feedback=args.simulate_feedback, feedback_batch=args.feedback_batch,
-                        feedback_hits=args.feedback_hits)
+                        feedback_hits=args.feedback_hits, relocate=not args.no_relocate)
 
 
 def run(args) -> int:

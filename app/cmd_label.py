@@ -134,9 +134,12 @@ def run_query(args, project) -> int:
         else:
             searcher = open_searcher(project, args.device)
             query = query_from_box(searcher, project, query_image(project, args.query), args.box)
-        positives, negatives = _descriptors(searcher, query.positives), _descriptors(searcher, query.negatives)
+        positives, windows = _query_vectors(searcher, query.positives)
+        negatives = _descriptors(searcher, query.negatives)
         hits = accepted_hits(searcher, positives, negatives, query.exclude, args.accept_top, args.accept_above,
                              args.fusion or "max")
+        # the regions chose the images; the boxes recorded are the re-localised ones (engine/relocate.py)
+        hits = searcher.relocate(hits, windows)
     except (FileNotFoundError, UsageError, BoxError, NoIndex, WeightsMissing, DeviceUnavailable) as exc:
         print(f"dasr-annotator label: {exc}", file=sys.stderr)
         return 2
@@ -184,6 +187,15 @@ def query_from_examples(examples: list[Example]) -> LabelQuery:
     return LabelQuery(positives=positives, negatives=[(e.image, e.box) for e in examples if e.negative],
                       exclude={image for image, _ in positives},
                       labels=[(image, box, None, "manual") for image, box in positives])
+
+
+def _query_vectors(searcher, pairs):
+    """Raw descriptors [N, D] of positive (image, box) pairs and their window queries."""
+    from dasr_annotator.engine.relocate import WindowQuery
+
+    described = [searcher.query(image, box) for image, box in pairs]
+    windows = [w for _, w in described]
+    return np.stack([d for d, _ in described]), WindowQuery.stack(windows) if all(w is not None for w in windows) else None
 
 
 def _descriptors(searcher, pairs) -> np.ndarray | None:

@@ -22,6 +22,7 @@ from PySide6.QtCore import QObject, QThread, Signal
 
 from dasr_annotator.app.settings import Preferences
 from dasr_annotator.app.workers import EngineWorker, ImageLoader, Task, UserMessage
+from dasr_annotator.engine.relocate import WindowQuery
 from dasr_annotator.engine.types import Box, Cancelled, Hit
 
 log = logging.getLogger(__name__)
@@ -274,15 +275,21 @@ class Controller(QObject):
             searcher = self._engine_searcher(args, device)
             examples = request.positives[-MAX_EXAMPLES:]
             pairs = examples + request.negatives
-            descriptors = []
+            descriptors, windows = [], []
             for done, (image, box) in enumerate(pairs):
                 if cancel():
                     raise Cancelled()
-                descriptors.append(searcher.query_descriptor(image, box))
+                if done < len(examples):  # positives also place the hit boxes (engine/relocate.py)
+                    descriptor, window = searcher.query(image, box)
+                    windows.append(window)
+                else:
+                    descriptor = searcher.query_descriptor(image, box)
+                descriptors.append(descriptor)
                 progress(done + 1, len(pairs))
             positives = np.stack(descriptors[:len(examples)])
             negatives = np.stack(descriptors[len(examples):]) if request.negatives else None
-            hits = searcher.search(positives, request.top_k, negatives=negatives, exclude_image=request.exclude_image)
+            hits = searcher.search(positives, request.top_k, negatives=negatives, exclude_image=request.exclude_image,
+                                   windows=WindowQuery.stack(windows) if all(w is not None for w in windows) else None)
             return SearchOutcome(request, hits, searcher.prepare(positives), _candidate_regions(searcher, hits),
                                  len(searcher.images), total)
 

@@ -216,6 +216,9 @@ class Review(QObject):
         accepted = [(e.image, e.box) for e in decided if e.status == ACCEPTED]
         rejected = [(e.image, e.box) for e in decided if e.status == REJECTED]
         updates = feedback_ranking(self.outcome, accepted, rejected, pending)
+        # feedback re-orders the hits; each keeps the box search placed (re-localised, engine/relocate.py)
+        placed = {e.key: e.hit for e in hits.entries}
+        updates = {key: Hit(hit.image, hit.score, placed[key].box, placed[key].ellipse) for key, hit in updates.items()}
         current = self.window.results.current_key()
         self.doc.rerank_hits(updates)
         self.window.show_info(f"Re-ranked the {len(updates)} undecided hits using {len(accepted)} accepted and "

@@ -213,7 +213,7 @@ class Backbone:
     def __init__(self, name: str, units: list[tuple[str, object]], activation_layer: str,
                  descriptor_layer: str, input_mean, input_std, device="cpu",
                  classifier: tuple[Tensor, Tensor] | None = None, weights_source: str = "random",
-                 layer_aliases: dict[str, str] | None = None):
+                 layer_aliases: dict[str, str] | None = None, relocation_layer: str | None = None):
         self.name = name
         self.device = torch.device(device)
         self.units = [(n, _to_device(u, self.device)) for n, u in units]
@@ -230,6 +230,8 @@ class Backbone:
         self.activation_layer = activation_layer
         self.descriptor_layer = self._check_layer(descriptor_layer)
         self._check_layer(activation_layer)
+        # stride-16 map that hit boxes are re-localised on (engine/relocate.py)
+        self.relocation_layer = self._check_layer(relocation_layer or descriptor_layer)
         self._mean = torch.tensor(self.input_mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.input_std, device=self.device).view(1, 3, 1, 1)
 
@@ -252,6 +254,14 @@ class Backbone:
     @property
     def descriptor_stride(self) -> int:
         return self.layers[self._unit_name(self.descriptor_layer)][1]
+
+    @property
+    def relocation_dim(self) -> int:
+        return self.layers[self._unit_name(self.relocation_layer)][0]
+
+    @property
+    def relocation_stride(self) -> int:
+        return self.layers[self._unit_name(self.relocation_layer)][1]
 
     @property
     def activation_stride(self) -> int:
@@ -363,6 +373,7 @@ LITE0_STD = (128.0, 128.0, 128.0)
 # it gives sharper ImageNet predictions on the dev photos than symmetric padding (see tests).
 LITE0_PADDING = "same"
 LITE0_DEFAULT_DESCRIPTOR = "blocks.15"
+LITE0_RELOCATION_LAYER = "blocks.10"  # last 112-channel block, stride 16 (dev-set choice, docs/benchmarks.md)
 
 
 def lite0_weights_path() -> Path:
@@ -544,7 +555,7 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None, pret
             sd, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
         units, classifier = build_lite0(sd)
         return Backbone(name, units, "head", descriptor_layer or LITE0_DEFAULT_DESCRIPTOR,
-                        LITE0_MEAN, LITE0_STD, device, classifier, source)
+                        LITE0_MEAN, LITE0_STD, device, classifier, source, relocation_layer=LITE0_RELOCATION_LAYER)
     if name in ("resnet50", "vgg16"):
         sd, source = _torchvision_state_dict(name, weights, pretrained)
         mean, std = _imagenet_norm(name)
@@ -552,7 +563,8 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None, pret
             units, classifier = build_resnet50(sd)
             return Backbone(name, units, "layer4", descriptor_layer or "layer4.0", mean, std, device,
                             classifier, source, layer_aliases={f"layer{i}": f"layer{i}.{n - 1}"
-                                                               for i, n in zip((1, 2, 3, 4), (3, 4, 6, 3))})
+                                                               for i, n in zip((1, 2, 3, 4), (3, 4, 6, 3))},
+                            relocation_layer="layer3")
         return Backbone(name, build_vgg16(sd), "conv5_3", descriptor_layer or "conv5_3", mean, std, device,
-                        None, source)
+                        None, source, relocation_layer="conv5_3")  # conv5 runs at stride 16
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

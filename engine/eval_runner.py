@@ -27,6 +27,7 @@ from .descriptors import Whitening, l2n
 from .extractor import Extractor
 from .imageio import load_image
 from .index import whitening_min_regions
+from .relocate import FeatureMap, WindowQuery, best_window
 from .types import Box, Cancelled, CancelFn, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ WHITENING_CHOICES = ("auto", "collection", "none", "other")
 _EXTRACTION_MODULES = ("extractor", "moments", "excitation", "regions", "backbones", "descriptors")
 _GLOBAL_MODULES = ("baselines", "backbones", "extractor")
 _SIFT_MODULES = ("baselines", "extractor")
+_MAP_MODULES = ("relocate", "backbones", "extractor")
 _CACHE_FORMAT = 2  # arrays stored per image
 
 
@@ -387,6 +389,7 @@ class EvalSettings:
     simulate_feedback: bool = False
     feedback_batch: int = 10  # hits a simulated annotator reviews between re-rankings
     feedback_hits: int = 100  # re-ranking stops after this many reviewed hits
+    relocate: bool = True  # re-localise hits inside their images (engine/relocate.py)
 
     def extractor(self) -> Extractor:
         return Extractor(backbone=self.backbone, method=self.method, mode=self.mode, device=self.device,
@@ -414,7 +417,13 @@ def run_eval(manifest_path, settings: EvalSettings | None = None, extractor: Ext
                                   lambda done, _: progress(done, total), cancel)
     whiten, whitening_note = _whitening_functions(images, manifest, settings.whitening, settings.whitening_dim)
     reviews = [] if settings.simulate_feedback else None
-    methods = [_evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel, settings, reviews)]
+    maps = None
+    if settings.relocate and hasattr(extractor, "describe_query"):
+        maps = relocation_maps(manifest, extractor, settings.cache_dir, cancel)
+    methods = [_evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel, settings, reviews, maps)]
+    if maps is not None:  # the same regions without re-localisation, for comparison
+        methods.append(_evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel, settings,
+                                         None, None))
     if settings.baselines:
         methods += baseline_results(manifest, queries, extractor, settings.cache_dir,
                                     lambda done, _: progress(n + done, total), cancel)
@@ -434,11 +443,37 @@ def run_eval(manifest_path, settings: EvalSettings | None = None, extractor: Ext
     }
 
 
+def relocation_maps(manifest: Manifest, extractor: Extractor, cache_dir, cancel: CancelFn = never_cancel
+                    ) -> dict[str, FeatureMap]:
+    """Every manifest image's relocation map (cached like the regions)."""
+    cache = NpzCache(cache_dir, "maps", {"config": extractor.relocation_config(), "code": code_fingerprint(_MAP_MODULES)})
+    out = {}
+    for file in manifest.files:
+        if cancel():
+            raise Cancelled()
+        source = manifest.root / file
+        arrays = cache.load(file, source)
+        if arrays is None:
+            fmap = extractor.relocation_map(load_image(source, max_side=extractor.max_side))
+            arrays = {"values": fmap.values, "meta": np.array([fmap.stride, fmap.scale_x, fmap.scale_y, fmap.width,
+                                                                 fmap.height], np.float64)}
+            cache.save(file, source, arrays)
+        meta = arrays["meta"]
+        out[file] = FeatureMap(arrays["values"], int(meta[0]), float(meta[1]), float(meta[2]), int(meta[3]),
+                               int(meta[4]))
+    return out
+
+
 def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cancel, settings,
-                      reviews: list | None) -> MethodResult:
+                      reviews: list | None, maps: dict[str, FeatureMap] | None = None) -> MethodResult:
     cfg = extractor.config()
     name = label or f"{cfg['method'].upper()} {cfg['backbone']} {cfg['descriptor_layer']} ({cfg['mode']})"
-    result = MethodResult(name, "regions", note="image score = best region; hit box = that region")
+    if maps is not None:
+        name += f" + re-localisation ({extractor.backbone.relocation_layer})"
+        result = MethodResult(name, "regions", note="image score = best region; "
+                                                     "hit box = best query-shaped window (engine/relocate.py)")
+    else:
+        result = MethodResult(name, "regions", note="image score = best region; hit box = that region")
     counts = [im.boxes.shape[0] for im in images]
     result.regions_per_image = float(np.mean(counts)) if counts else 0.0
     result.extract_seconds_per_image = float(np.mean([im.seconds for im in images])) if images else None
@@ -453,30 +488,54 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
         scorer = scorers[transform]
         start = time.perf_counter()
         image = load_image(manifest.root / q.file, max_side=extractor.max_side)
-        qvec = transform(extractor.describe_box(image, Box.from_list(q.box))[None])[0]
+        if maps is not None:
+            descriptor, windows = extractor.describe_query(image, Box.from_list(q.box))
+        else:
+            descriptor, windows = extractor.describe_box(image, Box.from_list(q.box)), None
+        qvec = transform(descriptor[None])[0]
         scores, boxes = scorer.rank(qvec)
-        seconds = time.perf_counter() - start
         keep = np.array([f != q.file for f in manifest.files])
         refs = [f for f in manifest.files if f != q.file]
         _, gt = manifest.gt_boxes(q.instance, refs)
-        region_boxes = [images[index_of[f]].boxes for f in refs]
-        best = np.array([evaluation.best_iou(b, g) if np.isfinite(g[0]) else 0.0 for b, g in zip(region_boxes, gt)])
-        covered = np.array([bool(evaluation.centres_inside(b, np.broadcast_to(g, b.shape)).any())
-                            for b, g in zip(region_boxes, gt)])
+        if windows is not None:  # every reference is a hit here (the ranking covers them all)
+            boxes = _relocated(manifest.files, scores, maps, windows)
+            best = covered = None  # one box per image: the returned one
+        else:
+            region_boxes = [images[index_of[f]].boxes for f in refs]
+            best = np.array([evaluation.best_iou(b, g) if np.isfinite(g[0]) else 0.0
+                             for b, g in zip(region_boxes, gt)])
+            covered = np.array([bool(evaluation.centres_inside(b, np.broadcast_to(g, b.shape)).any())
+                                for b, g in zip(region_boxes, gt)])
+        seconds = time.perf_counter() - start
         result.add(q, manifest, refs, Ranking(scores[keep], boxes[keep], seconds), best, covered)
         if reviews is not None:
-            reviews.append(_simulated_review(q, manifest, scorer, qvec, settings))
+            reviews.append(_simulated_review(q, manifest, scorer, qvec, settings, boxes))
     return result
 
 
-def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, settings) -> dict:
+def _relocated(files: list[str], region_scores: np.ndarray, maps: dict[str, FeatureMap],
+               windows: WindowQuery) -> np.ndarray:
+    """Every image's re-localised box [N, 4] (what `Searcher.relocate` does to hits); NaN for an
+    image without regions (it is no hit)."""
+    boxes = np.full((len(files), 4), np.nan)
+    for i, file in enumerate(files):
+        if np.isfinite(region_scores[i]):
+            boxes[i] = best_window(maps[file], windows)[1].as_list()
+    return boxes
+
+
+def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, settings,
+                      image_boxes: np.ndarray | None = None) -> dict:
     """Hits a simulated annotator reviews before 90% of the instance's other images are found,
-    on the plain list and with re-ranking from its accept / reject decisions."""
+    on the plain list and with re-ranking from its accept / reject decisions. The regions order
+    the hits; `image_boxes` [N, 4], when given, is the box each image's hit shows (re-localised),
+    else the hit shows its winning region."""
     files = np.array(manifest.files)
     relevant, gt = manifest.gt_boxes(q.instance, manifest.files)
     owner = scorer.owner
     mine = files[owner] != q.file
-    located = relevant[owner] & evaluation.centres_inside(scorer.boxes, gt[owner])
+    shown = scorer.boxes if image_boxes is None else image_boxes[owner]
+    located = relevant[owner] & evaluation.centres_inside(shown, gt[owner])
     n = int(relevant.sum()) - 1  # the query image is not in the list
     out = {"instance": q.instance, "file": q.file, "occurrences": n}
     for name, hits in (("plain", 0), ("feedback", settings.feedback_hits)):

@@ -26,6 +26,7 @@ from . import moments
 from .backbones import DEFAULT_BACKBONE, Forward, load_backbone
 from .descriptors import l2n, pool_boxes
 from .excitation import Excitation, official_maps, reference_maps, seed_tensor
+from .relocate import FeatureMap, WindowQuery
 from .regions import clip_boxes, ellipses_from_maps, nms, seeds_dasr, seeds_dasr_star
 from .types import Box, Ellipse, ImageRegions, Region
 
@@ -241,6 +242,41 @@ class Extractor:
         with torch.inference_mode():
             feature = self._descriptor_feature(prep.pixels)
             return self._pool(feature, xyxy)[0]
+
+    def relocation_config(self) -> dict:
+        """What a relocation map depends on (its cache is keyed by this)."""
+        bb = self.backbone
+        return {"backbone": bb.name, "weights": bb.weights_source, "layer": bb.relocation_layer,
+                "stride": bb.relocation_stride, "channels": bb.relocation_dim, "max_side": self.max_side,
+                "normalisation": [list(bb.input_mean), list(bb.input_std)]}
+
+    def relocation_map(self, image) -> FeatureMap:
+        """The relocation layer of the whole image (engine/relocate.py), float16."""
+        prep = self.prepare(image)
+        layer = self.backbone.relocation_layer
+        with torch.inference_mode():
+            feature = self.backbone.forward(prep.pixels, layers=(layer,)).features[layer][0]
+        return self._feature_map(prep, feature)
+
+    def describe_query(self, image, box: Box) -> tuple[np.ndarray, WindowQuery]:
+        """A query box's region descriptor (as `describe_box`) and its relocation-layer window
+        query, from one forward pass."""
+        prep = self.prepare(image)
+        bb = self.backbone
+        xyxy = torch.tensor([[box.x * prep.scale_x, box.y * prep.scale_y,
+                              box.x2 * prep.scale_x, box.y2 * prep.scale_y]], dtype=torch.float32)
+        with torch.inference_mode():
+            features = bb.forward(prep.pixels, layers=(bb.descriptor_layer, bb.relocation_layer)).features
+            descriptor = self._pool(features[bb.descriptor_layer][0], xyxy)[0]
+            window = pool_boxes(features[bb.relocation_layer][0].float(), xyxy.to(self._device), bb.relocation_stride)
+            vector = l2n(window).cpu().numpy().astype(np.float32)
+        x1, y1, x2, y2 = xyxy[0].tolist()
+        size = np.array([[(x2 - x1) / bb.relocation_stride, (y2 - y1) / bb.relocation_stride]])
+        return descriptor, WindowQuery(vector, size)
+
+    def _feature_map(self, prep: Prepared, feature: Tensor) -> FeatureMap:
+        values = feature.to(torch.float16).cpu().numpy()
+        return FeatureMap(values, self.backbone.relocation_stride, prep.scale_x, prep.scale_y, prep.width, prep.height)
 
     def describe_image(self, image) -> np.ndarray:
         """Whole-image mean pooling of the descriptor layer (baselines)."""

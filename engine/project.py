@@ -36,6 +36,7 @@ from dasr_annotator.engine.collection import (NPZ_ERRORS, REBUILD_HINT, STATE_FO
                                               content_hash, fingerprint, scan_images, write_json)
 from dasr_annotator.engine.descriptors import Whitening
 from dasr_annotator.engine.imageio import ImageError, load_image
+from dasr_annotator.engine.relocate import MapCache
 from dasr_annotator.engine.storage import (ProjectFileError, atomic_write_bytes, is_writable_dir, read_json,
                                            user_cache_dir)
 from dasr_annotator.engine.types import CancelFn, Cancelled, ProgressFn, never_cancel, no_progress
@@ -247,6 +248,9 @@ class Project:
         max_side = extractor.config().get("max_side")
         group_size = 8 if str(getattr(extractor, "device", "cpu")).startswith("cuda") else 1
         batch, failed, done, started = [], [], 0, time.monotonic()
+        # relocation maps are made now, so that the first search need not (engine/relocate.py)
+        maps = (MapCache(None, extractor.relocation_config(), self.state_dir)
+                if hasattr(extractor, "relocation_map") else None)
         progress(0, len(todo))
 
         def flush():
@@ -266,7 +270,7 @@ class Project:
             images = [image for _, _, _, image in group]
             extract_many = getattr(extractor, "extract_many", None)
             results = extract_many(images) if extract_many else [extractor.extract(i) for i in images]
-            for (rel, fp, path, _), regions in zip(group, results):
+            for (rel, fp, path, image), regions in zip(group, results):
                 try:
                     # hashed after extraction (a refused image costs no read); if the file
                     # changed meanwhile the hash may not match the regions: record none
@@ -277,6 +281,8 @@ class Project:
                     continue
                 batch.append((FileEntry(rel, fp.size, fp.mtime_ns, digest, regions.width, regions.height), regions))
                 done += 1
+                if maps is not None and digest:
+                    maps.put(path, extractor.relocation_map(image))
 
         pending = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dasr-decode") as decoder:

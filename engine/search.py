@@ -3,11 +3,16 @@
 A region's score is its cosine similarity to the query (whitened space); with several positive
 boxes, or negative ones, it is `feedback.feedback_scores` (best positive, minus a penalty for
 looking like a negative), the same scoring the GUI re-ranks with. An image scores as its best
-region, which is also where the hit is drawn. The index is searched for more and more regions until enough distinct
-images are found.
+region. The index is searched for more and more regions until enough distinct images are found.
+
+With window queries (`Searcher.query`), each returned hit is then re-localised inside its image
+(engine/relocate.py): its box becomes the best query-shaped window on a stride-16 map; rank and
+score stay the region's. Without them (or when a hit's image can no longer be read) the hit is
+drawn as its best region, as DASR* has it.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -17,8 +22,11 @@ import numpy as np
 from dasr_annotator.engine import index as faiss_index
 from dasr_annotator.engine.descriptors import Whitening
 from dasr_annotator.engine.feedback import feedback_scores, image_ranking
-from dasr_annotator.engine.imageio import load_image
+from dasr_annotator.engine.imageio import ImageError, load_image
+from dasr_annotator.engine.relocate import MapCache, WindowQuery, best_window, inscribed_ellipse
 from dasr_annotator.engine.types import Box, Ellipse, Hit
+
+log = logging.getLogger(__name__)
 
 
 class BoxError(ValueError):
@@ -68,6 +76,13 @@ class Searcher:
         self.boxes = meta["boxes"]
         self.ellipses = meta["ellipses"]
         self._image_id = {name: i for i, name in enumerate(self.images)}
+        # relocation maps live beside the index (computed on first use, or while indexing);
+        # an extractor without a relocation layer (test doubles) leaves hits as their regions
+        self.maps = (MapCache(self._compute_map, extractor.relocation_config(), getattr(project, "state_dir", None))
+                     if hasattr(extractor, "relocation_config") else None)
+
+    def _compute_map(self, path: Path):
+        return self.extractor.relocation_map(load_image(path, max_side=self.extractor.max_side))
 
     @property
     def n_regions(self) -> int:
@@ -94,10 +109,20 @@ class Searcher:
         loaded = load_image(path, max_side=self.extractor.max_side)
         return self.extractor.describe_box(loaded, checked_box(box, loaded.width, loaded.height))
 
+    def query(self, image: str | os.PathLike, box: Box) -> tuple[np.ndarray, WindowQuery | None]:
+        """`query_descriptor` and the box's window query for re-localising hits, in one pass
+        (None when the extractor cannot re-localise)."""
+        if self.maps is None:
+            return self.query_descriptor(image, box), None
+        path, _ = self.resolve(image)
+        loaded = load_image(path, max_side=self.extractor.max_side)
+        return self.extractor.describe_query(loaded, checked_box(box, loaded.width, loaded.height))
+
     def search(self, query_descs: np.ndarray, top_k: int = 20, negatives: np.ndarray | None = None,
-               exclude_image: str | None = None) -> list[Hit]:
+               exclude_image: str | None = None, windows: WindowQuery | None = None) -> list[Hit]:
         """The `top_k` best images for the positive descriptors `query_descs` [Q, D] (raw, as from
-        `query_descriptor`), best first, one hit per image, `exclude_image` left out."""
+        `query_descriptor`), best first, one hit per image, `exclude_image` left out; with
+        `windows` (from `query`), each hit re-localised (module docstring)."""
         n = self.n_regions
         if n == 0 or top_k <= 0:
             return []
@@ -124,12 +149,29 @@ class Searcher:
             cx, cy, a, b, angle = (float(v) for v in self.ellipses[region])
             hits.append(Hit(self.images[int(image)], float(score), Box(*map(float, self.boxes[region])),
                             Ellipse(cx, cy, a, b, angle)))
-        return hits
+        return self.relocate(hits, windows) if windows is not None else hits
+
+    def relocate(self, hits: list[Hit], windows: WindowQuery) -> list[Hit]:
+        """The same hits, in the same order, with re-localised boxes (module docstring)."""
+        if self.maps is None or windows is None:
+            return hits
+        out = []
+        for hit in hits:
+            try:
+                fmap = self.maps.get(self.project.photos / hit.image)
+            except (OSError, ImageError) as exc:  # gone or unreadable since indexing: keep the region
+                log.warning("%s: not re-localised (%s)", hit.image, exc)
+                out.append(hit)
+                continue
+            _, box = best_window(fmap, windows)
+            out.append(Hit(hit.image, hit.score, box, inscribed_ellipse(box)))
+        return out
 
     def search_box(self, image: str | os.PathLike, box: Box, top_k: int = 20) -> list[Hit]:
         """One query box -> hits, the query's own image excluded."""
         _, rel = self.resolve(image)
-        return self.search(self.query_descriptor(image, box)[None], top_k, exclude_image=rel)
+        descriptor, windows = self.query(image, box)
+        return self.search(descriptor[None], top_k, exclude_image=rel, windows=windows)
 
 
 def _best_per_region(ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

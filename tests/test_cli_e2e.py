@@ -224,3 +224,39 @@ def test_a_killed_run_loses_at_most_its_current_batch(dev_data, dev_manifest, tm
     assert rc == 0, err
     report = json.loads(out)
     assert report["reused"] == finished and report["indexed"] + report["reused"] == report["images"] == 6
+
+
+def test_indexing_stores_relocation_maps_and_hits_are_drawn_on_the_instance(indexed):
+    """Maps are made while indexing (search computes none). Re-localisation keeps the hits, their
+    order and scores, and its boxes lie on the instance (centre inside the ground-truth box of
+    that frame) at least as often as the regions'."""
+    from dasr_annotator.app.cmd_search import open_searcher
+    from dasr_annotator.engine.project import Project
+    from dasr_annotator.engine.types import Box
+
+    photos, frames, report = indexed
+    maps = sorted((photos / ".dasr").glob("maps-*/*.npz"))
+    assert len(maps) == report["images"]
+    stamps = [p.stat().st_mtime_ns for p in maps]
+    searcher = open_searcher(Project.open(photos), "cpu")
+    searcher.maps.compute = lambda path: pytest.fail(f"{path}: map computed although indexing stored it")
+    truth = {rel: box for shots in frames.values() for rel, box in shots}
+
+    def on_instance(hit):
+        gx, gy, gw, gh = truth[hit.image]
+        cx, cy = hit.box.center
+        return gx <= cx <= gx + gw and gy <= cy <= gy + gh
+
+    located = {"regions": 0, "windows": 0}
+    for name, shots in frames.items():
+        rel, box = shots[0]
+        descriptor, windows = searcher.query(rel, Box.from_list(box))
+        plain = searcher.search(descriptor[None], 3, exclude_image=rel)
+        moved = searcher.search(descriptor[None], 3, exclude_image=rel, windows=windows)
+        assert [(h.image, h.score) for h in moved] == [(h.image, h.score) for h in plain]
+        assert all(h.image.split("/")[0] == rel.split("/")[0] for h in moved)
+        located["regions"] += sum(map(on_instance, plain))
+        located["windows"] += sum(map(on_instance, moved))
+    # (tests/test_relocate.py shows the gain on farther-apart frames; here both find most)
+    assert located["windows"] >= located["regions"] and located["windows"] >= 5, located
+    assert [p.stat().st_mtime_ns for p in maps] == stamps  # read, not made again

@@ -113,7 +113,9 @@ def test_cli_eval_with_baselines_json_plot_and_cache(tiny_manifest, tmp_path, ca
     assert "mAP@50-loc" in printed and "SIFT" in printed and "Jogging-2" in printed
     report = json.loads(out.read_text())
     names = [m["name"] for m in report["methods"]]
-    assert names[0].startswith("DASR*") and len(names) == 1 + 8 + 1
+    # re-localised DASR*, the same regions drawn as themselves, 8 global rows, SIFT
+    assert names[0].startswith("DASR*") and "re-localisation" in names[0] and len(names) == 2 + 8 + 1
+    assert names[1].startswith("DASR*") and "re-localisation" not in names[1]
     for m in report["methods"]:
         for key in ("map@50", "map@100", "map@all"):
             assert 0.0 <= m[key] <= 1.0
@@ -131,7 +133,7 @@ def test_cli_eval_with_baselines_json_plot_and_cache(tiny_manifest, tmp_path, ca
 
     cached = sorted(cache.rglob("*.npz"))
     stamps = [p.stat().st_mtime_ns for p in cached]
-    assert len(cached) == 3 * 2 * FRAMES  # regions, global and SIFT per image
+    assert len(cached) == 4 * 2 * FRAMES  # regions, relocation maps, global and SIFT per image
     again = ["eval", str(tiny_manifest), "--max-side", "256", "--cache", str(cache), "--json", str(out),
              "--whitening", "other", "--quiet"]
     assert cli.main(again) == 0
