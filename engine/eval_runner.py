@@ -528,19 +528,25 @@ def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, 
                       image_boxes: np.ndarray | None = None) -> dict:
     """Hits a simulated annotator reviews before 90% of the instance's other images are found,
     on the plain list and with re-ranking from its accept / reject decisions. The regions order
-    the hits; `image_boxes` [N, 4], when given, is the box each image's hit shows (re-localised),
-    else the hit shows its winning region."""
+    the hits; `image_boxes` [N, 4], when given, is the box each image's hit shows (re-localised:
+    each image is one hit), else a hit is a region and shows itself."""
     files = np.array(manifest.files)
     relevant, gt = manifest.gt_boxes(q.instance, manifest.files)
     owner = scorer.owner
     mine = files[owner] != q.file
-    shown = scorer.boxes if image_boxes is None else image_boxes[owner]
-    located = relevant[owner] & evaluation.centres_inside(shown, gt[owner])
     n = int(relevant.sum()) - 1  # the query image is not in the list
     out = {"instance": q.instance, "file": q.file, "occurrences": n}
+    if image_boxes is not None:  # one fixed box per image: an image is one hit
+        found = relevant & evaluation.centres_inside(image_boxes, gt)
+    else:
+        located = relevant[owner] & evaluation.centres_inside(scorer.boxes, gt[owner])
     for name, hits in (("plain", 0), ("feedback", settings.feedback_hits)):
-        seq = evaluation.simulate_review(scorer.descriptors[mine], owner[mine], located[mine], qvec,
-                                         settings.feedback_batch, hits)
+        if image_boxes is not None:
+            seq = evaluation.simulate_image_review(scorer.descriptors[mine], owner[mine], found, qvec,
+                                                   settings.feedback_batch, hits)
+        else:
+            seq = evaluation.simulate_review(scorer.descriptors[mine], owner[mine], located[mine], qvec,
+                                             settings.feedback_batch, hits)
         out[name] = {"reviews_to_90": evaluation.hits_to_find(seq, n, 0.9),
                      "found@50": evaluation.recall_at_k(seq, n, 50), "found@100": evaluation.recall_at_k(seq, n, 100)}
     return out

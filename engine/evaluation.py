@@ -178,3 +178,37 @@ def simulate_review(region_vectors, region_images, region_located, query_vector,
             scores = feedback_scores(np.stack(positives), np.stack(negatives) if negatives else None, vectors,
                                      neg_weight=neg_weight)
     return np.asarray(outcome, np.int64)
+
+
+def simulate_image_review(region_vectors, region_images, image_found, query_vector, batch: int = 10,
+                          feedback_hits: int = 0, neg_weight: float = 0.5) -> np.ndarray:
+    """`simulate_review` for hits whose box does not come from the region that ranks them (the
+    re-localised hits of engine/relocate.py): each image is one hit, reviewed once; it is found
+    when `image_found[image]` (its drawn box is on the instance). Feedback takes the image's
+    best-scoring region as the positive (accepted) or negative (rejected) example, as the GUI
+    does, and re-orders the images not reviewed yet. Ties go pessimistically (not found first)."""
+    from .feedback import feedback_scores
+
+    vectors = np.asarray(region_vectors, np.float32)
+    images = np.asarray(region_images)
+    found = np.asarray(image_found, bool)
+    positives, negatives = [np.asarray(query_vector, np.float32)], []
+    scores = vectors @ positives[0]
+    open_image = np.zeros(len(found), bool)
+    open_image[np.unique(images)] = True
+    outcome: list[int] = []
+    while open_image.any():
+        best = np.full(len(found), -np.inf)
+        np.maximum.at(best, images, scores)
+        candidates = np.flatnonzero(open_image)
+        picked = candidates[np.lexsort((found[candidates], -best[candidates]))][:batch]
+        for i in picked:
+            rows = np.flatnonzero(images == i)
+            example = vectors[rows[np.argmax(scores[rows])]]
+            (positives if found[i] else negatives).append(example)
+            open_image[i] = False
+            outcome.append(int(found[i]))
+        if len(outcome) < feedback_hits:
+            scores = feedback_scores(np.stack(positives), np.stack(negatives) if negatives else None, vectors,
+                                     neg_weight=neg_weight)
+    return np.asarray(outcome, np.int64)

@@ -253,3 +253,20 @@ def test_simulated_review_feedback_pushes_look_alikes_of_rejected_hits_down():
     assert plain.tolist() == [1, 0, 0, 1]
     assert fed.tolist() == [1, 0, 1, 0]  # rejecting r1 demotes its look-alike r2 below r3
     assert ev.hits_to_find(fed, 2) < ev.hits_to_find(plain, 2)
+
+
+def test_image_review_shows_each_image_once_and_feedback_reorders_the_rest():
+    # image 0: regions r0, r1; images 1-3 one region each; boxes drawn are fixed per image
+    vectors = np.stack([_unit(1, 0, 0), _unit(0, 1, 0), _unit(0.95, 0.31, 0), _unit(0.9, 0.44, 0),
+                        _unit(0.8, 0, 0.6)])
+    images = np.array([0, 0, 1, 2, 3])
+    found = np.array([True, False, False, True])
+    query = _unit(1, 0, 0)
+    plain = ev.simulate_image_review(vectors, images, found, query, batch=2)
+    assert plain.tolist() == [1, 0, 0, 1]  # image order 0, 1, 2, 3: a rejected image never returns
+    fed = ev.simulate_image_review(vectors, images, found, query, batch=2, feedback_hits=10)
+    assert fed.tolist() == [1, 0, 1, 0]  # rejecting image 1 demotes its look-alike image 2 below 3
+    assert ev.hits_to_find(fed, 2) < ev.hits_to_find(plain, 2)
+    tie = ev.simulate_image_review(np.stack([_unit(1, 0, 0)] * 2), np.array([0, 1]), np.array([True, False]),
+                                   query, batch=1)
+    assert tie.tolist() == [0, 1]  # equal scores: the miss is reviewed first
