@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--whitening-dim", type=int, help="keep this many whitened components")
     parser.add_argument("--queries-per-instance", type=int, default=3, help="query frames per instance, evenly spread")
     parser.add_argument("--baselines", action="store_true", help="also run global pooling and SIFT baselines")
+    parser.add_argument("--relocation-layer", help="backbone layer hits are re-localised on (default: the "
+                        "backbone's stride-16 choice, blocks.10 for efficientnet-lite0)")
     parser.add_argument("--no-relocate", action="store_true",
                         help="draw each hit as its best DASR region (default: re-localise it with query-shaped "
                              "windows; both rows are reported)")
@@ -74,7 +76,8 @@ def settings_from_args(args):
                         baselines=args.baselines, limit_images=args.limit_images, instances=instances,
                         cache_dir=cache, weights=args.weights, device=args.device,
                         simulate_feedback=args.simulate_feedback, feedback_batch=args.feedback_batch,
-                        feedback_hits=args.feedback_hits, relocate=not args.no_relocate)
+                        feedback_hits=args.feedback_hits, relocate=not args.no_relocate,
+                        relocation_layer=args.relocation_layer)
 
 
 def run(args) -> int:

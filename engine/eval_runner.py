@@ -390,11 +390,12 @@ class EvalSettings:
     feedback_batch: int = 10  # hits a simulated annotator reviews between re-rankings
     feedback_hits: int = 100  # re-ranking stops after this many reviewed hits
     relocate: bool = True  # re-localise hits inside their images (engine/relocate.py)
+    relocation_layer: str | None = None  # None: the backbone's
 
     def extractor(self) -> Extractor:
         return Extractor(backbone=self.backbone, method=self.method, mode=self.mode, device=self.device,
                          max_side=self.max_side, weights=self.weights, tau=self.tau, nms_beta=self.nms_beta,
-                         descriptor_layer=self.descriptor_layer)
+                         descriptor_layer=self.descriptor_layer, relocation_layer=self.relocation_layer)
 
 
 def run_eval(manifest_path, settings: EvalSettings | None = None, extractor: Extractor | None = None,

@@ -85,7 +85,8 @@ class Extractor:
     def __init__(self, backbone: str = DEFAULT_BACKBONE, method: str = "dasr*", mode: str = "fast",
                  device: str = "auto", max_side: int = 512, weights: str | None = None, tau: float = 0.1,
                  nms_beta: float = 0.3, descriptor_layer: str | None = None, pretrained: bool = True,
-                 transpose_dtype: torch.dtype | None = None, memory_budget_mb: int | None = None):
+                 transpose_dtype: torch.dtype | None = None, memory_budget_mb: int | None = None,
+                 relocation_layer: str | None = None):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         if mode not in MODES:
@@ -95,6 +96,8 @@ class Extractor:
                                    descriptor_layer=descriptor_layer)
         self.backbone = load_backbone(backbone, weights=weights, pretrained=pretrained, device=self._device,
                                       descriptor_layer=descriptor_layer)
+        if relocation_layer is not None:  # the backbone's own choice otherwise (ablations vary it)
+            self.backbone.relocation_layer = self.backbone._check_layer(relocation_layer)
         self.method, self.mode = method, mode
         self.max_side, self.tau, self.nms_beta = int(max_side), float(tau), float(nms_beta)
         self.transpose_dtype = transpose_dtype
@@ -268,7 +271,9 @@ class Extractor:
         with torch.inference_mode():
             features = bb.forward(prep.pixels, layers=(bb.descriptor_layer, bb.relocation_layer)).features
             descriptor = self._pool(features[bb.descriptor_layer][0], xyxy)[0]
-            window = pool_boxes(features[bb.relocation_layer][0].float(), xyxy.to(self._device), bb.relocation_stride)
+            relocation = features[bb.relocation_layer][0].float()
+            relocation = relocation - relocation.mean(dim=(1, 2), keepdim=True)  # as relocate.centred
+            window = pool_boxes(relocation, xyxy.to(self._device), bb.relocation_stride)
             vector = l2n(window).cpu().numpy().astype(np.float32)
         x1, y1, x2, y2 = xyxy[0].tolist()
         size = np.array([[(x2 - x1) / bb.relocation_stride, (y2 - y1) / bb.relocation_stride]])
