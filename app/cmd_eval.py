@@ -21,7 +21,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("manifest", metavar="MANIFEST", help="manifest.json (format of shared/data/dev/manifest.json)")
     parser.add_argument("--backbone", choices=BACKBONES, default=DEFAULT_BACKBONE)
     parser.add_argument("--method", choices=METHODS, default="dasr*")
-    parser.add_argument("--mode", choices=MODES, default="fast", help="extraction mode (exact is slow on a CPU)")
+    parser.add_argument("--mode", choices=MODES, default="moments",
+                        help="extraction mode (default moments, as indexing; exact is slow on a CPU)")
     parser.add_argument("--weights", help="backbone weights file (default: embedded / torch hub cache)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda:0, ...")
     parser.add_argument("--max-side", type=int, default=512, help="long side of the network input (default 512)")

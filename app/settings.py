@@ -13,14 +13,14 @@ from PySide6.QtCore import QByteArray, QSettings
 
 LAYOUT_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda")
-MODES = ("fast", "exact")
+MODES = ("moments", "fast", "exact")
 
 
 @dataclass
 class Preferences:
     backbone: str = "efficientnet-lite0"
     device: str = "auto"  # "auto" picks the GPU when there is one
-    mode: str = "fast"
+    mode: str = "moments"  # as engine.extractor.DEFAULT_MODE (settings stay free of torch)
     max_side: int = 512  # longest image side the extractor sees
     top_k: int = 100  # hits per search
     overlap_iou: float = 0.5  # a hit overlapping a same-category label this much counts as labelled

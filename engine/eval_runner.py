@@ -372,7 +372,7 @@ def _localization(top: list[float], best: list[float], covered: list[bool]) -> d
 class EvalSettings:
     backbone: str = DEFAULT_BACKBONE
     method: str = "dasr*"
-    mode: str = "fast"
+    mode: str = "moments"  # the product's default (extractor.DEFAULT_MODE)
     max_side: int = 512
     descriptor_layer: str | None = None
     tau: float = 0.1

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 METHODS = ("dasr", "dasr*")
 MODES = ("fast", "moments", "exact", "reference", "official")
 OFFICIAL_PERCENTILE = 0.95
+# Hit boxes come from re-localisation (engine/relocate.py), so region boxes only rank images, and
+# the cheap moment boxes rank them as well as exact ones (dev set, docs/benchmarks.md): 7x faster.
+DEFAULT_MODE = "moments"
 
 
 @dataclass
@@ -82,7 +85,7 @@ def device_description(device: torch.device) -> str:
 class Extractor:
     """Regions and descriptors for images, with one backbone and one set of settings."""
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE, method: str = "dasr*", mode: str = "fast",
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, method: str = "dasr*", mode: str = DEFAULT_MODE,
                  device: str = "auto", max_side: int = 512, weights: str | None = None, tau: float = 0.1,
                  nms_beta: float = 0.3, descriptor_layer: str | None = None, pretrained: bool = True,
                  transpose_dtype: torch.dtype | None = None, memory_budget_mb: int | None = None,
@@ -228,7 +231,8 @@ class Extractor:
             for b, e, s, d in zip(geo.boxes[keep].tolist(), geo.ellipses[keep].tolist(),
                                   geo.scores[keep].tolist(), descs)
         ]
-        return ImageRegions(prep.width, prep.height, regions, seeds=geo.n_seeds)
+        fmap = None if geo.relocation is None else self._feature_map(prep, geo.relocation)
+        return ImageRegions(prep.width, prep.height, regions, seeds=geo.n_seeds, relocation_map=fmap)
 
     def seed_geometry(self, image) -> "SeedGeometry":
         """Seeds' ellipses and clipped boxes before NMS, in network-input pixels (benchmarks). In
@@ -320,12 +324,16 @@ class Extractor:
         with torch.inference_mode():
             # moments mode needs the layers from its start stride on; the others need them all
             from_stride = moments.DEFAULT_START_STRIDE if self.mode == "moments" else 1
-            fw = bb.forward(pixels, trace=not official, trace_from_stride=from_stride)
+            # the relocation layer lies on the way: its map comes free with the regions
+            layers = (bb.activation_layer, bb.descriptor_layer, bb.relocation_layer)
+            fw = bb.forward(pixels, trace=not official, trace_from_stride=from_stride, layers=layers)
         out = []
         for b in range(pixels.shape[0]):
             features = {name: t[b:b + 1] for name, t in fw.features.items()}
             trace = None if fw.trace is None else fw.trace.image(b)
-            out.append(self._seed_geometry(Forward(features, trace, fw.input_size), pixels[b:b + 1]))
+            geo = self._seed_geometry(Forward(features, trace, fw.input_size), pixels[b:b + 1])
+            geo.relocation = features[bb.relocation_layer][0]
+            out.append(geo)
         return out
 
     def _seed_geometry(self, fw: Forward, pixels: Tensor) -> "SeedGeometry":
@@ -423,6 +431,7 @@ class SeedGeometry:
     boxes: Tensor  # [K, 4] xyxy, clipped, at least one descriptor cell per side
     feature: Tensor  # descriptor layer [C, h, w]
     n_seeds: int  # seeds back-propagated (including any whose map came out empty)
+    relocation: Tensor | None = None  # relocation layer [C', h', w'] (engine/relocate.py)
 
 
 def nms_plus_one(boxes: Tensor, scores: Tensor, beta: float) -> Tensor:

@@ -282,7 +282,8 @@ class Project:
                 batch.append((FileEntry(rel, fp.size, fp.mtime_ns, digest, regions.width, regions.height), regions))
                 done += 1
                 if maps is not None and digest:
-                    maps.put(path, extractor.relocation_map(image))
+                    fmap = getattr(regions, "relocation_map", None)
+                    maps.put(path, fmap if fmap is not None else extractor.relocation_map(image))
 
         pending = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dasr-decode") as decoder:

@@ -8,7 +8,7 @@ l2-normalised like a region, and the best-matching window becomes the hit's box.
 query's and the photo's maps are first centred on their own spatial mean (`centred`): what
 the whole scene shares drops out, and a window is compared by what sets it apart. The regions
 still rank the images (and carry negatives, fusion and feedback), so scores and thresholds mean
-what they meant; only the box moves. On the dev set this raises mAP@50-located from 0.36 to 0.67
+what they meant; only the box moves. On the dev set this raises mAP@50-located from 0.36 to 0.70
 at unchanged image-level mAP (docs/benchmarks.md).
 
 Maps are small (C x H/16 x W/16 float16, ~170 KB for a 512 px photo with Lite0) and cheap (one

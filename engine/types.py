@@ -120,6 +120,7 @@ class ImageRegions:
     height: int
     regions: list[Region] = field(default_factory=list)
     seeds: int = 0  # number of seeds back-propagated (for benchmarks)
+    relocation_map: object | None = None  # relocate.FeatureMap from the same forward pass
 
     def descriptors(self) -> np.ndarray:
         if not self.regions:

@@ -112,10 +112,20 @@ def shoot(data: Path, out: Path, scratch: Path) -> int:
     wait(lambda: window.current_image == entries[0].image)
     save(window, "03-results.png")
 
-    window.document.decide_hits([entries[0].key, entries[1].key], "accepted")
-    window.document.decide_hits([entries[4].key], "rejected")
-    window.results.select_key(entries[1].key)
-    wait(lambda: window.current_image == entries[1].image)
+    # decide the first five as an annotator would: on the box (by the ground truth) or not
+    def on_instance(entry):
+        if entry.image not in truth or not entry.image.startswith("Box/"):
+            return False
+        cx, cy = entry.box.center
+        t = Box.from_list(truth[entry.image])
+        return t.x <= cx <= t.x2 and t.y <= cy <= t.y2
+
+    first = entries[:5]
+    window.document.decide_hits([e.key for e in first if on_instance(e)], "accepted")
+    window.document.decide_hits([e.key for e in first if not on_instance(e)], "rejected")
+    shown = next((e for e in first if on_instance(e)), first[0])
+    window.results.select_key(shown.key)
+    wait(lambda: window.current_image == shown.image)
     save(window, "04-review.png")
 
     window.show_shortcuts()
