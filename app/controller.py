@@ -58,6 +58,15 @@ class SearchOutcome:
     regions: CandidateRegions
     searched_images: int  # images in the index when it ran
     total_images: int  # images in the folder
+    windows: WindowQuery | None = None  # the positives' window queries (hit boxes, engine/relocate.py)
+
+
+@dataclass
+class Relocated:
+    """New boxes for pending hits after feedback (key -> box), for the hit session `session`."""
+
+    session: object
+    boxes: dict[int, Box]
 
 
 class Controller(QObject):
@@ -70,6 +79,7 @@ class Controller(QObject):
     incompatibleIndex = Signal(str)  # the folder's index was made with other settings
     searchStarted = Signal(str)  # what is searched
     searchFinished = Signal(object)  # SearchOutcome
+    hitsRelocated = Signal(object)  # Relocated
     failed = Signal(str, str)  # what failed, a message for the user
     _submit = Signal(object)
 
@@ -288,10 +298,11 @@ class Controller(QObject):
                 progress(done + 1, len(pairs))
             positives = np.stack(descriptors[:len(examples)])
             negatives = np.stack(descriptors[len(examples):]) if request.negatives else None
+            windows = WindowQuery.stack(windows) if all(w is not None for w in windows) else None
             hits = searcher.search(positives, request.top_k, negatives=negatives, exclude_image=request.exclude_image,
-                                   windows=WindowQuery.stack(windows) if all(w is not None for w in windows) else None)
+                                   windows=windows)
             return SearchOutcome(request, hits, searcher.prepare(positives), _candidate_regions(searcher, hits),
-                                 len(searcher.images), total)
+                                 len(searcher.images), total, windows)
 
         what = f"{request.category} ({len(request.positives)} example{'s' if len(request.positives) != 1 else ''})"
         task = self._run("Search", run, finished=lambda outcome: self._searched(task, outcome),
@@ -299,6 +310,28 @@ class Controller(QObject):
                          cancelled=lambda: self._search_done(task))
         self._search_task = task
         self.searchStarted.emit(what)
+
+    def relocate(self, session, windows: WindowQuery, accepted: list[tuple[str, Box]],
+                 pending: dict[int, Hit]) -> None:
+        """Re-localise the `pending` hits (key -> hit) with the accepted hits' boxes as further
+        window examples; `hitsRelocated` brings the new boxes (a worker; maps are on disk)."""
+        if not accepted or not pending:
+            return
+        args, device = dict(self.extractor_args), self.prefs.device
+
+        def run(progress, cancel):
+            searcher = self._engine_searcher(args, device)
+            query = searcher.feedback_windows(windows, accepted)
+            keys, hits = list(pending), list(pending.values())
+            moved = []
+            for done, hit in enumerate(hits):
+                if cancel():
+                    raise Cancelled()
+                moved += searcher.relocate([hit], query)
+                progress(done + 1, len(hits))
+            return Relocated(session, {key: hit.box for key, hit in zip(keys, moved)})
+
+        self._run("Re-localise", run, finished=self.hitsRelocated.emit)
 
     def _searched(self, task: Task, outcome: SearchOutcome) -> None:
         if self._search_task is task:  # a search overtaken by a newer one is dropped

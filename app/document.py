@@ -16,6 +16,7 @@ from PySide6.QtGui import QUndoStack
 from dasr_annotator.app import commands
 from dasr_annotator.engine.annotations import AnnotationStore, Category
 from dasr_annotator.engine.feedback import hide_done
+from dasr_annotator.engine.relocate import inscribed_ellipse
 from dasr_annotator.engine.storage import ProjectFileError
 from dasr_annotator.engine.types import Annotation, Box, Hit
 
@@ -220,6 +221,23 @@ class Document(QObject):
             self.set_annotation_box(entry.annotation_id, box, drag_id)
         elif box != entry.box:
             self.undo_stack.push(commands.SetHitBox(self, self.hits, entry, entry.box, box, drag_id))
+
+    def move_pending_boxes(self, boxes: dict[int, Box]) -> int:
+        """New boxes for pending hits (feedback re-localisation); a box the user adjusted, or a hit
+        decided meanwhile, stays as it is. Returns how many boxes moved."""
+        if self.hits is None:
+            return 0
+        moved = 0
+        for entry in self.hits.entries:
+            box = boxes.get(entry.key)
+            if box is None or entry.status != PENDING or entry.box != entry.hit.box or box == entry.box:
+                continue
+            entry.hit = Hit(entry.hit.image, entry.hit.score, box, inscribed_ellipse(box))
+            entry.box = box
+            moved += 1
+        if moved:
+            self.changed.emit(Change("hits", frozenset(e.image for e in self.hits.entries)))
+        return moved
 
     def rerank_hits(self, updates: dict[int, Hit]) -> None:
         """Re-score the pending hits (new best region and score per hit key) and re-order them;

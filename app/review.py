@@ -54,6 +54,7 @@ class Review(QObject):
         w.results.model.cropWanted.connect(self._crop_wanted)
         w.controller.searchStarted.connect(lambda what: w.statusBar().showMessage(f"Searching for {what}…"))
         w.controller.searchFinished.connect(self._search_finished)
+        w.controller.hitsRelocated.connect(self._relocated)
 
     def attach(self, doc: Document | None) -> None:
         self.doc, self.draft, self.outcome, self.decisions = doc, None, None, 0
@@ -225,6 +226,18 @@ class Review(QObject):
                               f"{len(rejected)} rejected as examples.", 5000)
         if current is not None:
             self.window.results.select_key(current)
+        if accepted and self.outcome.windows is not None:  # the accepted boxes also place the rest
+            waiting = {e.key: e.hit for e in hits.entries if e.status == PENDING}
+            self.window.controller.relocate(hits, self.outcome.windows, accepted, waiting)
+
+    def _relocated(self, result) -> None:
+        """Boxes of undecided hits moved by the accepted examples (controller.relocate)."""
+        if self.doc is None or self.doc.hits is not result.session:
+            return  # a newer search replaced those hits
+        moved = self.doc.move_pending_boxes(result.boxes)
+        if moved:
+            self.window.show_info(f"Moved {moved} hit box{'es' if moved != 1 else ''} to match the accepted ones.",
+                                  5000)
 
     # ---- views -------------------------------------------------------------------------------
     def _hit_selected(self, key) -> None:

@@ -27,7 +27,7 @@ from .descriptors import Whitening, l2n
 from .extractor import Extractor
 from .imageio import load_image
 from .index import whitening_min_regions
-from .relocate import FeatureMap, WindowQuery, best_window
+from .relocate import MAX_FEEDBACK_WINDOWS, FeatureMap, WindowQuery, best_window, window_query
 from .types import Box, Cancelled, CancelFn, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -510,7 +510,8 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
         seconds = time.perf_counter() - start
         result.add(q, manifest, refs, Ranking(scores[keep], boxes[keep], seconds), best, covered)
         if reviews is not None:
-            reviews.append(_simulated_review(q, manifest, scorer, qvec, settings, boxes))
+            reviews.append(_simulated_review(q, manifest, scorer, qvec, settings, boxes if windows is not None else None,
+                                             maps, windows))
     return result
 
 
@@ -525,8 +526,38 @@ def _relocated(files: list[str], region_scores: np.ndarray, maps: dict[str, Feat
     return boxes
 
 
+def _window_feedback(manifest, maps, windows: WindowQuery, relevant, gt, image_boxes):
+    """(found(image), on_accept(image)) for a simulated annotator whose accepted boxes join the
+    window queries: an image's box is re-localised when it is reviewed if examples were added."""
+    state = {"examples": [], "added": 0}
+    cached: dict[int, tuple[int, bool]] = {}
+
+    def found(i: int) -> bool:
+        if state["added"] == 0:
+            box = image_boxes[i]
+        else:
+            if cached.get(i, (-1,))[0] == state["added"]:
+                return cached[i][1]
+            box = best_window(maps[manifest.files[i]], state["windows"])[1].as_list()
+        hit = bool(relevant[i] and evaluation.centres_inside([box], [gt[i]])[0])
+        cached[i] = (state["added"], hit)
+        image_boxes_used[i] = box
+        return hit
+
+    def on_accept(i: int) -> None:
+        fmap = maps[manifest.files[i]]
+        state["examples"] = (state["examples"] + [window_query(fmap, Box.from_list(image_boxes_used[i]))])[
+            -MAX_FEEDBACK_WINDOWS:]  # the latest ones, as Searcher.feedback_windows
+        state["windows"] = WindowQuery.stack([windows] + state["examples"])
+        state["added"] += 1
+
+    image_boxes_used = {i: image_boxes[i] for i in range(len(image_boxes))}
+    return found, on_accept
+
+
 def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, settings,
-                      image_boxes: np.ndarray | None = None) -> dict:
+                      image_boxes: np.ndarray | None = None, maps: dict | None = None,
+                      windows: WindowQuery | None = None) -> dict:
     """Hits a simulated annotator reviews before 90% of the instance's other images are found,
     on the plain list and with re-ranking from its accept / reject decisions. The regions order
     the hits; `image_boxes` [N, 4], when given, is the box each image's hit shows (re-localised:
@@ -537,14 +568,17 @@ def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, 
     mine = files[owner] != q.file
     n = int(relevant.sum()) - 1  # the query image is not in the list
     out = {"instance": q.instance, "file": q.file, "occurrences": n}
-    if image_boxes is not None:  # one fixed box per image: an image is one hit
+    if image_boxes is not None:  # one box per image: an image is one hit
         found = relevant & evaluation.centres_inside(image_boxes, gt)
     else:
         located = relevant[owner] & evaluation.centres_inside(scorer.boxes, gt[owner])
     for name, hits in (("plain", 0), ("feedback", settings.feedback_hits)):
         if image_boxes is not None:
-            seq = evaluation.simulate_image_review(scorer.descriptors[mine], owner[mine], found, qvec,
-                                                   settings.feedback_batch, hits)
+            found_of, on_accept = found, None
+            if hits and windows is not None:  # accepted boxes also re-localise the rest, as the GUI
+                found_of, on_accept = _window_feedback(manifest, maps, windows, relevant, gt, image_boxes)
+            seq = evaluation.simulate_image_review(scorer.descriptors[mine], owner[mine], found_of, qvec,
+                                                   settings.feedback_batch, hits, on_accept=on_accept)
         else:
             seq = evaluation.simulate_review(scorer.descriptors[mine], owner[mine], located[mine], qvec,
                                              settings.feedback_batch, hits)

@@ -181,34 +181,49 @@ def simulate_review(region_vectors, region_images, region_located, query_vector,
 
 
 def simulate_image_review(region_vectors, region_images, image_found, query_vector, batch: int = 10,
-                          feedback_hits: int = 0, neg_weight: float = 0.5) -> np.ndarray:
+                          feedback_hits: int = 0, neg_weight: float = 0.5, on_accept=None) -> np.ndarray:
     """`simulate_review` for hits whose box does not come from the region that ranks them (the
     re-localised hits of engine/relocate.py): each image is one hit, reviewed once; it is found
-    when `image_found[image]` (its drawn box is on the instance). Feedback takes the image's
-    best-scoring region as the positive (accepted) or negative (rejected) example, as the GUI
-    does, and re-orders the images not reviewed yet. Ties go pessimistically (not found first)."""
+    when `image_found[image]` (its drawn box is on the instance), or `image_found(image)` when a
+    callable (asked when the hit is reviewed, so it may re-localise with what was accepted so
+    far; `on_accept(image)` is told of the batch's accepted hits at each re-ranking). Feedback takes
+    the image's best-scoring region as the positive (accepted) or negative (rejected) example,
+    as the GUI does, and re-orders the images not reviewed yet. With a fixed array, ties go
+    pessimistically (not found first)."""
     from .feedback import feedback_scores
 
     vectors = np.asarray(region_vectors, np.float32)
     images = np.asarray(region_images)
-    found = np.asarray(image_found, bool)
+    n_images = int(images.max()) + 1 if len(images) else 0
+    if callable(image_found):
+        found_of, tie = image_found, np.zeros(n_images, bool)
+    else:
+        fixed = np.asarray(image_found, bool)
+        found_of, tie = (lambda i: bool(fixed[i])), fixed
+        n_images = max(n_images, len(fixed))
     positives, negatives = [np.asarray(query_vector, np.float32)], []
     scores = vectors @ positives[0]
-    open_image = np.zeros(len(found), bool)
+    open_image = np.zeros(n_images, bool)
     open_image[np.unique(images)] = True
     outcome: list[int] = []
     while open_image.any():
-        best = np.full(len(found), -np.inf)
+        best = np.full(n_images, -np.inf)
         np.maximum.at(best, images, scores)
         candidates = np.flatnonzero(open_image)
-        picked = candidates[np.lexsort((found[candidates], -best[candidates]))][:batch]
+        picked = candidates[np.lexsort((tie[candidates], -best[candidates]))][:batch]
+        accepted = []
         for i in picked:
+            found = found_of(int(i))
             rows = np.flatnonzero(images == i)
             example = vectors[rows[np.argmax(scores[rows])]]
-            (positives if found[i] else negatives).append(example)
+            (positives if found else negatives).append(example)
             open_image[i] = False
-            outcome.append(int(found[i]))
-        if len(outcome) < feedback_hits:
+            outcome.append(int(found))
+            if found:
+                accepted.append(int(i))
+        if len(outcome) < feedback_hits:  # re-rank (and re-localise) after the batch, as the GUI
+            for i in accepted if on_accept is not None else ():
+                on_accept(i)
             scores = feedback_scores(np.stack(positives), np.stack(negatives) if negatives else None, vectors,
                                      neg_weight=neg_weight)
     return np.asarray(outcome, np.int64)

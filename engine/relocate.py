@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # Window sizes relative to the query box: the instance may appear smaller or larger elsewhere.
 SCALES = (0.6, 0.8, 1.0, 1.25, 1.6)
+# Accepted boxes used as further window queries (feedback): the latest ones, so that the cost of
+# re-localising stays bounded however many hits were accepted.
+MAX_FEEDBACK_WINDOWS = 8
 
 
 @dataclass
@@ -71,23 +74,42 @@ class WindowQuery:
 
 def best_window(fmap: FeatureMap, query: WindowQuery, scales=SCALES) -> tuple[float, Box]:
     """The window (over every query, scale and cell position) most similar to a query vector:
-    (cosine similarity, box in original pixels)."""
+    (cosine similarity, box in original pixels). Queries sharing a window shape share its sums."""
     c, h, w = fmap.values.shape
     integral = np.zeros((c, h + 1, w + 1))
     integral[:, 1:, 1:] = centred(fmap.values).cumsum(1).cumsum(2)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for q, (qw, qh) in enumerate(query.sizes):
+        for s in scales:
+            shape = (int(np.clip(round(qw * s), 1, w)), int(np.clip(round(qh * s), 1, h)))
+            if q not in by_shape.setdefault(shape, []):
+                by_shape[shape].append(q)
+    vectors = query.vectors.astype(np.float64)
     best, where = -np.inf, (0, 0, w, h)
-    for vector, (qw, qh) in zip(query.vectors, query.sizes):
-        shapes = dict.fromkeys((int(np.clip(round(qw * s), 1, w)), int(np.clip(round(qh * s), 1, h))) for s in scales)
-        for ww, wh in shapes:
-            sums = (integral[:, wh:, ww:] - integral[:, :-wh, ww:]
-                    - integral[:, wh:, :-ww] + integral[:, :-wh, :-ww])  # [C, rows, cols]
-            flat = sums.reshape(c, -1)
-            sims = (vector.astype(np.float64) @ flat) / np.maximum(np.linalg.norm(flat, axis=0), 1e-12)
-            i = int(np.argmax(sims))
-            if sims[i] > best:
-                row, col = divmod(i, sums.shape[2])
-                best, where = float(sims[i]), (col, row, col + ww, row + wh)
+    for (ww, wh), rows in by_shape.items():
+        sums = (integral[:, wh:, ww:] - integral[:, :-wh, ww:]
+                - integral[:, wh:, :-ww] + integral[:, :-wh, :-ww])  # [C, rows, cols]
+        flat = sums.reshape(c, -1)
+        sims = (vectors[rows] @ flat) / np.maximum(np.linalg.norm(flat, axis=0), 1e-12)
+        i = int(np.argmax(sims.max(0)))
+        if sims[:, i].max() > best:
+            row, col = divmod(i, sums.shape[2])
+            best, where = float(sims[:, i].max()), (col, row, col + ww, row + wh)
     return best, fmap.cell_box(*where)
+
+
+def window_query(fmap: FeatureMap, box: Box) -> WindowQuery:
+    """A box on a photo as a further window query (an accepted hit, for feedback): its cells of
+    the centred map, averaged, l2-normalised; its size in cells."""
+    c, h, w = fmap.values.shape
+    s = fmap.stride
+    x1, y1 = box.x * fmap.scale_x / s, box.y * fmap.scale_y / s
+    x2, y2 = box.x2 * fmap.scale_x / s, box.y2 * fmap.scale_y / s
+    col0, row0 = int(np.clip(np.floor(x1), 0, w - 1)), int(np.clip(np.floor(y1), 0, h - 1))
+    col1, row1 = max(int(np.clip(np.ceil(x2), 0, w)), col0 + 1), max(int(np.clip(np.ceil(y2), 0, h)), row0 + 1)
+    vector = centred(fmap.values)[:, row0:row1, col0:col1].mean(axis=(1, 2))
+    vector /= max(float(np.linalg.norm(vector)), 1e-12)
+    return WindowQuery(vector[None], [[max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)]])
 
 
 def centred(values) -> np.ndarray:

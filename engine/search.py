@@ -23,7 +23,8 @@ from dasr_annotator.engine import index as faiss_index
 from dasr_annotator.engine.descriptors import Whitening
 from dasr_annotator.engine.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.imageio import ImageError, load_image
-from dasr_annotator.engine.relocate import MapCache, WindowQuery, best_window, inscribed_ellipse
+from dasr_annotator.engine.relocate import (MAX_FEEDBACK_WINDOWS, MapCache, WindowQuery, best_window,
+                                            inscribed_ellipse, window_query)
 from dasr_annotator.engine.types import Box, Ellipse, Hit
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,17 @@ class Searcher:
             hits.append(Hit(self.images[int(image)], float(score), Box(*map(float, self.boxes[region])),
                             Ellipse(cx, cy, a, b, angle)))
         return self.relocate(hits, windows) if windows is not None else hits
+
+    def feedback_windows(self, windows: WindowQuery, accepted: list[tuple[str, Box]]) -> WindowQuery:
+        """`windows` plus the latest accepted (image, box) pairs (at most MAX_FEEDBACK_WINDOWS) as
+        further window queries (feedback)."""
+        extra = []
+        for image, box in accepted[-MAX_FEEDBACK_WINDOWS:]:
+            try:
+                extra.append(window_query(self.maps.get(self.resolve(image)[0]), box))
+            except (OSError, ImageError) as exc:  # unreadable since: it just adds no example
+                log.warning("%s: not used as a window example (%s)", image, exc)
+        return WindowQuery.stack([windows] + extra)
 
     def relocate(self, hits: list[Hit], windows: WindowQuery) -> list[Hit]:
         """The same hits, in the same order, with re-localised boxes (module docstring)."""

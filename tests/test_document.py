@@ -168,6 +168,23 @@ def test_rerank_keeps_decided_hits_first_and_adjusted_boxes(doc):
     assert doc.hits.reranked == 1
 
 
+def test_feedback_moves_only_untouched_pending_boxes(doc):
+    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.8, 0.7, 0.6), "cup"))
+    keys = [e.key for e in doc.hits.entries]
+    doc.decide_hits([keys[0]], ACCEPTED)
+    doc.set_hit_box(keys[1], Box(1, 1, 5, 5))
+    changes = []
+    doc.changed.connect(changes.append)
+    target = {key: Box(100, 100, 40, 20) for key in keys}
+    assert doc.move_pending_boxes(target) == 2  # the accepted hit and the adjusted box stay
+    assert doc.hits.entry(keys[0]).box == Box(0, 5, 20, 30) and doc.hits.entry(keys[1]).box == Box(1, 1, 5, 5)
+    for key in keys[2:]:
+        entry = doc.hits.entry(key)
+        assert entry.box == entry.hit.box == Box(100, 100, 40, 20)
+        assert (entry.hit.ellipse.cx, entry.hit.ellipse.cy, entry.hit.ellipse.a) == (120, 110, 20)
+    assert len(changes) == 1 and doc.move_pending_boxes(target) == 0  # nothing left to move
+
+
 def test_import_becomes_one_undo_step(doc):
     doc.add_category("cup")
     imported = [doc.store.add("a.jpg", "cup", Box(0, 0, 4, 4), source="import"),

@@ -267,6 +267,13 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     assert [e.score for e in pending] == sorted((e.score for e in pending), reverse=True)
     assert any(abs(e.score - before[e.key]) > 1e-6 for e in pending)  # the feedback changed the scores
     assert [e.status for e in doc.hits.entries[:2]] == [ACCEPTED, REJECTED]
+    # ... and the accepted box joins the query's windows: the engine re-localises the rest
+    with qtbot.waitSignal(window.controller.hitsRelocated, timeout=60_000) as relocated:
+        pass
+    result = relocated.args[0]
+    assert result.session is doc.hits and set(result.boxes) == {e.key for e in pending}
+    for e in pending:
+        assert e.box == result.boxes[e.key] and e.hit.box == e.box  # moved (or already there)
 
     # "Find more like these": every label of the category is an example, rejected hits negatives.
     with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:

@@ -51,6 +51,18 @@ def test_several_queries_take_the_best_match_and_windows_stay_inside_the_map():
     assert whole == Box(0.0, 0.0, 160.0, 128.0)
 
 
+def test_an_accepted_box_becomes_a_window_query_that_finds_its_pattern():
+    rng = np.random.default_rng(3)
+    pattern = rng.uniform(0, 4, 24)
+    accepted = FeatureMap(planted_map(rng, pattern, col=3, row=2, w=2, h=3), 16, 0.5, 0.5, 512, 384)
+    query = relocate.window_query(accepted, Box(96, 64, 64, 96))  # cells 3..5 x 2..5
+    assert query.sizes.tolist() == [[2.0, 3.0]]
+    assert np.linalg.norm(query.vectors[0]) == pytest.approx(1.0)
+    other = FeatureMap(planted_map(rng, pattern, col=10, row=6, w=2, h=3), 16, 1.0, 1.0, 256, 192)
+    score, box = best_window(other, query, scales=(1.0,))
+    assert box == Box(160.0, 96.0, 32.0, 48.0) and score > 0.9
+
+
 def test_inscribed_ellipse_fits_the_box():
     e = inscribed_ellipse(Box(10, 20, 40, 100))
     assert (e.cx, e.cy) == (30, 70) and {e.a, e.b} == {20, 50} and e.a >= e.b
