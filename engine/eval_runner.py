@@ -455,13 +455,9 @@ def relocation_maps(manifest: Manifest, extractor: Extractor, cache_dir, cancel:
         source = manifest.root / file
         arrays = cache.load(file, source)
         if arrays is None:
-            fmap = extractor.relocation_map(load_image(source, max_side=extractor.max_side))
-            arrays = {"values": fmap.values, "meta": np.array([fmap.stride, fmap.scale_x, fmap.scale_y, fmap.width,
-                                                                 fmap.height], np.float64)}
+            arrays = extractor.relocation_map(load_image(source, max_side=extractor.max_side)).to_arrays()
             cache.save(file, source, arrays)
-        meta = arrays["meta"]
-        out[file] = FeatureMap(arrays["values"], int(meta[0]), float(meta[1]), float(meta[2]), int(meta[3]),
-                               int(meta[4]))
+        out[file] = FeatureMap.from_arrays(arrays)
     return out
 
 
@@ -528,30 +524,21 @@ def _relocated(files: list[str], region_scores: np.ndarray, maps: dict[str, Feat
 
 def _window_feedback(manifest, maps, windows: WindowQuery, relevant, gt, image_boxes):
     """(found(image), on_accept(image)) for a simulated annotator whose accepted boxes join the
-    window queries: an image's box is re-localised when it is reviewed if examples were added."""
-    state = {"examples": [], "added": 0}
-    cached: dict[int, tuple[int, bool]] = {}
+    window queries: once examples were added, an image's box is re-localised when it is reviewed
+    (each image is reviewed once)."""
+    shown = {i: image_boxes[i] for i in range(len(image_boxes))}  # the box each hit shows
+    state = {"examples": [], "windows": windows}
 
     def found(i: int) -> bool:
-        if state["added"] == 0:
-            box = image_boxes[i]
-        else:
-            if cached.get(i, (-1,))[0] == state["added"]:
-                return cached[i][1]
-            box = best_window(maps[manifest.files[i]], state["windows"])[1].as_list()
-        hit = bool(relevant[i] and evaluation.centres_inside([box], [gt[i]])[0])
-        cached[i] = (state["added"], hit)
-        image_boxes_used[i] = box
-        return hit
+        if state["examples"]:
+            shown[i] = best_window(maps[manifest.files[i]], state["windows"])[1].as_list()
+        return bool(relevant[i] and evaluation.centres_inside([shown[i]], [gt[i]])[0])
 
     def on_accept(i: int) -> None:
-        fmap = maps[manifest.files[i]]
-        state["examples"] = (state["examples"] + [window_query(fmap, Box.from_list(image_boxes_used[i]))])[
-            -MAX_FEEDBACK_WINDOWS:]  # the latest ones, as Searcher.feedback_windows
+        example = window_query(maps[manifest.files[i]], Box.from_list(shown[i]))
+        state["examples"] = (state["examples"] + [example])[-MAX_FEEDBACK_WINDOWS:]  # as Searcher.feedback_windows
         state["windows"] = WindowQuery.stack([windows] + state["examples"])
-        state["added"] += 1
 
-    image_boxes_used = {i: image_boxes[i] for i in range(len(image_boxes))}
     return found, on_accept
 
 

@@ -49,6 +49,16 @@ class FeatureMap:
     width: int  # original image size
     height: int
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for an npz file (`from_arrays` reads them back)."""
+        meta = np.array([self.stride, self.scale_x, self.scale_y, self.width, self.height], np.float64)
+        return {"values": self.values.astype(np.float16), "meta": meta}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "FeatureMap":
+        meta = arrays["meta"]
+        return cls(arrays["values"], int(meta[0]), float(meta[1]), float(meta[2]), int(meta[3]), int(meta[4]))
+
     def cell_box(self, col0: int, row0: int, col1: int, row1: int) -> Box:
         """Cells [col0, col1) x [row0, row1) as a box in original pixels, inside the image."""
         s = self.stride
@@ -168,8 +178,7 @@ class MapCache:
             with np.load(self._file(path), allow_pickle=False) as z:
                 if not np.array_equal(z["stamp"], stamp):
                     return None
-                meta = z["meta"]
-                return FeatureMap(z["values"], int(meta[0]), float(meta[1]), float(meta[2]), int(meta[3]), int(meta[4]))
+                return FeatureMap.from_arrays(z)
         except (OSError, ValueError, KeyError, EOFError) as exc:  # damaged entry: compute it again
             log.info("ignoring relocation map %s: %s", self._file(path), exc)
             return None
@@ -179,10 +188,9 @@ class MapCache:
             return
         target = self._file(path)
         partial = target.with_name(target.stem + ".part.npz")
-        meta = np.array([fmap.stride, fmap.scale_x, fmap.scale_y, fmap.width, fmap.height], np.float64)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            np.savez(partial, stamp=stamp, meta=meta, values=fmap.values.astype(np.float16))
+            np.savez(partial, stamp=stamp, **fmap.to_arrays())
             partial.replace(target)
         except OSError as exc:  # a cache: a failed write costs time later, nothing else
             log.warning("could not cache the relocation map of %s: %s", path, exc)
