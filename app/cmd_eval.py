@@ -183,6 +183,11 @@ def _feedback_lines(sim: dict) -> list[str]:
             for name, v in (("plain list", sim["plain"]), ("with feedback", sim["feedback"]))]
     lines += _table(["", "reach 90%", "median reviews", "mean when reached", "found@50", "found@100"], rows)
     lines.append("reviews = hits looked at until 90% of the instance's other images are found (inf: never).")
+    both = sim.get("both_reached")
+    if both and both["queries"]:
+        lines.append(f"on the {both['queries']} queries both lists bring to 90%: {both['plain']:.1f} reviews plain, "
+                     f"{both['feedback']:.1f} with feedback, {both['fewest_possible']:.1f} at the fewest possible "
+                     f"(one review per occurrence found).")
     return lines
 
 

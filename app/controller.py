@@ -63,10 +63,12 @@ class SearchOutcome:
 
 @dataclass
 class Relocated:
-    """New boxes for pending hits after feedback (key -> box), for the hit session `session`."""
+    """After feedback, for the hit session `session`: new boxes for pending hits (key -> box) and
+    rejected photos to show again with a new box (image -> box; relocate.second_look)."""
 
     session: object
     boxes: dict[int, Box]
+    second_looks: dict[str, Box] = field(default_factory=dict)
 
 
 class Controller(QObject):
@@ -312,10 +314,14 @@ class Controller(QObject):
         self.searchStarted.emit(what)
 
     def relocate(self, session, windows: WindowQuery, accepted: list[tuple[str, Box]],
-                 pending: dict[int, Hit]) -> None:
+                 pending: dict[int, Hit], rejected: dict[str, list[Box]] | None = None,
+                 look_again: list[str] = ()) -> None:
         """Re-localise the `pending` hits (key -> hit) with the accepted hits' boxes as further
-        window examples; `hitsRelocated` brings the new boxes (a worker; maps are on disk)."""
-        if not accepted or not pending:
+        window examples, never onto a box `rejected` in the same image (image -> boxes), and look
+        again at the photos `look_again` (whose hits were all rejected); `hitsRelocated` brings the
+        result (a worker; maps are on disk)."""
+        rejected = rejected or {}
+        if not accepted or not (pending or look_again):
             return
         args, device = dict(self.extractor_args), self.prefs.device
 
@@ -323,13 +329,21 @@ class Controller(QObject):
             searcher = self._engine_searcher(args, device)
             query = searcher.feedback_windows(windows, accepted)
             keys, hits = list(pending), list(pending.values())
-            moved = []
+            total = len(hits) + len(look_again)
+            moved, looks = [], {}
             for done, hit in enumerate(hits):
                 if cancel():
                     raise Cancelled()
-                moved += searcher.relocate([hit], query)
-                progress(done + 1, len(hits))
-            return Relocated(session, {key: hit.box for key, hit in zip(keys, moved)})
+                moved += searcher.relocate([hit], query, rejected)
+                progress(done + 1, total)
+            for done, image in enumerate(look_again, len(hits)):
+                if cancel():
+                    raise Cancelled()
+                box = searcher.second_look(image, query, rejected.get(image, []))
+                if box is not None:
+                    looks[image] = box
+                progress(done + 1, total)
+            return Relocated(session, {key: hit.box for key, hit in zip(keys, moved)}, looks)
 
         self._run("Re-localise", run, finished=self.hitsRelocated.emit)
 

@@ -239,6 +239,24 @@ class Document(QObject):
             self.changed.emit(Change("hits", frozenset(e.image for e in self.hits.entries)))
         return moved
 
+    def add_second_looks(self, hits: list[Hit]) -> int:
+        """Rejected photos shown again with a new box (feedback: relocate.second_look): each a new
+        pending hit, placed among the undecided ones by its score. Like a search's results these
+        are not edits. Returns how many were added (a photo with an undecided hit gets none)."""
+        if self.hits is None:
+            return 0
+        waiting = {e.image for e in self.hits.entries if e.status != REJECTED}
+        hits = [h for h in hits if h.image not in waiting]
+        if not hits:
+            return 0
+        key = max((e.key for e in self.hits.entries), default=-1) + 1
+        added = [HitEntry(key + i, hit, hit.box, score=float(hit.score)) for i, hit in enumerate(hits)]
+        decided = [e for e in self.hits.entries if e.status != PENDING]
+        pending = sorted([e for e in self.hits.entries if e.status == PENDING] + added, key=lambda e: -e.score)
+        self.hits.entries = decided + pending
+        self.changed.emit(Change("hits", frozenset(h.image for h in hits)))
+        return len(added)
+
     def rerank_hits(self, updates: dict[int, Hit]) -> None:
         """Re-score the pending hits (new best region and score per hit key) and re-order them;
         decided hits keep their place at the top. A box the user adjusted stays as adjusted."""

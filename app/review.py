@@ -13,6 +13,7 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from dasr_annotator.app.controller import SearchOutcome, SearchRequest
 from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
 from dasr_annotator.engine import feedback
+from dasr_annotator.engine.relocate import MAX_LOOKS, inscribed_ellipse
 from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
 from dasr_annotator.widgets.canvas import DRAFT_STYLE, Overlay
 from dasr_annotator.widgets.overlays import BoxStyle
@@ -228,16 +229,32 @@ class Review(QObject):
             self.window.results.select_key(current)
         if accepted and self.outcome.windows is not None:  # the accepted boxes also place the rest
             waiting = {e.key: e.hit for e in hits.entries if e.status == PENDING}
-            self.window.controller.relocate(hits, self.outcome.windows, accepted, waiting)
+            boxes_rejected, look_again = rejected_boxes(hits)
+            self.window.controller.relocate(hits, self.outcome.windows, accepted, waiting, boxes_rejected, look_again)
 
     def _relocated(self, result) -> None:
-        """Boxes of undecided hits moved by the accepted examples (controller.relocate)."""
-        if self.doc is None or self.doc.hits is not result.session:
+        """Boxes of undecided hits moved by the accepted examples, and rejected photos with a new
+        box to review (controller.relocate)."""
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None or hits is not result.session:
             return  # a newer search replaced those hits
         moved = self.doc.move_pending_boxes(result.boxes)
+        again = 0
+        if result.second_looks and self.outcome is not None and hits.query_id == self._outcome_query:
+            accepted = [(e.image, e.box) for e in hits.entries if e.status == ACCEPTED]
+            rejected = [(e.image, e.box) for e in hits.entries if e.status == REJECTED]
+            images = list(result.second_looks)
+            scored = feedback_ranking(self.outcome, accepted, rejected, dict(enumerate(images)))
+            again = self.doc.add_second_looks(
+                [Hit(image, scored[i].score, box, inscribed_ellipse(box))
+                 for i, (image, box) in enumerate(result.second_looks.items()) if i in scored])
+        parts = []
         if moved:
-            self.window.show_info(f"Moved {moved} hit box{'es' if moved != 1 else ''} to match the accepted ones.",
-                                  5000)
+            parts.append(f"Moved {moved} hit box{'es' if moved != 1 else ''} to match the accepted ones.")
+        if again:
+            parts.append(f"{again} rejected photo{'s have' if again != 1 else ' has'} a new box to review.")
+        if parts:
+            self.window.show_info(" ".join(parts), 5000)
 
     # ---- views -------------------------------------------------------------------------------
     def _hit_selected(self, key) -> None:
@@ -333,6 +350,18 @@ class Review(QObject):
         for name in ("accept", "reject", "next_hit", "prev_hit", "accept_above", "rerank"):
             self.window.action[name].setEnabled(has_hits)
         self.window.action["find_similar"].setEnabled(self.doc is not None)
+
+
+def rejected_boxes(hits: HitSession) -> tuple[dict[str, list[Box]], list[str]]:
+    """The boxes rejected in each photo (feedback never puts a box there again), and the photos
+    to look at again: every hit there rejected, fewer than MAX_LOOKS times (relocate.second_look)."""
+    boxes: dict[str, list[Box]] = {}
+    for entry in hits.entries:
+        if entry.status == REJECTED:
+            boxes.setdefault(entry.image, []).append(entry.box)
+    open_images = {e.image for e in hits.entries if e.status != REJECTED}
+    again = [image for image, rejected in boxes.items() if image not in open_images and len(rejected) < MAX_LOOKS]
+    return boxes, again
 
 
 def feedback_ranking(outcome: SearchOutcome, accepted: list[tuple[str, Box]], rejected: list[tuple[str, Box]],

@@ -27,7 +27,7 @@ from .descriptors import Whitening, l2n
 from .extractor import Extractor
 from .imageio import load_image
 from .index import whitening_min_regions
-from .relocate import MAX_FEEDBACK_WINDOWS, FeatureMap, WindowQuery, best_window, window_query
+from .relocate import MAX_FEEDBACK_WINDOWS, MAX_LOOKS, FeatureMap, WindowQuery, best_window, second_look, window_query
 from .types import Box, Cancelled, CancelFn, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -522,24 +522,37 @@ def _relocated(files: list[str], region_scores: np.ndarray, maps: dict[str, Feat
     return boxes
 
 
-def _window_feedback(manifest, maps, windows: WindowQuery, relevant, gt, image_boxes):
-    """(found(image), on_accept(image)) for a simulated annotator whose accepted boxes join the
-    window queries: once examples were added, an image's box is re-localised when it is reviewed
-    (each image is reviewed once)."""
-    shown = {i: image_boxes[i] for i in range(len(image_boxes))}  # the box each hit shows
-    state = {"examples": [], "windows": windows}
+class _WindowFeedback:
+    """A simulated annotator's hits as the GUI shows them with feedback: once hits were accepted,
+    their boxes join the window queries and a hit is re-localised when it is reviewed, never onto
+    a box already rejected in its image; a rejected image comes back when the windows move off its
+    rejected boxes (relocate.second_look), up to MAX_LOOKS hits per image."""
 
-    def found(i: int) -> bool:
-        if state["examples"]:
-            shown[i] = best_window(maps[manifest.files[i]], state["windows"])[1].as_list()
-        return bool(relevant[i] and evaluation.centres_inside([shown[i]], [gt[i]])[0])
+    def __init__(self, manifest, maps, windows: WindowQuery, relevant, gt, image_boxes):
+        self.files, self.maps, self.relevant, self.gt = manifest.files, maps, relevant, gt
+        self.shown = {i: image_boxes[i] for i in range(len(image_boxes))}  # the box each hit shows
+        self.query, self.windows, self.examples = windows, windows, []
+        self.rejected: dict[int, list[Box]] = {}
 
-    def on_accept(i: int) -> None:
-        example = window_query(maps[manifest.files[i]], Box.from_list(shown[i]))
-        state["examples"] = (state["examples"] + [example])[-MAX_FEEDBACK_WINDOWS:]  # as Searcher.feedback_windows
-        state["windows"] = WindowQuery.stack([windows] + state["examples"])
+    def found(self, i: int) -> bool:
+        if self.examples or i in self.rejected:
+            box = best_window(self.maps[self.files[i]], self.windows, exclude=self.rejected.get(i, ()))[1]
+            self.shown[i] = box.as_list()
+        hit = bool(self.relevant[i] and evaluation.centres_inside([self.shown[i]], [self.gt[i]])[0])
+        if not hit:
+            self.rejected.setdefault(i, []).append(Box.from_list(self.shown[i]))
+        return hit
 
-    return found, on_accept
+    def on_accept(self, i: int) -> None:
+        example = window_query(self.maps[self.files[i]], Box.from_list(self.shown[i]))
+        self.examples = (self.examples + [example])[-MAX_FEEDBACK_WINDOWS:]  # as Searcher.feedback_windows
+        self.windows = WindowQuery.stack([self.query] + self.examples)
+
+    def second_looks(self, rejected: list[int]) -> list[int]:
+        if not self.examples:
+            return []
+        return [i for i in rejected if len(self.rejected[i]) < MAX_LOOKS
+                and second_look(self.maps[self.files[i]], self.windows, self.rejected[i]) is not None]
 
 
 def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, settings,
@@ -554,18 +567,21 @@ def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, 
     owner = scorer.owner
     mine = files[owner] != q.file
     n = int(relevant.sum()) - 1  # the query image is not in the list
-    out = {"instance": q.instance, "file": q.file, "occurrences": n}
+    out = {"instance": q.instance, "file": q.file, "occurrences": n,
+           "fewest_to_90": int(np.ceil(0.9 * n))}  # each occurrence found is one review: no list does better
     if image_boxes is not None:  # one box per image: an image is one hit
         found = relevant & evaluation.centres_inside(image_boxes, gt)
     else:
         located = relevant[owner] & evaluation.centres_inside(scorer.boxes, gt[owner])
     for name, hits in (("plain", 0), ("feedback", settings.feedback_hits)):
         if image_boxes is not None:
-            found_of, on_accept = found, None
+            found_of, on_accept, second_looks = found, None, None
             if hits and windows is not None:  # accepted boxes also re-localise the rest, as the GUI
-                found_of, on_accept = _window_feedback(manifest, maps, windows, relevant, gt, image_boxes)
+                review = _WindowFeedback(manifest, maps, windows, relevant, gt, image_boxes)
+                found_of, on_accept, second_looks = review.found, review.on_accept, review.second_looks
             seq = evaluation.simulate_image_review(scorer.descriptors[mine], owner[mine], found_of, qvec,
-                                                   settings.feedback_batch, hits, on_accept=on_accept)
+                                                   settings.feedback_batch, hits, on_accept=on_accept,
+                                                   second_looks=second_looks)
         else:
             seq = evaluation.simulate_review(scorer.descriptors[mine], owner[mine], located[mine], qvec,
                                              settings.feedback_batch, hits)
@@ -586,6 +602,13 @@ def _review_summary(reviews: list[dict], settings) -> dict:
             "found@50": float(np.nanmean([r[name]["found@50"] for r in reviews])) if reviews else None,
             "found@100": float(np.nanmean([r[name]["found@100"] for r in reviews])) if reviews else None,
         }
+    # where both lists get there, how far each is from the fewest reviews possible
+    both = [r for r in reviews if np.isfinite(r["plain"]["reviews_to_90"]) and np.isfinite(r["feedback"]["reviews_to_90"])]
+    out["both_reached"] = {"queries": len(both), **{
+        key: float(np.mean(values)) if both else None for key, values in (
+            ("plain", [r["plain"]["reviews_to_90"] for r in both]),
+            ("feedback", [r["feedback"]["reviews_to_90"] for r in both]),
+            ("fewest_possible", [r["fewest_to_90"] for r in both]))}}
     return out
 
 

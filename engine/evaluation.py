@@ -181,15 +181,17 @@ def simulate_review(region_vectors, region_images, region_located, query_vector,
 
 
 def simulate_image_review(region_vectors, region_images, image_found, query_vector, batch: int = 10,
-                          feedback_hits: int = 0, neg_weight: float = 0.5, on_accept=None) -> np.ndarray:
+                          feedback_hits: int = 0, neg_weight: float = 0.5, on_accept=None,
+                          second_looks=None) -> np.ndarray:
     """`simulate_review` for hits whose box does not come from the region that ranks them (the
-    re-localised hits of engine/relocate.py): each image is one hit, reviewed once; it is found
-    when `image_found[image]` (its drawn box is on the instance), or `image_found(image)` when a
+    re-localised hits of engine/relocate.py): each image is one hit; it is found when
+    `image_found[image]` (its drawn box is on the instance), or `image_found(image)` when a
     callable (asked when the hit is reviewed, so it may re-localise with what was accepted so
-    far; `on_accept(image)` is told of the batch's accepted hits at each re-ranking). Feedback takes
-    the image's best-scoring region as the positive (accepted) or negative (rejected) example,
-    as the GUI does, and re-orders the images not reviewed yet. With a fixed array, ties go
-    pessimistically (not found first)."""
+    far). At each re-ranking, `on_accept(image)` is told of the batch's accepted hits, and
+    `second_looks(rejected_images)` may return rejected images to show again (with a new box:
+    engine/relocate.second_look). Feedback takes the image's best-scoring region as the positive
+    (accepted) or negative (rejected) example, as the GUI does, and re-orders the images not
+    reviewed yet. With a fixed array, ties go pessimistically (not found first)."""
     from .feedback import feedback_scores
 
     vectors = np.asarray(region_vectors, np.float32)
@@ -205,6 +207,7 @@ def simulate_image_review(region_vectors, region_images, image_found, query_vect
     scores = vectors @ positives[0]
     open_image = np.zeros(n_images, bool)
     open_image[np.unique(images)] = True
+    rejected: set[int] = set()  # images whose last hit was rejected
     outcome: list[int] = []
     while open_image.any():
         best = np.full(n_images, -np.inf)
@@ -219,11 +222,13 @@ def simulate_image_review(region_vectors, region_images, image_found, query_vect
             (positives if found else negatives).append(example)
             open_image[i] = False
             outcome.append(int(found))
-            if found:
-                accepted.append(int(i))
+            (accepted.append if found else rejected.add)(int(i))
         if len(outcome) < feedback_hits:  # re-rank (and re-localise) after the batch, as the GUI
             for i in accepted if on_accept is not None else ():
                 on_accept(i)
             scores = feedback_scores(np.stack(positives), np.stack(negatives) if negatives else None, vectors,
                                      neg_weight=neg_weight)
+            for i in second_looks(sorted(rejected)) if second_looks is not None else ():
+                rejected.discard(i)
+                open_image[i] = True
     return np.asarray(outcome, np.int64)

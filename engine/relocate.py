@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dasr_annotator.engine.feedback import box_iou_matrix
 from dasr_annotator.engine.types import Box, Ellipse
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ SCALES = (0.6, 0.8, 1.0, 1.25, 1.6)
 # Accepted boxes used as further window queries (feedback): the latest ones, so that the cost of
 # re-localising stays bounded however many hits were accepted.
 MAX_FEEDBACK_WINDOWS = 8
+# A rejected box says "not here", not "not in this photo": once feedback moves a rejected photo's
+# best window off every box rejected there (IoU below this), the photo is shown again with the new
+# box, at most MAX_LOOKS times in all (dev set: 0.47 -> 0.64 of queries reach 90 % of the frames).
+REJECTED_IOU = 0.3
+MAX_LOOKS = 3
 
 
 @dataclass
@@ -82,10 +88,13 @@ class WindowQuery:
         return cls(np.concatenate([q.vectors for q in queries]), np.concatenate([q.sizes for q in queries]))
 
 
-def best_window(fmap: FeatureMap, query: WindowQuery, scales=SCALES) -> tuple[float, Box]:
+def best_window(fmap: FeatureMap, query: WindowQuery, scales=SCALES, exclude=()) -> tuple[float, Box]:
     """The window (over every query, scale and cell position) most similar to a query vector:
-    (cosine similarity, box in original pixels). Queries sharing a window shape share its sums."""
+    (cosine similarity, box in original pixels). Queries sharing a window shape share its sums.
+    Windows overlapping a box of `exclude` (rejected there; IoU >= REJECTED_IOU) are not taken;
+    when every window does, the answer is (-inf, the whole image)."""
     c, h, w = fmap.values.shape
+    excluded = _cell_xyxy(fmap, exclude)
     integral = np.zeros((c, h + 1, w + 1))
     integral[:, 1:, 1:] = centred(fmap.values).cumsum(1).cumsum(2)
     by_shape: dict[tuple[int, int], list[int]] = {}
@@ -100,12 +109,32 @@ def best_window(fmap: FeatureMap, query: WindowQuery, scales=SCALES) -> tuple[fl
         sums = (integral[:, wh:, ww:] - integral[:, :-wh, ww:]
                 - integral[:, wh:, :-ww] + integral[:, :-wh, :-ww])  # [C, rows, cols]
         flat = sums.reshape(c, -1)
-        sims = (vectors[rows] @ flat) / np.maximum(np.linalg.norm(flat, axis=0), 1e-12)
-        i = int(np.argmax(sims.max(0)))
-        if sims[:, i].max() > best:
+        sims = ((vectors[rows] @ flat) / np.maximum(np.linalg.norm(flat, axis=0), 1e-12)).max(0)
+        if len(excluded):
+            rr, cc = np.divmod(np.arange(flat.shape[1]), sums.shape[2])
+            windows = np.stack([cc, rr, cc + ww, rr + wh], 1)
+            sims[box_iou_matrix(windows, excluded).max(1) >= REJECTED_IOU] = -np.inf
+        i = int(np.argmax(sims))
+        if sims[i] > best:
             row, col = divmod(i, sums.shape[2])
-            best, where = float(sims[:, i].max()), (col, row, col + ww, row + wh)
+            best, where = float(sims[i]), (col, row, col + ww, row + wh)
     return best, fmap.cell_box(*where)
+
+
+def second_look(fmap: FeatureMap, query: WindowQuery, rejected) -> Box | None:
+    """The box to show a photo again with, after its boxes `rejected` were rejected: the query's
+    best window, if it now lies off all of them (REJECTED_IOU); None while it still points there."""
+    _, box = best_window(fmap, query)
+    overlap = box_iou_matrix(_cell_xyxy(fmap, [box]), _cell_xyxy(fmap, rejected))
+    return None if overlap.size and overlap.max() >= REJECTED_IOU else box
+
+
+def _cell_xyxy(fmap: FeatureMap, boxes) -> np.ndarray:
+    """Boxes in original pixels as [N, 4] x1, y1, x2, y2 in cells, clipped to the map."""
+    _, h, w = fmap.values.shape
+    xyxy = np.array([[b.x, b.y, b.x2, b.y2] for b in boxes], np.float64).reshape(-1, 4)
+    xyxy *= np.array([fmap.scale_x, fmap.scale_y, fmap.scale_x, fmap.scale_y]) / fmap.stride
+    return np.clip(xyxy, 0, [w, h, w, h])
 
 
 def window_query(fmap: FeatureMap, box: Box) -> WindowQuery:

@@ -24,7 +24,7 @@ from dasr_annotator.engine.descriptors import Whitening
 from dasr_annotator.engine.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.imageio import ImageError, load_image
 from dasr_annotator.engine.relocate import (MAX_FEEDBACK_WINDOWS, MapCache, WindowQuery, best_window,
-                                            inscribed_ellipse, window_query)
+                                            inscribed_ellipse, second_look, window_query)
 from dasr_annotator.engine.types import Box, Ellipse, Hit
 
 log = logging.getLogger(__name__)
@@ -163,21 +163,34 @@ class Searcher:
                 log.warning("%s: not used as a window example (%s)", image, exc)
         return WindowQuery.stack([windows] + extra)
 
-    def relocate(self, hits: list[Hit], windows: WindowQuery) -> list[Hit]:
-        """The same hits, in the same order, with re-localised boxes (module docstring)."""
+    def relocate(self, hits: list[Hit], windows: WindowQuery, rejected: dict[str, list[Box]] | None = None
+                 ) -> list[Hit]:
+        """The same hits, in the same order, with re-localised boxes (module docstring); never onto
+        a box `rejected` in the same image (image -> boxes)."""
         if self.maps is None or windows is None:
             return hits
         out = []
         for hit in hits:
-            try:
-                fmap = self.maps.get(self.project.photos / hit.image)
-            except (OSError, ImageError) as exc:  # gone or unreadable since indexing: keep the region
-                log.warning("%s: not re-localised (%s)", hit.image, exc)
+            fmap = self._map(hit.image)
+            if fmap is None:  # gone or unreadable since indexing: keep the region
                 out.append(hit)
                 continue
-            _, box = best_window(fmap, windows)
+            _, box = best_window(fmap, windows, exclude=(rejected or {}).get(hit.image, ()))
             out.append(Hit(hit.image, hit.score, box, inscribed_ellipse(box)))
         return out
+
+    def second_look(self, image: str, windows: WindowQuery, rejected: list[Box]) -> Box | None:
+        """A new box for an image whose hit boxes `rejected` were rejected, once `windows` (with
+        feedback examples) point elsewhere in it; None otherwise (relocate.second_look)."""
+        fmap = self._map(image) if self.maps is not None else None
+        return None if fmap is None else second_look(fmap, windows, rejected)
+
+    def _map(self, image: str):
+        try:
+            return self.maps.get(self.project.photos / image)
+        except (OSError, ImageError) as exc:
+            log.warning("%s: not re-localised (%s)", image, exc)
+            return None
 
     def search_box(self, image: str | os.PathLike, box: Box, top_k: int = 20) -> list[Hit]:
         """One query box -> hits, the query's own image excluded."""

@@ -217,3 +217,22 @@ def test_save_failure_is_reported_not_raised(qapp, tmp_path, qtbot):
         assert doc.save() is False
     assert "Could not save" in failed.args[0]
     assert not doc.is_saved
+
+
+def test_second_looks_join_the_undecided_hits_by_score(doc):
+    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.8, 0.7), "cup"))
+    keys = [e.key for e in doc.hits.entries]
+    doc.decide_hits([keys[0]], REJECTED)
+    doc.decide_hits([keys[1]], ACCEPTED)
+    changes = []
+    doc.changed.connect(changes.append)
+    again = [Hit("img0.jpg", 0.75, Box(60, 60, 10, 10), Ellipse(65, 65, 5, 5, 0.0)),
+             Hit("img1.jpg", 0.99, Box(1, 1, 2, 2), Ellipse(2, 2, 1, 1, 0.0))]  # img1 was accepted: no look
+    assert doc.add_second_looks(again) == 1
+    entries = doc.hits.entries
+    assert [e.status for e in entries] == [REJECTED, ACCEPTED, PENDING, PENDING]
+    new = entries[2]
+    assert new.key not in keys and new.image == "img0.jpg" and new.box == Box(60, 60, 10, 10)
+    assert new.score == pytest.approx(0.75) and entries[3].key == keys[2]  # 0.75 before 0.7
+    assert len(changes) == 1 and doc.undo_stack.count() == 2  # not an edit
+    assert doc.add_second_looks(again) == 0  # img0 has an undecided hit now

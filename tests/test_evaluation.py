@@ -270,3 +270,25 @@ def test_image_review_shows_each_image_once_and_feedback_reorders_the_rest():
     tie = ev.simulate_image_review(np.stack([_unit(1, 0, 0)] * 2), np.array([0, 1]), np.array([True, False]),
                                    query, batch=1)
     assert tie.tolist() == [0, 1]  # equal scores: the miss is reviewed first
+
+
+def test_image_review_shows_a_rejected_image_again_when_second_looks_return_it():
+    vectors = np.stack([_unit(1, 0, 0), _unit(0.9, 0.44, 0), _unit(0.8, 0, 0.6)])
+    images = np.arange(3)
+    looks = {0: 0}
+    calls = []
+
+    def found(i):  # image 0 holds the instance, but its first box misses it
+        looks[i] = looks.get(i, 0) + 1
+        return i == 0 and looks[i] == 2
+
+    def second_looks(rejected):
+        calls.append(list(rejected))
+        return [0] if 0 in rejected and looks[0] == 1 else []
+
+    seq = ev.simulate_image_review(vectors, images, found, _unit(1, 0, 0), batch=1, feedback_hits=10,
+                                   second_looks=second_looks)
+    assert seq.tolist().count(1) == 1 and len(seq) == 4  # 3 images, image 0 reviewed twice
+    assert looks[0] == 2 and calls[0] == [0]
+    once = ev.simulate_image_review(vectors, images, found, _unit(1, 0, 0), batch=1, feedback_hits=10)
+    assert once.tolist() == [0, 0, 0]  # without second looks the instance is never found

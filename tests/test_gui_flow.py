@@ -11,15 +11,21 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QDockWidget
 
-from dasr_annotator.app.controller import SearchRequest
+from dasr_annotator.app.controller import Relocated, SearchRequest
 from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED
 from dasr_annotator.app.settings import Preferences
 from dasr_annotator.app.main_window import MainWindow
+from dasr_annotator.engine.feedback import box_iou_matrix
+from dasr_annotator.engine.relocate import REJECTED_IOU
 from dasr_annotator.engine.types import Box
 
 SEQUENCES = ("Box", "Dog", "Human3")
 FRAMES_PER_SEQUENCE = 3
 INDEX_TIMEOUT_MS = 180_000
+
+
+def box_iou(a: Box, b: Box) -> float:
+    return float(box_iou_matrix([[a.x, a.y, a.x2, a.y2]], [[b.x, b.y, b.x2, b.y2]])[0, 0])
 
 
 def copy_photos(dev_data, manifest, target):
@@ -274,6 +280,18 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     assert result.session is doc.hits and set(result.boxes) == {e.key for e in pending}
     for e in pending:
         assert e.box == result.boxes[e.key] and e.hit.box == e.box  # moved (or already there)
+    rejected = entries[1]
+    assert set(result.second_looks) <= {rejected.image}  # the rejected photo may get a new box ...
+    for box in result.second_looks.values():  # ... never on the rejected one
+        assert box_iou(box, rejected.box) < REJECTED_IOU
+    # A second look at the rejected photo arrives: a new undecided hit there, and a message.
+    elsewhere = Box(0, 0, 8, 8)
+    before = len(doc.hits.entries)
+    window.controller.hitsRelocated.emit(Relocated(doc.hits, {}, {rejected.image: elsewhere}))
+    again = [e for e in doc.hits.entries if e.image == rejected.image and e.status == PENDING]
+    assert len(doc.hits.entries) == before + 1 and [e.box for e in again] == [elsewhere]
+    assert "new box to review" in window.message_bar.text()
+    assert again[0].key in [r.key for r in window.results.model.rows()]
 
     # "Find more like these": every label of the category is an example, rejected hits negatives.
     with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:

@@ -132,3 +132,32 @@ def test_windows_land_on_the_instance_in_other_frames(dev_data, dev_manifest):
     assert trials == 9
     assert window_hits >= 5 and window_hits >= region_hits + 3, (window_hits, region_hits)
     assert relocate.SCALES[0] < 1 < relocate.SCALES[-1]
+
+
+def test_rejected_boxes_are_never_chosen_again_and_a_second_look_waits_for_the_query_to_move():
+    rng = np.random.default_rng(4)
+    a, b, c = np.linalg.qr(rng.normal(0, 1, (16, 3)))[0].T * 4  # orthogonal patterns
+    values = planted_map(rng, a + c, col=1, row=1, w=3, h=3)  # a partial match of the query a
+    values[:, 7:10, 10:13] += b[:, None, None].astype(np.float16)  # another view, taught later
+    fmap = FeatureMap(values, 16, 1.0, 1.0, 256, 192)
+    query = WindowQuery(a / np.linalg.norm(a), [[3, 3]])
+    taught = WindowQuery.stack([query, WindowQuery(b / np.linalg.norm(b), [[3, 3]])])
+
+    def iou(p, q):
+        return float(relocate.box_iou_matrix([[p.x, p.y, p.x2, p.y2]], [[q.x, q.y, q.x2, q.y2]])[0, 0])
+
+    _, first = best_window(fmap, query)  # somewhere on the partial match
+    _, view_b = best_window(fmap, taught, scales=(1.0,))
+    assert iou(first, Box(16, 16, 48, 48)) > 0 and view_b == Box(160.0, 112.0, 48.0, 48.0)
+
+    for q, rejected in ((query, first), (taught, view_b)):  # "not here": another window, off the rejected one
+        _, other = best_window(fmap, q, scales=(1.0,), exclude=[rejected])
+        assert iou(other, rejected) < relocate.REJECTED_IOU
+    huge = WindowQuery(query.vectors, [[50, 50]])  # one window: the whole photo, rejected
+    score, whole = best_window(fmap, huge, scales=(1.0,), exclude=[Box(0, 0, 256, 192)])
+    assert score == -np.inf and whole == Box(0.0, 0.0, 256.0, 192.0)  # nothing left to propose
+    # a second look needs the query itself to point elsewhere now (feedback taught it view b)
+    assert relocate.second_look(fmap, query, [first]) is None
+    assert relocate.second_look(fmap, taught, [first]) == best_window(fmap, taught)[1]
+    assert iou(relocate.second_look(fmap, taught, [first]), view_b) > 0.3
+    assert relocate.second_look(fmap, taught, [first, view_b]) is None
