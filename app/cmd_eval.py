@@ -178,11 +178,14 @@ def format_report(report: dict) -> str:
 def _feedback_lines(sim: dict) -> list[str]:
     lines = [f"simulated annotator (accepts located hits, rejects the rest; batches of {sim['batch']}, "
              f"re-ranking during the first {sim['feedback_hits']} hits):"]
-    rows = [[name, _fmt(v["reached_90"], 2), _fmt(v["median_reviews_to_90"], 0),
-             _fmt(v["mean_reviews_to_90_when_reached"], 1), _fmt(v["found@50"]), _fmt(v["found@100"])]
+    rows = [[name, _fmt(v["reached_90"], 2), _fmt(v["median_reviews_to_90"], 1),
+             _fmt(v["mean_reviews_to_90_when_reached"], 1), _fmt(v["mean_reviews_to_90_never_as_all"], 1),
+             _fmt(v["found@50"]), _fmt(v["found@100"])]
             for name, v in (("plain list", sim["plain"]), ("with feedback", sim["feedback"]))]
-    lines += _table(["", "reach 90%", "median reviews", "mean when reached", "found@50", "found@100"], rows)
-    lines.append("reviews = hits looked at until 90% of the instance's other images are found (inf: never).")
+    lines += _table(["", "reach 90%", "median reviews", "mean when reached", "mean, never = all", "found@50",
+                     "found@100"], rows)
+    lines.append("reviews = hits looked at until 90% of the instance's other images are found (inf: never; "
+                 "'never = all': such a query counted as reviewing every image).")
     both = sim.get("both_reached")
     if both and both["queries"]:
         lines.append(f"on the {both['queries']} queries both lists bring to 90%: {both['plain']:.1f} reviews plain, "

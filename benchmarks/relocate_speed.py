@@ -1,7 +1,9 @@
 """Cost of re-localisation next to extraction, on real photos (ratios from one run).
 
 Per photo: DASR* extraction, the relocation map made while indexing, and one window search (what
-each hit of a search costs once the map is stored). Prints JSON.
+each hit of a search costs once the map is stored); then what feedback costs per hit: the search
+with 8 accepted boxes as further queries, the same never onto two rejected boxes, and a second
+look at a rejected photo. Prints JSON.
 
     .venv/bin/python benchmarks/relocate_speed.py ../shared/data/dev/manifest.json --photos 20
 """
@@ -17,7 +19,7 @@ import torch
 from dasr_annotator.engine.eval_runner import load_manifest
 from dasr_annotator.engine.extractor import Extractor
 from dasr_annotator.engine.imageio import load_image
-from dasr_annotator.engine.relocate import best_window
+from dasr_annotator.engine.relocate import MAX_FEEDBACK_WINDOWS, WindowQuery, best_window, second_look, window_query
 from dasr_annotator.engine.types import Box
 
 
@@ -35,7 +37,8 @@ def main() -> None:
     first = next(iter(manifest.gt))
     query_image = load_image(manifest.root / first[1], max_side=args.max_side)
     _, windows = extractor.describe_query(query_image, Box.from_list(manifest.gt[first].tolist()))
-    extract, relocation_map, window = [], [], []
+    extract, relocation_map, window, fed, excluding, look = [], [], [], [], [], []
+    examples = []
     for file in files:
         image = load_image(manifest.root / file, max_side=args.max_side)
         start = time.perf_counter()
@@ -45,8 +48,17 @@ def main() -> None:
         fmap = extractor.relocation_map(image)
         relocation_map.append(time.perf_counter() - start)
         start = time.perf_counter()
-        best_window(fmap, windows)
+        _, box = best_window(fmap, windows)
         window.append(time.perf_counter() - start)
+        examples = (examples + [window_query(fmap, box)])[-MAX_FEEDBACK_WINDOWS:]  # stand-ins for accepted boxes
+        taught = WindowQuery.stack([windows] + examples)
+        rejected = [box, Box(box.x + box.w / 2, box.y, box.w, box.h)]
+        for timings, call in ((fed, lambda: best_window(fmap, taught)),
+                              (excluding, lambda: best_window(fmap, taught, exclude=rejected)),
+                              (look, lambda: second_look(fmap, taught, rejected))):
+            start = time.perf_counter()
+            call()
+            timings.append(time.perf_counter() - start)
     out = {
         "photos": len(files), "threads": args.threads, "max_side": args.max_side,
         "relocation_layer": extractor.backbone.relocation_layer,
@@ -55,6 +67,9 @@ def main() -> None:
         "relocation_map_s_per_image": float(np.mean(relocation_map)),
         "map_cost_vs_extract": float(np.sum(relocation_map) / np.sum(extract)),
         "window_search_ms_per_hit": 1000 * float(np.mean(window)),
+        "feedback_window_search_ms_per_hit": 1000 * float(np.mean(fed[len(fed) // 2:])),  # once 8 examples exist
+        "excluding_rejected_ms_per_hit": 1000 * float(np.mean(excluding[len(excluding) // 2:])),
+        "second_look_ms_per_photo": 1000 * float(np.mean(look[len(look) // 2:])),
     }
     print(json.dumps(out, indent=1))
 

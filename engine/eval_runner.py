@@ -568,7 +568,8 @@ def _simulated_review(q: Query, manifest: Manifest, scorer: RegionScorer, qvec, 
     mine = files[owner] != q.file
     n = int(relevant.sum()) - 1  # the query image is not in the list
     out = {"instance": q.instance, "file": q.file, "occurrences": n,
-           "fewest_to_90": int(np.ceil(0.9 * n))}  # each occurrence found is one review: no list does better
+           "fewest_to_90": int(np.ceil(0.9 * n)),  # each occurrence found is one review: no list does better
+           "list_length": len(manifest.files) - 1}
     if image_boxes is not None:  # one box per image: an image is one hit
         found = relevant & evaluation.centres_inside(image_boxes, gt)
     else:
@@ -599,6 +600,9 @@ def _review_summary(reviews: list[dict], settings) -> dict:
             "reached_90": float(np.isfinite(to90).mean()) if len(to90) else None,
             "median_reviews_to_90": float(np.median(to90)) if len(to90) else None,  # inf when most never get there
             "mean_reviews_to_90_when_reached": float(reached.mean()) if len(reached) else None,
+            # a query that never gets there counted as reviewing every image once
+            "mean_reviews_to_90_never_as_all": float(np.mean(np.minimum(to90, [r["list_length"] for r in reviews])))
+            if len(to90) else None,
             "found@50": float(np.nanmean([r[name]["found@50"] for r in reviews])) if reviews else None,
             "found@100": float(np.nanmean([r[name]["found@100"] for r in reviews])) if reviews else None,
         }

@@ -102,6 +102,8 @@ def test_oracle_regions_score_perfectly_and_locate_by_box(tiny_manifest, shift, 
     for mode in ("plain", "feedback"):
         # all three other frames are found in the first three reviews, or never
         assert sim[mode]["median_reviews_to_90"] == (FRAMES - 1 if located else float("inf"))
+        never_as_all = FRAMES - 1 if located else len(manifest.files) - 1  # never: every other image reviewed
+        assert sim[mode]["mean_reviews_to_90_never_as_all"] == never_as_all
     both = sim["both_reached"]
     if located:  # three frames, 90% of them: three reviews at the fewest, and the oracle needs no more
         assert both["queries"] == 2 * len(INSTANCES) and both["plain"] == both["feedback"] == both["fewest_possible"] == 3
