@@ -106,6 +106,7 @@ class Controller(QObject):
         self._tasks: dict[int, tuple[Task, dict]] = {}
         self._index_task: Task | None = None
         self._search_task: Task | None = None
+        self._relocate_task: Task | None = None
         self._pause = threading.Event()
         self._eta_start: tuple[float, int] | None = None
         # Touched on the engine thread only:
@@ -345,7 +346,16 @@ class Controller(QObject):
                 progress(done + 1, total)
             return Relocated(session, {key: hit.box for key, hit in zip(keys, moved)}, looks)
 
-        self._run("Re-localise", run, finished=self.hitsRelocated.emit)
+        if self._relocate_task is not None:  # newer decisions make its answer stale
+            self._relocate_task.cancel()
+        task = self._run("Re-localise", run, finished=lambda result: self._relocated(task, result))
+        self._relocate_task = task
+
+    def _relocated(self, task: Task, result: "Relocated") -> None:
+        if self._relocate_task is task:
+            self._relocate_task = None
+        if not task.is_cancelled():
+            self.hitsRelocated.emit(result)
 
     def _searched(self, task: Task, outcome: SearchOutcome) -> None:
         if self._search_task is task:  # a search overtaken by a newer one is dropped

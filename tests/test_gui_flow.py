@@ -292,6 +292,16 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     assert len(doc.hits.entries) == before + 1 and [e.box for e in again] == [elsewhere]
     assert "new box to review" in window.message_bar.text()
     assert again[0].key in [r.key for r in window.results.model.rows()]
+    # Newer decisions make a re-localisation still in flight stale: it is cancelled, not applied.
+    received = []
+    window.controller.hitsRelocated.connect(received.append)
+    waiting = {e.key: e.hit for e in doc.hits.entries if e.status == PENDING}
+    accepted = [(entries[0].image, entries[0].box)]
+    for _ in range(2):
+        window.controller.relocate(doc.hits, window.review.outcome.windows, accepted, waiting)
+    qtbot.waitUntil(lambda: len(received) == 1, timeout=60_000)
+    qtbot.wait(200)
+    assert len(received) == 1  # the first one's answer came first (one worker) and was dropped
 
     # "Find more like these": every label of the category is an example, rejected hits negatives.
     with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:
