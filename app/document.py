@@ -8,6 +8,7 @@ store themselves; they call the edit methods here and re-render on `changed`.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -44,6 +45,7 @@ class HitEntry:
     status: str = PENDING
     annotation_id: str | None = None  # the annotation an accepted hit became
     score: float = 0.0  # the score shown and ranked by (re-ranking changes it)
+    look: int = 1  # how many times this photo was shown in the session, this hit included
 
     @property
     def image(self) -> str:
@@ -250,7 +252,9 @@ class Document(QObject):
         if not hits:
             return 0
         key = max((e.key for e in self.hits.entries), default=-1) + 1
-        added = [HitEntry(key + i, hit, hit.box, score=float(hit.score)) for i, hit in enumerate(hits)]
+        shown = Counter(e.image for e in self.hits.entries)
+        added = [HitEntry(key + i, hit, hit.box, score=float(hit.score), look=shown[hit.image] + 1)
+                 for i, hit in enumerate(hits)]
         decided = [e for e in self.hits.entries if e.status != PENDING]
         pending = sorted([e for e in self.hits.entries if e.status == PENDING] + added, key=lambda e: -e.score)
         self.hits.entries = decided + pending

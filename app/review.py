@@ -333,7 +333,8 @@ class Review(QObject):
         for rank, entry in enumerate(hits.entries):
             labelled = entry.key in labelled_keys
             if not (hide and labelled):
-                rows.append(HitRow(entry.key, entry.image, entry.score, entry.box, entry.status, labelled, rank))
+                rows.append(HitRow(entry.key, entry.image, entry.score, entry.box, entry.status, labelled, rank,
+                                   entry.look))
         counts = hits.counts()
         parts = [f"<b>{hits.category}</b>: {len(hits.entries)} hits", f"{counts[ACCEPTED]} accepted",
                  f"{counts[REJECTED]} rejected", f"{counts[PENDING]} to review"]

@@ -234,5 +234,6 @@ def test_second_looks_join_the_undecided_hits_by_score(doc):
     new = entries[2]
     assert new.key not in keys and new.image == "img0.jpg" and new.box == Box(60, 60, 10, 10)
     assert new.score == pytest.approx(0.75) and entries[3].key == keys[2]  # 0.75 before 0.7
+    assert new.look == 2 and entries[3].look == 1  # the photo's second showing
     assert len(changes) == 1 and doc.undo_stack.count() == 2  # not an edit
     assert doc.add_second_looks(again) == 0  # img0 has an undecided hit now

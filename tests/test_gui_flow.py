@@ -291,7 +291,9 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     again = [e for e in doc.hits.entries if e.image == rejected.image and e.status == PENDING]
     assert len(doc.hits.entries) == before + 1 and [e.box for e in again] == [elsewhere]
     assert "new box to review" in window.message_bar.text()
-    assert again[0].key in [r.key for r in window.results.model.rows()]
+    row = next(r for r in window.results.model.rows() if r.key == again[0].key)
+    model = window.results.model
+    assert row.look == 2 and "look 2" in model.data(model.index(model.row_of(row.key)), Qt.ToolTipRole)
     # Newer decisions make a re-localisation still in flight stale: it is cancelled, not applied.
     received = []
     window.controller.hitsRelocated.connect(received.append)

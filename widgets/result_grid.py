@@ -33,6 +33,7 @@ class HitRow:
     status: str  # "pending", "accepted" or "rejected"
     labelled: bool = False  # the image has an overlapping label of this category already
     rank: int = 0
+    look: int = 1  # 2, 3: the photo is shown again after its earlier boxes were rejected
 
 
 class HitListModel(QAbstractListModel):
@@ -100,6 +101,8 @@ class HitListModel(QAbstractListModel):
             return f"{row.score:.3f}"
         if role == Qt.ToolTipRole:
             extra = "\nthis image already has an overlapping label of this category" if row.labelled else ""
+            if row.look > 1:
+                extra += f"\nlook {row.look} at this photo: the box{'es' if row.look > 2 else ''} shown before was rejected"
             return f"#{row.rank + 1}  {row.image}\nscore {row.score:.3f} · {row.status}{extra}"
         if role == Qt.DecorationRole:
             key = self._crop_key(row)
@@ -149,6 +152,11 @@ class HitDelegate(QStyledItemDelegate):
             painter.fillRect(tag, QColor("#1f6feb"))
             painter.setPen(QColor("#ffffff"))
             painter.drawText(tag, Qt.AlignCenter, "labelled")
+        if row.look > 1:
+            tag = QRect(crop_rect.right() - 48, crop_rect.top(), 48, 16)
+            painter.fillRect(tag, QColor("#8250df"))
+            painter.setPen(QColor("#ffffff"))
+            painter.drawText(tag, Qt.AlignCenter, f"look {row.look}")
         painter.restore()
 
 
