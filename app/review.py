@@ -138,8 +138,7 @@ class Review(QObject):
             self.window.show_info(f"There are no {category!r} labels yet: draw one and press Enter.")
             return
         hits = self.doc.hits
-        negatives = ([(e.image, e.box) for e in hits.entries if e.status == REJECTED]
-                     if hits is not None and hits.category == category else [])
+        negatives = decided_boxes(hits, REJECTED) if hits is not None and hits.category == category else []
         self._search(SearchRequest(category, examples, negatives, top_k=self.window.prefs.top_k))
 
     def _search(self, request: SearchRequest) -> None:
@@ -215,8 +214,7 @@ class Review(QObject):
         if not pending or (automatic and not decided):
             return
         self.decisions = 0
-        accepted = [(e.image, e.box) for e in decided if e.status == ACCEPTED]
-        rejected = [(e.image, e.box) for e in decided if e.status == REJECTED]
+        accepted, rejected = decided_boxes(hits, ACCEPTED), decided_boxes(hits, REJECTED)
         updates = feedback_ranking(self.outcome, accepted, rejected, pending)
         # feedback re-orders the hits; each keeps the box search placed (re-localised, engine/relocate.py)
         placed = {e.key: e.hit for e in hits.entries}
@@ -241,8 +239,7 @@ class Review(QObject):
         moved = self.doc.move_pending_boxes(result.boxes)
         again = 0
         if result.second_looks and self.outcome is not None and hits.query_id == self._outcome_query:
-            accepted = [(e.image, e.box) for e in hits.entries if e.status == ACCEPTED]
-            rejected = [(e.image, e.box) for e in hits.entries if e.status == REJECTED]
+            accepted, rejected = decided_boxes(hits, ACCEPTED), decided_boxes(hits, REJECTED)
             images = list(result.second_looks)
             scored = feedback_ranking(self.outcome, accepted, rejected, dict(enumerate(images)))
             again = self.doc.add_second_looks(
@@ -351,6 +348,11 @@ class Review(QObject):
         for name in ("accept", "reject", "next_hit", "prev_hit", "accept_above", "rerank"):
             self.window.action[name].setEnabled(has_hits)
         self.window.action["find_similar"].setEnabled(self.doc is not None)
+
+
+def decided_boxes(hits: HitSession, status: str) -> list[tuple[str, Box]]:
+    """(image, box) of the hits with `status`, in list order: feedback's examples."""
+    return [(e.image, e.box) for e in hits.entries if e.status == status]
 
 
 def rejected_boxes(hits: HitSession) -> tuple[dict[str, list[Box]], list[str]]:
