@@ -90,8 +90,10 @@ def _pointwise(x: Tensor, matrix: Tensor) -> Tensor:
     return torch.matmul(matrix, x.reshape(n, c, h * w)).reshape(n, -1, h, w)
 
 
-def _inverse(z: Tensor, eps: float) -> Tensor:
-    return torch.where(z > eps, 1.0 / z.clamp(min=eps), torch.zeros_like(z))
+def inverse_z(z: Tensor, eps: float = EPS) -> Tensor:
+    """1 / z where z > eps, else 0 (z >= 0 here). Two passes over z where a `where` over a
+    clamped division took six: this is memory-bound, and Z covers every layer."""
+    return torch.reciprocal(z).masked_fill_(z <= eps, 0.0)
 
 
 class Excitation:
@@ -104,7 +106,7 @@ class Excitation:
     def __init__(self, trace: Trace, input_size: tuple[int, int], eps: float = EPS,
                  transpose_dtype: torch.dtype | None = None, channels_last: bool = False, first: int = 0):
         """Z for records `first`.. only (a pass that ends early needs no more)."""
-        self.records = trace.records
+        self.trace, self.records = trace, trace.records
         self.input_size = input_size
         self.first = first
         self.transpose_dtype = transpose_dtype
@@ -121,7 +123,7 @@ class Excitation:
                 pass
             elif rec.kind in ("conv", "pool"):
                 view = PositiveLinear.of(rec.layer, rec.a)
-                inv = _inverse(view.conv(rec.a), eps)
+                inv = inverse_z(view.conv(rec.a), eps)
             elif rec.kind == "res_end":
                 view = PositiveLinear.of(rec.layer.body[-1], rec.a)
                 z = view.conv(rec.a)
@@ -130,10 +132,19 @@ class Excitation:
                     z = z + skip_view.conv(rec.skip_input)
                 else:
                     z = z + rec.skip_input
-                inv = _inverse(z, eps)
+                inv = inverse_z(z, eps)
             self.views.append(view)
             self.skip_views.append(skip_view)
             self.inv_z.append(self._layout(inv) if inv is not None else None)
+        # Where record i's input is record i-1's own output (no residual sum between), the
+        # product with A_i that ends record i and the one with 1/Z_(i-1) that starts record i-1
+        # are one product with A_i / Z_(i-1), made once per image: a third fewer memory-bound
+        # passes per seed.
+        self.gain: list[Tensor | None] = [None] * len(self.records)
+        for index in range(max(first, 1), len(self.records)):
+            rec, below = self.records[index], self.records[index - 1]
+            if rec.kind != "res_begin" and below.kind != "res_begin" and self.inv_z[index - 1] is not None:
+                self.gain[index] = self._layout(rec.a * self.inv_z[index - 1])
 
     def _layout(self, t: Tensor) -> Tensor:
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
@@ -141,8 +152,9 @@ class Excitation:
     def record_stride(self, index: int) -> int:
         return record_stride(self.records, self.input_size, index)
 
-    def chunk_size(self, budget_bytes: int) -> int:
-        largest = max(r.a.numel() for r in self.records if r.a is not None)
+    def chunk_size(self, budget_bytes: int, stop: int = 0) -> int:
+        """Seeds per chunk for a pass down to record `stop` (its largest tensor decides)."""
+        largest = max(r.a.numel() for r in self.records[stop:] if r.a is not None)
         return max(1, int(budget_bytes // (4 * 4 * largest)))  # P, S, convT out, product
 
     def backward(self, top: Tensor, chunk: int | None = None, stop: int = 0,
@@ -153,35 +165,47 @@ class Excitation:
         """
         if stop < self.first:
             raise ValueError(f"Z was computed from record {self.first} on, not {stop}")
-        chunk = chunk or self.chunk_size(budget_bytes)
+        chunk = chunk or self.chunk_size(budget_bytes, stop)
         out = []
         for start in range(0, top.shape[0], chunk):
-            out.append(self._backward_chunk(top[start:start + chunk], stop))
+            out.append(self._backward_chunk(top[start:start + chunk], stop)[0])
         return torch.cat(out)
+
+    def backward_with_coarse(self, top: Tensor, coarse: int) -> tuple[Tensor, Tensor]:
+        """(maps at the input, maps at the input of record `coarse`), both [K, h, w], from one
+        pass; `coarse` must lie on a layer boundary (see `stop_index`)."""
+        if self.first > 0:
+            raise ValueError(f"Z was computed from record {self.first} on, not 0")
+        return self._backward_chunk(top, 0, coarse)
 
     def _transpose(self, view: PositiveLinear, s: Tensor, a: Tensor) -> Tensor:
         if self.transpose_dtype is not None:
             return view.conv_t(s.to(self.transpose_dtype), a.shape).float()
         return view.conv_t(s, a.shape)
 
-    def _backward_chunk(self, p: Tensor, stop: int) -> Tensor:
+    def _backward_chunk(self, p: Tensor, stop: int, capture: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """(maps at record `stop`'s input, maps at record `capture`'s input or None)."""
         p = self._layout(p)
         stack: list[Tensor] = []
+        captured = None
+        scaled = False  # p already holds S = P / Z of the record below (see `gain`)
         for i in range(len(self.records) - 1, stop - 1, -1):
             rec, view = self.records[i], self.views[i]
-            if rec.kind in ("conv", "pool"):
-                p = rec.a * self._transpose(view, p * self.inv_z[i], rec.a)
-            elif rec.kind == "res_end":
-                s = p * self.inv_z[i]
-                skip_view = self.skip_views[i]
-                if skip_view is None:
-                    stack.append(rec.skip_input * s)
-                else:
-                    stack.append(rec.skip_input * self._transpose(skip_view, s, rec.skip_input))
-                p = rec.a * self._transpose(view, s, rec.a)
-            else:  # res_begin: the body's and the shortcut's shares of the block input meet
+            if rec.kind == "res_begin":  # the body's and the shortcut's shares of the block input meet
                 p = p + stack.pop()
-        return p.sum(dim=1)
+            else:
+                s = p if scaled else p * self.inv_z[i]
+                if rec.kind == "res_end":
+                    skip_view = self.skip_views[i]
+                    if skip_view is None:
+                        stack.append(rec.skip_input * s)
+                    else:
+                        stack.append(rec.skip_input * self._transpose(skip_view, s, rec.skip_input))
+                scaled = self.gain[i] is not None and i > stop and i != capture
+                p = self._transpose(view, s, rec.a) * (self.gain[i] if scaled else rec.a)
+            if i == capture:
+                captured = p.sum(dim=1)
+        return p.sum(dim=1), captured
 
 
 def record_stride(records, input_size, index: int) -> int:
@@ -224,6 +248,13 @@ def seed_tensor(activation: Tensor, seeds_ij: Tensor) -> Tensor:
     i, j = seeds_ij[:, 0].to(x.device), seeds_ij[:, 1].to(x.device)
     top[idx, :, i, j] = x[:, i, j].t()
     return top
+
+
+def seed_sum(activation: Tensor, seeds_ij: Tensor) -> Tensor:
+    """[1, C, h, w]: the sum of `seed_tensor`'s seeds (the activation at the seed cells)."""
+    mask = activation.new_zeros(activation.shape[-2:])
+    mask[seeds_ij[:, 0].to(mask.device), seeds_ij[:, 1].to(mask.device)] = 1.0
+    return activation[:1] * mask
 
 
 def reference_maps(trace: Trace, top: Tensor, eps: float = EPS) -> Tensor:

@@ -7,14 +7,15 @@ layer features inside each box. Boxes and ellipses come back in ORIGINAL image p
 
 Modes: "exact" (batched backward rule), "reference" (one seed at a time), "official" (the
 authors' code: per-peak input gradients, 95th-percentile support), "moments" (every seed's box
-from moment propagation, see `moments.py`), and "fast", the default: moments rank all seeds, NMS
-keeps the best, and only those get exact maps and boxes (the exact rule's geometry for about a
-tenth of its cost; docs/benchmarks.md, "Extraction").
+from moment propagation, see `moments.py`; the default), and "fast": moments rank all seeds, NMS
+keeps the best, and only those get near-exact maps and boxes (`modulation.py`: the exact rule's
+geometry at IoU ~0.94 for about a seventh of its cost; docs/benchmarks.md, "Extraction").
 """
 from __future__ import annotations
 
 import logging
 import platform
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -25,7 +26,8 @@ from torch import Tensor
 from . import moments
 from .backbones import DEFAULT_BACKBONE, Forward, load_backbone
 from .descriptors import l2n, pool_boxes
-from .excitation import Excitation, official_maps, reference_maps, seed_tensor
+from .excitation import Excitation, official_maps, reference_maps, seed_sum, seed_tensor
+from .modulation import COARSE_STRIDE, ModulatedMaps
 from .relocate import FeatureMap, WindowQuery
 from .regions import clip_boxes, ellipses_from_maps, nms, seeds_dasr, seeds_dasr_star
 from .types import Box, Ellipse, ImageRegions, Region
@@ -114,6 +116,23 @@ class Extractor:
         # fast mode: where its moment pass starts, and how many NMS rounds may add exact maps
         # (None: until every kept region has one); benchmarks vary them
         self.rank_stride, self.fast_rounds = moments.HYBRID_START_STRIDE, moments.HYBRID_ROUNDS
+        self.coarse_stride = COARSE_STRIDE
+
+    def parallel_images(self) -> int:
+        """How many images an indexer should extract at once: one per CPU core, each on one
+        thread (`one_thread_each`), which scales better than splitting every op across the cores
+        (docs/benchmarks.md); one on a GPU, which takes batches instead."""
+        return 1 if self._device.type == "cuda" else max(1, torch.get_num_threads())
+
+    @contextmanager
+    def one_thread_each(self):
+        """torch ops run on their calling thread while images are extracted side by side."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     @property
     def device(self) -> str:
@@ -146,6 +165,7 @@ class Extractor:
             }
             if self.mode == "fast":
                 cfg["moments"]["nms_rounds"] = self.fast_rounds
+                cfg["moments"]["coarse_stride"] = self.coarse_stride  # modulated maps (modulation.py)
         return cfg
 
     # ------------------------------------------------------------------ input
@@ -373,9 +393,9 @@ class Extractor:
         height, width = fw.input_size
         return clip_boxes(boxes, width, height, self.backbone.descriptor_stride)
 
-    def _moment_geometry(self, fw, act: Tensor, ij: Tensor, start_stride: int):
+    def _moment_geometry(self, fw, act: Tensor, ij: Tensor, start_stride: int, exc: Excitation | None = None):
         return moments.seed_ellipses(fw.trace, fw.input_size, act, ij, moments.BOX_SCALE[self.backbone.name],
-                                     start_stride, channels_last=self.channels_last)
+                                     start_stride, channels_last=self.channels_last, excitation=exc)
 
     def _exact_geometry(self, fw, act: Tensor, ij: Tensor, exc: Excitation | None = None):
         """(ellipses, boxes, has_map) from the backward rule's maps, tau support."""
@@ -394,30 +414,36 @@ class Extractor:
                           channels_last=self.channels_last)
 
     def _fast_geometry(self, fw, act: Tensor, ij: Tensor, scores: Tensor):
-        """Moments give every seed a rough box; NMS runs on them, and each seed it keeps gets its
-        exact map and box; NMS runs again, until every kept seed has an exact box (or for
-        `fast_rounds` rounds). The seeds that got exact maps come back: NMS over them gives the
-        final regions (the same as over all seeds when the rounds ran to the end)."""
-        ellipses, boxes, alive = self._moment_geometry(fw, act, ij, self.rank_stride)
-        boxes = self._clip(boxes, fw)
-        if self.method == "dasr":  # DASR's few peaks all get exact maps (no NMS)
-            return (ij, scores) + self._exact_geometry(fw, act, ij)
-        exact = torch.zeros(len(ij), dtype=torch.bool, device=boxes.device)
+        """Moments give every seed a rough box; NMS runs on them, and each seed it keeps gets a
+        near-exact map and box (`modulation.py`: its own pass to the coarse layer, the image's
+        shared fine modulation); NMS runs again, until every kept seed has such a box (or for
+        `fast_rounds` rounds). Those seeds come back: NMS over them gives the final regions."""
         exc = self._excitation(fw)
+        maps = ModulatedMaps(exc, seed_sum(act, ij), self.coarse_stride)
+
+        def refined(index: Tensor):
+            m = maps.maps(seed_tensor(act, ij[index]), self.memory_budget)
+            e, b = ellipses_from_maps(m, self.tau)
+            return e, self._clip(b, fw), m.flatten(1).amax(1) > 0
+
+        if self.method == "dasr":  # DASR's few peaks all get maps (no NMS)
+            return (ij, scores) + refined(torch.arange(len(ij), device=ij.device))
+        ellipses, boxes, alive = self._moment_geometry(fw, act, ij, self.rank_stride, exc)
+        boxes = self._clip(boxes, fw)
+        done = torch.zeros(len(ij), dtype=torch.bool, device=boxes.device)
         rounds = 0
         while self.fast_rounds is None or rounds < self.fast_rounds:
             kept = nms(boxes[alive], scores[alive], self.nms_beta)
             kept = torch.nonzero(alive)[:, 0][kept]
-            todo = kept[~exact[kept]]
+            todo = kept[~done[kept]]
             if len(todo) == 0:
                 break
             rounds += 1
-            e, b, has_map = self._exact_geometry(fw, act, ij[todo], exc)
-            ellipses[todo], boxes[todo] = e, self._clip(b, fw)
+            ellipses[todo], boxes[todo], has_map = refined(todo)
             alive[todo] &= has_map
-            exact[todo] = True
-        done = exact & alive
-        log.debug("fast mode: exact maps for %d of %d seeds", int(exact.sum()), len(ij))
+            done[todo] = True
+        done &= alive
+        log.debug("fast mode: near-exact maps for %d of %d seeds in %d rounds", int(done.sum()), len(ij), rounds)
         return ij[done], scores[done], ellipses[done], boxes[done], torch.ones_like(done[done])
 
 

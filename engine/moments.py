@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .backbones import Trace
-from .excitation import EPS, PositiveLinear, record_stride, stop_index
+from .excitation import EPS, Excitation, PositiveLinear, inverse_z, record_stride, stop_index
 from .regions import ellipse_from_moments
 
 # Support spread / mass-weighted spread, per backbone, from `benchmarks/extract_speed.py
@@ -26,10 +26,10 @@ from .regions import ellipse_from_moments
 # were at hand: they borrow Lite0's value until someone calibrates them with their weights.
 BOX_SCALE = {"efficientnet-lite0": 0.63, "resnet50": 0.63, "vgg16": 0.63}
 # Where the pass starts: mode "moments" (boxes straight from the moments), and mode "fast"
-# (moments only rank the seeds for NMS; the kept ones get exact maps, NMS again, until every
-# kept region has an exact box: HYBRID_ROUNDS None). See docs/benchmarks.md.
+# (moments only rank the seeds for NMS; the kept ones get near-exact maps, NMS again, until every
+# kept region has one: HYBRID_ROUNDS None). See docs/benchmarks.md.
 DEFAULT_START_STRIDE = 16
-HYBRID_START_STRIDE = 8
+HYBRID_START_STRIDE = 16
 HYBRID_ROUNDS = None
 
 
@@ -44,43 +44,52 @@ def _fields(channels: int, h: int, w: int, stride: int, input_size, device) -> t
     return fields[:, None].expand(6, channels, h, w), half, 0.5 * width, 0.5 * height
 
 
-def upward(trace: Trace, fields: Tensor, first: int, eps: float = EPS, channels_last: bool = False) -> Tensor:
+def upward(trace: Trace, fields: Tensor, first: int, eps: float = EPS, channels_last: bool = False,
+           excitation: Excitation | None = None) -> Tensor:
     """Carry fields [M, C, h, w], defined on record `first`'s input, up to the activation layer.
 
     Each layer's Z is computed in the same conv call as the fields' numerators (batch row 0),
-    so no separate Z pass is needed.
+    so no separate Z pass is needed; an `excitation` of the same trace lends its 1/Z instead.
     """
 
     def layout(t: Tensor) -> Tensor:
         return t.contiguous(memory_format=torch.channels_last) if channels_last else t
 
-    def both(view: PositiveLinear, a: Tensor, w: Tensor) -> Tensor:
+    def carry(view: PositiveLinear, a: Tensor, w: Tensor) -> Tensor:
+        """(Z and) the numerators: conv(A * w) (with row 0 conv(A) when Z is not lent)."""
+        if excitation is not None:
+            return view.conv(layout(a * w))
         return view.conv(layout(torch.cat([a, a * w])))
 
     w = layout(fields)
     stack: list[Tensor] = []
-    for rec in trace.records[first:]:
+    for index in range(first, len(trace.records)):
+        rec = trace.records[index]
         a = None if rec.a is None else layout(rec.a)
         if rec.kind in ("conv", "pool"):
-            out = both(PositiveLinear.of(rec.layer, a), a, w)
+            out = carry(PositiveLinear.of(rec.layer, a), a, w)
         elif rec.kind == "res_begin":
             stack.append(w)
             continue
         else:  # res_end: body share plus shortcut share, over the combined Z
             w_skip, x = stack.pop(), layout(rec.skip_input)
-            out = both(PositiveLinear.of(rec.layer.body[-1], a), a, w)
+            out = carry(PositiveLinear.of(rec.layer.body[-1], a), a, w)
             if rec.layer.shortcut:
-                out = out + both(PositiveLinear.of(rec.layer.shortcut[0], x), x, w_skip)
+                out = out + carry(PositiveLinear.of(rec.layer.shortcut[0], x), x, w_skip)
+            elif excitation is not None:
+                out = out + x * w_skip
             else:
                 out = out + torch.cat([x, x * w_skip])
-        z, num = out[:1], out[1:]
-        w = num * torch.where(z > eps, 1.0 / z.clamp(min=eps), torch.zeros_like(z))
+        if excitation is not None:
+            w = out * excitation.inv_z[index]
+        else:
+            w = out[1:] * inverse_z(out[:1], eps)
     return w
 
 
 def seed_moments(trace: Trace, input_size, activation: Tensor, seeds_ij: Tensor,
-                 start_stride: int = DEFAULT_START_STRIDE, channels_last: bool = False
-                 ) -> tuple[Tensor, Tensor, Tensor]:
+                 start_stride: int = DEFAULT_START_STRIDE, channels_last: bool = False,
+                 excitation: Excitation | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(mass [K], centre [K, 2] (x, y), covariance [K, 2, 2]) of every seed's map, in input px."""
     first = stop_index(trace, input_size, start_stride)
     rec = trace.records[first]
@@ -88,7 +97,7 @@ def seed_moments(trace: Trace, input_size, activation: Tensor, seeds_ij: Tensor,
     c, h, w = a.shape[1:]
     stride = record_stride(trace.records, input_size, first)
     fields, half, cx0, cy0 = _fields(c, h, w, stride, input_size, a.device)
-    top = upward(trace, fields, first, channels_last=channels_last)  # [6, C, h', w']
+    top = upward(trace, fields, first, channels_last=channels_last, excitation=excitation)  # [6, C, h', w']
     x = activation[0]
     i, j = seeds_ij[:, 0].to(x.device), seeds_ij[:, 1].to(x.device)
     m = torch.einsum("ck,mck->km", x[:, i, j], top[:, :, i, j])  # [K, 6]
@@ -105,10 +114,10 @@ def seed_moments(trace: Trace, input_size, activation: Tensor, seeds_ij: Tensor,
 
 
 def seed_ellipses(trace: Trace, input_size, activation: Tensor, seeds_ij: Tensor, box_scale: float,
-                  start_stride: int = DEFAULT_START_STRIDE, channels_last: bool = False
-                  ) -> tuple[Tensor, Tensor, Tensor]:
+                  start_stride: int = DEFAULT_START_STRIDE, channels_last: bool = False,
+                  excitation: Excitation | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """(ellipses [K, 5], boxes [K, 4] xyxy, has_mass [K]) approximating the exact rule's support
     geometry: mass-weighted moments with the spread scaled by `box_scale`."""
-    mass, centre, cov = seed_moments(trace, input_size, activation, seeds_ij, start_stride, channels_last)
+    mass, centre, cov = seed_moments(trace, input_size, activation, seeds_ij, start_stride, channels_last, excitation)
     ellipses, boxes = ellipse_from_moments(centre, cov * box_scale**2)
     return ellipses, boxes, mass > 0

@@ -13,6 +13,7 @@ memory, about N x (2 D + 4 d) bytes: ~1.1 GB at a million regions of D = 320, d 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -244,9 +245,12 @@ class Project:
         """Extract `todo` in shards; returns (number extracted, skipped entries, files not reached).
 
         Images are decoded a few ahead on a background thread so the network never waits for the
-        disk or the JPEG decoder; on a GPU, consecutive images go through the network together."""
+        disk or the JPEG decoder. On a GPU, consecutive images go through the network together;
+        on a CPU, one image per core is extracted at once, each on one thread (the extractor's
+        `parallel_images`): whole images scale across cores better than each op split in two."""
         max_side = extractor.config().get("max_side")
         group_size = 8 if str(getattr(extractor, "device", "cpu")).startswith("cuda") else 1
+        workers = extractor.parallel_images() if hasattr(extractor, "parallel_images") else 1
         batch, failed, done, started = [], [], 0, time.monotonic()
         # relocation maps are made now, so that the first search need not (engine/relocate.py)
         maps = (MapCache(None, extractor.relocation_config(), self.state_dir)
@@ -265,11 +269,13 @@ class Project:
             else:
                 failed.append({"file": rel, "reason": f"cannot read the file: {exc.strerror or exc}"})
 
-        def run_group(group):
-            nonlocal done
+        def extract_group(group):
             images = [image for _, _, _, image in group]
             extract_many = getattr(extractor, "extract_many", None)
-            results = extract_many(images) if extract_many else [extractor.extract(i) for i in images]
+            return extract_many(images) if extract_many else [extractor.extract(i) for i in images]
+
+        def keep(group, results):
+            nonlocal done
             for (rel, fp, path, image), regions in zip(group, results):
                 try:
                     # hashed after extraction (a refused image costs no read); if the file
@@ -285,40 +291,55 @@ class Project:
                     fmap = getattr(regions, "relocation_map", None)
                     maps.put(path, fmap if fmap is not None else extractor.relocation_map(image))
 
-        pending = deque()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dasr-decode") as decoder:
-            def read_ahead():
-                while len(pending) < 2 * group_size + 1 and position[0] < len(todo):
-                    rel, fp = todo[position[0]]
-                    path = self.path_of(rel)
-                    pending.append((rel, fp, path, decoder.submit(load_image, path, max_side=max_side)))
-                    position[0] += 1
+        def finish_running():
+            """Keep what the groups in flight produce (a cancel or pause waits for them)."""
+            while running:
+                group, future = running.popleft()
+                keep(group, future.result())
 
-            position = [0]
+        pending, running = deque(), deque()
+        position = [0]
+
+        def read_ahead():
+            while len(pending) < (workers + 1) * group_size + 1 and position[0] < len(todo):
+                rel, fp = todo[position[0]]
+                path = self.path_of(rel)
+                pending.append((rel, fp, path, decoder.submit(load_image, path, max_side=max_side)))
+                position[0] += 1
+
+        with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="dasr-decode") as decoder,
+              ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dasr-extract") as pool,
+              _threads_per_image(extractor, workers)):
             try:
                 read_ahead()
-                while pending:
+                while pending or running:
                     if cancel():
                         raise Cancelled()
                     if pause():
+                        finish_running()
                         flush()
                         return done, failed, [rel for rel, _, _, _ in pending] + [r for r, _ in todo[position[0]:]]
-                    group = []
-                    while pending and len(group) < group_size:
-                        rel, fp, path, future = pending.popleft()
-                        try:
-                            group.append((rel, fp, path, future.result()))
-                        except (ImageError, OSError) as exc:
-                            skip(rel, exc)
-                    read_ahead()
-                    if group:
-                        run_group(group)
+                    while pending and len(running) < workers:
+                        group = []
+                        while pending and len(group) < group_size:
+                            rel, fp, path, future = pending.popleft()
+                            try:
+                                group.append((rel, fp, path, future.result()))
+                            except (ImageError, OSError) as exc:
+                                skip(rel, exc)
+                        read_ahead()
+                        if group:
+                            running.append((group, pool.submit(extract_group, group)))
+                    if running:
+                        group, future = running.popleft()
+                        keep(group, future.result())
                     progress(done + len(failed), len(todo))
                     if len(batch) >= batch_files or time.monotonic() - started >= batch_seconds:
                         flush()
             except (Cancelled, KeyboardInterrupt):
                 for *_, future in pending:
                     future.cancel()
+                finish_running()
                 flush()  # keep every image finished so far
                 raise
         flush()
@@ -476,6 +497,11 @@ def _writable(folder: Path) -> bool:
     if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         return False  # marked read-only for everyone: respect it even as root
     return is_writable_dir(folder)
+
+
+def _threads_per_image(extractor, workers: int):
+    """While `workers` images are extracted at once, each gets one thread (no oversubscription)."""
+    return extractor.one_thread_each() if workers > 1 else contextlib.nullcontext()
 
 
 def _same_content(path: Path, sha256: str) -> bool:
