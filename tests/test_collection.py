@@ -3,9 +3,13 @@
 The real backbone is exercised end to end in test_cli_e2e.py; here a colour-statistics
 "extractor" makes each run fast and lets the tests count exactly which images were extracted.
 """
+import contextlib
 import json
 import os
+import shutil
 import stat
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -274,3 +278,68 @@ def test_a_damaged_catalog_is_recovered_from_the_shards(photos):
     assert (report.images, report.indexed, report.reused) == (6, 0, 6) and ex.extracted == []
     assert any("recovered from the region shards" in note for note in report.notes)
     assert RegionStore(project.state_dir).warnings == []  # a good catalog was written again
+
+
+class ParallelTinyExtractor(TinyExtractor):
+    """Asks for three images at a time, as the real extractor does on a multi-core CPU, and
+    holds each extraction until another one has started (so they do overlap)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.threads, self.single_threaded, self.overlapped = set(), [], False
+        self._active, self._lock = 0, threading.Lock()
+
+    def parallel_images(self):
+        return 3
+
+    @contextlib.contextmanager
+    def one_thread_each(self):
+        self.single_threaded.append("in")
+        yield
+        self.single_threaded.append("out")
+
+    def extract(self, image):
+        with self._lock:
+            self._active += 1
+            self.overlapped |= self._active > 1
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not self.overlapped:
+            time.sleep(0.005)
+        self.threads.add(threading.current_thread().name)
+        try:
+            return super().extract(image)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
+def test_images_extracted_side_by_side_index_as_one_at_a_time(photos, tmp_path):
+    serial_root = tmp_path / "serial"
+    shutil.copytree(photos, serial_root)
+    serial = Project.open(serial_root)
+    serial.update_index(TinyExtractor())
+    project = Project.open(photos)
+    ex = ParallelTinyExtractor()
+    progress = []
+    report = project.update_index(ex, progress=lambda done, total: progress.append(done), batch_files=2)
+    assert (report.images, report.indexed, report.regions) == (6, 6, 12)
+    assert ex.extracted == [48] * 6  # each image once
+    assert ex.overlapped and all(name.startswith("dasr-extract") for name in ex.threads)
+    assert ex.single_threaded == ["in", "out"]
+    assert progress == sorted(progress) and progress[-1] == 6
+    a, b = RegionStore(project.state_dir), RegionStore(serial.state_dir)
+    files = sorted(b.entries)
+    assert sorted(a.entries) == files
+    for x, y in zip(vars(a.read(files)).values(), vars(b.read(files)).values()):
+        assert np.array_equal(x, y)
+
+
+def test_a_cancel_keeps_the_images_in_flight_and_the_next_run_resumes(photos):
+    project = Project.open(photos)
+    ex = ParallelTinyExtractor()
+    with pytest.raises(Cancelled):
+        project.update_index(ex, cancel=lambda: len(ex.extracted) >= 2)
+    finished = len(ex.extracted)
+    assert 2 <= finished < 6
+    report = project.update_index(TinyExtractor())
+    assert (report.images, report.reused, report.indexed) == (6, finished, 6 - finished)
