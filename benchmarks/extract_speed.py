@@ -1,16 +1,18 @@
 """Extraction speed and agreement on real dev photos: per-seed reference, batched exact, fast.
 
     .venv/bin/python benchmarks/extract_speed.py --json [--images N] [--backbone NAME]
-        [--max-side 512] [--reference-seeds 3] [--threads 1] [--options] [--calibrate]
+        [--max-side 512] [--reference-seeds 3] [--threads 1] [--options] [--calibrate] [--cores N]
 
 Per image, in one process so that ratios hold on a shared machine: a plain forward pass; the
 exact batched rule (all seeds); the one-seed-at-a-time reference on the first
 `--reference-seeds` seeds, extrapolated per seed to all seeds (and compared map by map with
-the batched rule); "fast" mode (moments rank, NMS, exact maps for the survivors) and "moments"
-mode (every box from moment propagation). Their boxes are compared with the exact ones per final
+the batched rule); "fast" mode (moments rank, NMS, near-exact modulated maps for the survivors)
+and "moments" mode (every box from moment propagation). Their boxes are compared with the exact ones per final
 region (each exact region after NMS against its best match) and, for moments, per seed.
 `--options` also measures the alternatives; `--calibrate` prints the support/mass spread ratio
-that `moments.BOX_SCALE` holds. Prints one JSON object with --json.
+that `moments.BOX_SCALE` holds. The per-image comparison runs on `--threads` threads (CPU
+seconds); then the headline `*_s_per_image` figures are wall seconds per photo on `--cores` cores,
+as the indexer runs them (one photo per core, one thread each). Prints one JSON object with --json.
 """
 from __future__ import annotations
 
@@ -20,21 +22,21 @@ import logging
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "dev"
 
 from dasr_annotator.engine import moments  # noqa: E402
 from dasr_annotator.engine.backbones import WeightsMissing  # noqa: E402
-from dasr_annotator.engine.excitation import Excitation, reference_maps, seed_tensor, stop_index  # noqa: E402
+from dasr_annotator.engine.excitation import Excitation, reference_maps, seed_tensor  # noqa: E402
 from dasr_annotator.engine.extractor import Extractor  # noqa: E402
 from dasr_annotator.engine.imageio import load_image  # noqa: E402
 from dasr_annotator.engine.regions import (  # noqa: E402
-    box_iou_matrix, clip_boxes, ellipses_from_maps, nms,
+    box_iou_matrix, clip_boxes, nms,
 )
 
 log = logging.getLogger("extract_speed")
@@ -91,14 +93,16 @@ def gt_recall(final, prep, gts) -> float:
 _VARIANTS: dict = {}
 
 
-def _fast_variant(ex: Extractor, rank_stride: int, rounds: int | None) -> Extractor:
+def _fast_variant(ex: Extractor, rank_stride: int, rounds: int | None, coarse_stride: int) -> Extractor:
     """A fast-mode extractor sharing `ex`'s backbone, with other fast-mode settings."""
-    if (rank_stride, rounds) not in _VARIANTS:
+    key = rank_stride, rounds, coarse_stride
+    if key not in _VARIANTS:
         variant = Extractor(ex.backbone.name, mode="fast", device=ex.device, max_side=ex.max_side,
                             pretrained=False)
-        variant.backbone, variant.rank_stride, variant.fast_rounds = ex.backbone, rank_stride, rounds
-        _VARIANTS[rank_stride, rounds] = variant
-    return _VARIANTS[rank_stride, rounds]
+        variant.backbone = ex.backbone
+        variant.rank_stride, variant.fast_rounds, variant.coarse_stride = key
+        _VARIANTS[key] = variant
+    return _VARIANTS[key]
 
 
 def fast_options(ex: Extractor, prep, exact_geo, exact_final, gts) -> dict:
@@ -137,28 +141,46 @@ def fast_options(ex: Extractor, prep, exact_geo, exact_final, gts) -> dict:
         boxes, seconds = timed(run)
         record(f"moments_from_stride_{start}", boxes, seconds)
 
-    for rank_stride, rounds in ((8, 1), (8, 2), (8, None), (16, None), (32, None)):
-        hybrid = _fast_variant(ex, rank_stride, rounds)
+    # coarse stride 1: the seed passes run to the input, i.e. exact maps for the NMS survivors
+    # (fast mode before modulated maps)
+    grid = [(16, None, c) for c in (1, 8, 16, 32)] + [(16, 1, 16), (16, 2, 16), (8, None, 16), (32, None, 16)]
+    for rank_stride, rounds, coarse in grid:
+        hybrid = _fast_variant(ex, rank_stride, rounds, coarse)
         geo, seconds = timed(lambda: hybrid._seed_geometries(prep.pixels)[0])
-        label = "until stable" if rounds is None else f"{rounds} round{'s' * (rounds > 1)}"
-        record(f"fast_rank_stride_{rank_stride}_nms_{label.replace(' ', '_')}", None, seconds,
+        label = "until_stable" if rounds is None else f"{rounds}_round{'s' * (rounds > 1)}"
+        record(f"fast_rank_stride_{rank_stride}_nms_{label}_seed_passes_to_stride_{coarse}", None, seconds,
                geo.boxes[hybrid.select(geo)])
+    return out
 
-    def one_pass_hybrid(stop_stride):
-        """Moments -> NMS once -> maps for the survivors, optionally ending at `stop_stride`."""
-        fw, act = traced()
-        rough = moments.seed_ellipses(fw.trace, fw.input_size, act, ij, scale, 8, ex.channels_last)[1]
-        keep = nms(clip(rough), scores, beta)
-        stop = stop_index(fw.trace, fw.input_size, stop_stride) if stop_stride > 1 else 0
-        exc = Excitation(fw.trace, fw.input_size, first=stop, channels_last=ex.channels_last)
-        maps = exc.backward(seed_tensor(act, ij[keep]), stop=stop, budget_bytes=ex.memory_budget)
-        if maps.shape[-2:] != (height, width):
-            maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-        boxes = clip(ellipses_from_maps(maps, ex.tau)[1])
-        return boxes[nms(boxes, scores[keep], beta)]
 
-    final, seconds = timed(lambda: one_pass_hybrid(8))
-    record("fast_rank_stride_8_nms_1_round_exact_only_to_stride_8", None, seconds, final)
+def throughput(extractors: dict, images: list, cores: int) -> dict:
+    """Wall seconds per image over `images`, as an indexer runs them: one after another with
+    `cores` threads per op, and `cores` images at once with one thread each (the indexer's way,
+    `Extractor.parallel_images`). Also a plain forward pass both ways."""
+    def forward(ex):
+        bb = ex.backbone
+        return lambda image: bb.forward(ex.prepare(image).pixels)
+
+    jobs = {"forward": forward(next(iter(extractors.values())))}
+    jobs.update({mode: ex.extract for mode, ex in extractors.items()})
+    out = {}
+    for name, job in jobs.items():
+        def run(image, job=job):
+            with torch.inference_mode():
+                return job(image)
+
+        torch.set_num_threads(cores)
+        run(images[0])
+        t = time.perf_counter()
+        for image in images:
+            run(image)
+        serial = (time.perf_counter() - t) / len(images)
+        torch.set_num_threads(1)
+        t = time.perf_counter()
+        with ThreadPoolExecutor(cores) as pool:
+            list(pool.map(run, images))
+        side_by_side = (time.perf_counter() - t) / len(images)
+        out[name] = {"threads_per_op": serial, "image_per_core": side_by_side}
     return out
 
 
@@ -189,6 +211,9 @@ def main(argv=None) -> int:
     ap.add_argument("--offset", type=float, default=0.5, help="where in each sequence to take frames (0..1)")
     ap.add_argument("--options", action="store_true", help="also measure the fast-mode alternatives")
     ap.add_argument("--calibrate", action="store_true", help="print the spread ratio for moments.BOX_SCALE")
+    ap.add_argument("--cores", type=int, default=torch.get_num_threads(),
+                    help="time wall seconds per image on this many cores as the indexer runs them (one image "
+                         "per core): the *_s_per_image figures; 0 skips it (default: torch's thread count)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -279,16 +304,16 @@ def main(argv=None) -> int:
         "regions_per_image": mean("regions_exact"),
         "fast_regions_per_image": mean("regions_fast"),
         "moments_regions_per_image": mean("regions_moments"),
-        "forward_s_per_image": mean("forward_s"),
+        "forward_cpu_s_one_thread": mean("forward_s"),
         "batched_s_per_image": mean("batched_s"),
         "reference_s_per_image": mean("reference_s"),
         "speedup": mean("reference_s") / mean("batched_s"),
         "max_rel_diff": max(r["max_rel_diff"] for r in rows),
-        "fast_s_per_image": mean("fast_s"),
-        "fast_over_forward": mean("fast_s") / mean("forward_s"),
+        "fast_cpu_s_one_thread": mean("fast_s"),
+        "fast_over_forward_one_thread": mean("fast_s") / mean("forward_s"),
         "fast_box_iou_vs_exact": mean("fast_region_box_iou"),
-        "moments_s_per_image": mean("moments_s"),
-        "moments_over_forward": mean("moments_s") / mean("forward_s"),
+        "moments_cpu_s_one_thread": mean("moments_s"),
+        "moments_over_forward_one_thread": mean("moments_s") / mean("forward_s"),
         "moments_box_iou_vs_exact": mean("moments_region_box_iou"),
         "moments_seed_box_iou_vs_exact": mean("moments_seed_box_iou"),
         "gt_best_iou_exact": mean("gt_best_iou_exact"),
@@ -298,11 +323,13 @@ def main(argv=None) -> int:
         "moments_start_stride": moments.DEFAULT_START_STRIDE,
         "fast_rank_stride": fast.rank_stride,
         "fast_nms_rounds": fast.fast_rounds,
+        "fast_coarse_stride": fast.coarse_stride,
         "notes": (f"reference measured on the first {args.reference_seeds} seeds of each image and extrapolated "
                   "per seed (plus its traced forward); *_box_iou_vs_exact = mean over the exact rule's final "
                   "regions (after NMS) of the best IoU with a final region of that mode; moments_seed_box_iou = "
                   "same seed, before NMS; gt_best_iou = mean over the photo's ground-truth boxes of the best "
-                  "final-region IoU; fast = moments rank all seeds, NMS, exact maps for the survivors"),
+                  "final-region IoU; fast = moments rank all seeds, NMS, near-exact (modulated) maps for the "
+                  "survivors, until stable"),
         "per_image": rows,
     }
     if options:
@@ -310,6 +337,17 @@ def main(argv=None) -> int:
             name: {key: statistics.fmean(o[name][key] for o in options) for key in options[0][name]}
             for name in options[0]
         }
+    if args.cores:
+        # the headline figures: wall seconds per photo on this machine's cores, as the indexer runs
+        loaded = [load_image(DEV / rel) for rel, _ in images]
+        tp = throughput({"fast": fast, "moments": moment}, loaded, args.cores)
+        torch.set_num_threads(args.threads)
+        result["throughput_wall_s_per_image"] = tp
+        result["cores"] = args.cores
+        for name in ("forward", "fast", "moments"):
+            result[f"{name}_s_per_image"] = tp[name]["image_per_core"]
+        for name in ("fast", "moments"):
+            result[f"{name}_over_forward"] = tp[name]["image_per_core"] / tp["forward"]["image_per_core"]
     if ratios:
         r = torch.cat(ratios)
         result["calibration"] = {"median_support_over_mass_spread": float(r.median()), "seeds_axes": int(r.numel()),

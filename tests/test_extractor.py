@@ -14,7 +14,7 @@ from dasr_annotator.engine.types import Box
 torch.set_num_threads(1)
 
 # Agreement with the exact rule (docs/benchmarks.md, "Extraction", measured at 512 px): fast-mode
-# final regions ~0.9 IoU with the exact ones; moments-mode boxes ~0.6 per seed (the exact boxes
+# final regions ~0.88 IoU with the exact ones (modulated maps, two NMS rounds); moments-mode boxes ~0.6 per seed (the exact boxes
 # themselves move by IoU ~0.2 under a 3x3 blur of their maps).
 FAST_REGION_IOU_MIN = 0.8
 MOMENTS_SEED_IOU_MIN = 0.45
@@ -101,8 +101,8 @@ def _cached_extract(extractor, path):
 
 
 def test_fast_and_moments_modes_agree_with_the_exact_rule(dev_data, dev_manifest):
-    """At 256 px to keep the exact rule cheap: fast mode's final regions are the exact rule's
-    (exact maps for the NMS survivors); moments-mode boxes overlap the exact ones seed by seed."""
+    """At 256 px to keep the exact rule cheap: fast mode's final regions match the exact rule's
+    (near-exact maps for the NMS survivors); moments-mode boxes overlap the exact ones seed by seed."""
     kwargs = dict(device="cpu", max_side=256)
     fast, moment, exact = (Extractor(mode=m, **kwargs) for m in ("fast", "moments", "exact"))
     region_ious, seed_ious = [], []
@@ -110,7 +110,7 @@ def test_fast_and_moments_modes_agree_with_the_exact_rule(dev_data, dev_manifest
         image = load_image(dev_data / _instance(dev_manifest, name)["images"][5]["file"])
         e, f, m = exact.seed_geometry(image), fast.seed_geometry(image), moment.seed_geometry(image)
         assert torch.equal(m.ij, e.ij) and f.n_seeds == e.n_seeds
-        assert len(f.ij) <= len(e.ij)  # only NMS survivors get exact maps
+        assert len(f.ij) < len(e.ij)  # only NMS survivors get maps
         seed_ious.append(box_iou_matrix(m.boxes, e.boxes).diag())
         exact_final, fast_final = e.boxes[exact.select(e)], f.boxes[fast.select(f)]
         region_ious.append(box_iou_matrix(exact_final, fast_final).max(1).values)
