@@ -9,7 +9,7 @@ Modes: "exact" (batched backward rule), "reference" (one seed at a time), "offic
 authors' code: per-peak input gradients, 95th-percentile support), "moments" (every seed's box
 from moment propagation, see `moments.py`; the default), and "fast": moments rank all seeds, NMS
 keeps the best, and only those get near-exact maps and boxes (`modulation.py`: the exact rule's
-geometry at IoU ~0.94 for about a seventh of its cost; docs/benchmarks.md, "Extraction").
+regions at IoU ~0.88 for about a seventh of its cost; docs/benchmarks.md, "Extraction").
 """
 from __future__ import annotations
 
@@ -113,8 +113,9 @@ class Extractor:
         self.memory_budget = int(memory_budget_mb) << 20
         # channels-last makes depthwise and transposed convs several times faster, CPU and GPU
         self.channels_last = True
-        # fast mode: where its moment pass starts, and how many NMS rounds may add exact maps
-        # (None: until every kept region has one); benchmarks vary them
+        # fast mode: where its moment pass starts, how many NMS rounds may add near-exact maps
+        # (None: until every kept region has one) and where the seeds' own passes end;
+        # benchmarks vary them
         self.rank_stride, self.fast_rounds = moments.HYBRID_START_STRIDE, moments.HYBRID_ROUNDS
         self.coarse_stride = COARSE_STRIDE
 

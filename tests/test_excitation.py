@@ -242,3 +242,16 @@ def test_a_trace_from_a_coarser_layer_gives_the_same_moments(nets):
         b = moments.seed_moments(part.trace, part.input_size, act, seeds, start_stride=16)
     for x, y in zip(a, b):
         assert torch.allclose(x, y)
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "resnet50"])
+def test_moment_passes_may_borrow_the_excitations_z(nets, name):
+    """Fast mode's moment ranking uses the 1/Z its excitation already holds: same moments."""
+    fw, act, cells = _traced(nets[name], name, seed=3)
+    with torch.inference_mode():
+        exc = Excitation(fw.trace, fw.input_size, channels_last=True)
+        own = moments.seed_moments(fw.trace, fw.input_size, act, cells, 16, channels_last=True)
+        lent = moments.seed_moments(fw.trace, fw.input_size, act, cells, 16, channels_last=True, excitation=exc)
+    for x, y in zip(own, lent):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-6 * float(x.abs().max()))
+    assert float(own[0].min()) > 0
