@@ -48,6 +48,11 @@ def test_one_pass_gives_the_map_and_its_coarse_map(nets, name, channels_last):
         full, coarse = exc.backward_with_coarse(top, coarse_index)
         assert torch.allclose(full, exc.backward(top), rtol=1e-5, atol=1e-7 * full.max())
         assert torch.allclose(coarse, exc.backward(top, stop=coarse_index), rtol=1e-5, atol=1e-7 * coarse.max())
+        # and both equal the rule without the folded A/Z products
+        plain = Excitation(fw.trace, fw.input_size, channels_last=channels_last)
+        plain.gain = [None] * len(plain.gain)
+        assert torch.allclose(coarse, plain.backward(top, stop=coarse_index), rtol=1e-5, atol=1e-7 * coarse.max())
+        assert torch.allclose(full, plain.backward(top), rtol=1e-5, atol=1e-7 * full.max())
     assert coarse.shape[-1] < full.shape[-1] and float(coarse.sum()) > 0
 
 
