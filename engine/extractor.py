@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import platform
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -29,6 +28,7 @@ from .descriptors import l2n, pool_boxes
 from .excitation import Excitation, official_maps, reference_maps, seed_sum, seed_tensor
 from .modulation import COARSE_STRIDE, ModulatedMaps
 from .relocate import FeatureMap, WindowQuery
+from .threads import thread_count
 from .regions import clip_boxes, ellipses_from_maps, nms, seeds_dasr, seeds_dasr_star
 from .types import Box, Ellipse, ImageRegions, Region
 
@@ -125,15 +125,9 @@ class Extractor:
         (docs/benchmarks.md); one on a GPU, which takes batches instead."""
         return 1 if self._device.type == "cuda" else max(1, torch.get_num_threads())
 
-    @contextmanager
     def one_thread_each(self):
-        """torch ops run on their calling thread while images are extracted side by side."""
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        """A context in which torch ops run on their calling thread (images side by side)."""
+        return thread_count(torch.get_num_threads, torch.set_num_threads, 1)
 
     @property
     def device(self) -> str:

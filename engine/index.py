@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from dasr_annotator.engine.descriptors import Whitening, l2n
+from dasr_annotator.engine.threads import thread_count
 from dasr_annotator.engine.types import CancelFn, Cancelled, never_cancel
 
 log = logging.getLogger(__name__)
@@ -167,16 +167,10 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits)) if hits else 1.0
 
 
-@contextmanager
 def single_thread():
     """Run one query's faiss calls on the calling thread: a single query gains nothing from
     OpenMP, and on a busy machine its thread team made IVF search ~3x slower (benchmark)."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
+    return thread_count(faiss.omp_get_max_threads, faiss.omp_set_num_threads, 1)
 
 
 def load_index(data: bytes, nprobe: int) -> faiss.Index:
