@@ -99,3 +99,20 @@ def test_modulated_boxes_match_the_exact_rule_on_real_photos(dev_data, dev_manif
     assert len(cells) >= 10
     ious = box_iou_matrix(boxes, exact_boxes).diag()
     assert float(ious.mean()) >= SEED_IOU_MIN, ious
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "resnet50", "vgg16"])
+def test_fast_mode_extracts_with_every_backbone(dev_data, dev_manifest, name):
+    """Random weights for the torchvision backbones (no downloads in tests): what is checked is
+    that the fast path runs through each network and returns well-formed regions."""
+    image = load_image(dev_data / dev_manifest["instances"][2]["images"][3]["file"])
+    ex = Extractor(backbone=name, mode="fast", device="cpu", max_side=160, pretrained=name == "efficientnet-lite0")
+    geo = ex.seed_geometry(image)
+    result = ex.extract(image)
+    assert 1 <= len(geo.ij) < geo.n_seeds and ex.config()["moments"]["coarse_stride"] == 16
+    assert len(result.regions) >= 1
+    for region in result.regions:
+        b = region.box
+        assert 0 <= b.x < b.x2 <= image.width + 1e-3 and 0 <= b.y < b.y2 <= image.height + 1e-3
+        assert region.descriptor.shape == (ex.backbone.descriptor_dim,)
+        assert abs(float(region.descriptor @ region.descriptor) - 1) < 1e-4
