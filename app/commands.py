@@ -283,6 +283,7 @@ class DecideHits(QUndoCommand):
 
     def _notify(self):
         images = {e.image for e, _, _ in self.before}
+        self.doc.withdraw_stale_looks(images)
         self.doc.notify(_change("annotations", images))
         self.doc.notify(_change("hits", images, [str(e.key) for e, _, _ in self.before]))
         if self.created:

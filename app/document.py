@@ -261,6 +261,24 @@ class Document(QObject):
         self.changed.emit(Change("hits", frozenset(h.image for h in hits)))
         return len(added)
 
+    def withdraw_stale_looks(self, images) -> int:
+        """Drop the undecided second looks of `images` whose photo has another hit that is no
+        longer rejected (its rejection, which the look came from, was undone or reset): the
+        photo would otherwise wait twice for review, and accepting both would label it twice.
+        Like adding looks, not an edit; the next re-localisation may offer one again."""
+        if self.hits is None:
+            return 0
+        withdrawn = []
+        for image in set(images):
+            here = [e for e in self.hits.entries if e.image == image]
+            for look in sorted((e for e in here if e.look > 1 and e.status == PENDING), key=lambda e: -e.look):
+                if any(e is not look and e.status != REJECTED for e in here):
+                    here.remove(look)
+                    withdrawn.append(look)
+        if withdrawn:
+            self.hits.entries = [e for e in self.hits.entries if all(e is not w for w in withdrawn)]
+        return len(withdrawn)
+
     def rerank_hits(self, updates: dict[int, Hit]) -> None:
         """Re-score the pending hits (new best region and score per hit key) and re-order them;
         decided hits keep their place at the top. A box the user adjusted stays as adjusted."""

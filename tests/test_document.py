@@ -237,3 +237,25 @@ def test_second_looks_join_the_undecided_hits_by_score(doc):
     assert new.look == 2 and entries[3].look == 1  # the photo's second showing
     assert len(changes) == 1 and doc.undo_stack.count() == 2  # not an edit
     assert doc.add_second_looks(again) == 0  # img0 has an undecided hit now
+
+
+def test_undoing_or_resetting_a_rejection_withdraws_the_second_look_it_led_to(doc):
+    doc.set_hits(HitSession.from_hits(_hits(0.9, 0.8), "cup"))
+    first = doc.hits.entries[0]
+    doc.decide_hits([first.key], REJECTED)
+    look = Hit("img0.jpg", 0.85, Box(60, 60, 10, 10), Ellipse(65, 65, 5, 5, 0.0))
+    assert doc.add_second_looks([look]) == 1
+    assert [(e.image, e.look) for e in doc.hits.entries if e.status == PENDING] == [("img0.jpg", 2), ("img1.jpg", 1)]
+    doc.undo_stack.undo()  # the rejection goes: so does the look that came from it
+    assert [(e.image, e.look, e.status) for e in doc.hits.entries] == [("img0.jpg", 1, PENDING), ("img1.jpg", 1, PENDING)]
+    doc.undo_stack.redo()
+    assert doc.add_second_looks([look]) == 1
+    doc.decide_hits([first.key], PENDING)  # reset by hand: the same
+    assert [e.look for e in doc.hits.entries if e.image == "img0.jpg"] == [1]
+    # a look the user already decided is theirs: it stays
+    doc.decide_hits([first.key], REJECTED)
+    assert doc.add_second_looks([look]) == 1
+    second = next(e for e in doc.hits.entries if e.look == 2)
+    doc.decide_hits([second.key], ACCEPTED)
+    doc.decide_hits([first.key], PENDING)
+    assert {(e.look, e.status) for e in doc.hits.entries if e.image == "img0.jpg"} == {(1, PENDING), (2, ACCEPTED)}
