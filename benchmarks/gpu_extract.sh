@@ -2,7 +2,7 @@
 # Images per second of exact, fast and moments DASR* extraction on a GPU, for resnet50 (random weights
 # when no torchvision file is in the hub cache) and the embedded efficientnet-lite0. Prints JSON.
 #
-#   bash benchmarks/gpu_extract.sh [--device cuda|cpu] [--images N] [--max-side PX] [--bf16]
+#   bash benchmarks/gpu_extract.sh [--device cuda|cpu] [--images N] [--max-side PX] [--bf16] [--end-to-end K]
 #
 # On a machine without CUDA, `--device cpu --images 2` runs the same code quickly (a smoke test).
 # Photos come from ../shared/data/dev when present, else seeded random images (said in the JSON).
@@ -41,6 +41,9 @@ ap.add_argument("--max-side", type=int, default=None, help="default 512 on CUDA,
 ap.add_argument("--bf16", action="store_true", help="bfloat16 transposed convs in exact and fast modes")
 ap.add_argument("--batch", type=int, default=None, help="images per forward pass (default: 8 on CUDA, 1 on CPU)")
 ap.add_argument("--backbones", default="resnet50,efficientnet-lite0")
+ap.add_argument("--end-to-end", type=int, default=0, metavar="PER_SEQUENCE",
+                help="also index that many dev photos per sequence through the indexer (decoder threads, "
+                     "extraction, storage, index) with the embedded backbone and report wall s per photo")
 args = ap.parse_args(sys.argv[2:])
 if args.device.startswith("cuda") and not torch.cuda.is_available():
     sys.exit("CUDA is not available here; run with --device cpu for the CPU fallback")
@@ -96,6 +99,13 @@ def measure(backbone: str, mode: str) -> dict:
 
 results = [measure(b, m) for b in args.backbones.split(",") for m in ("exact", "fast", "moments")]
 name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
-print(json.dumps({"device": args.device, "device_name": name, "torch": torch.__version__, "images": source,
-                  "max_side": args.max_side, "batch_note": "images of equal input size share forward passes", "bf16_transposes": args.bf16, "results": results}, indent=1))
+report = {"device": args.device, "device_name": name, "torch": torch.__version__, "images": source,
+          "max_side": args.max_side, "batch_note": "images of equal input size share forward passes",
+          "bf16_transposes": args.bf16, "results": results}
+if args.end_to_end and (dev / "manifest.json").exists():
+    sys.path.insert(0, str(repo / "benchmarks"))
+    import index_speed  # noqa: E402  (512 px, the indexer's own settings)
+
+    report["end_to_end_indexing"] = index_speed.measure(args.end_to_end, ["moments", "fast"], 1, args.device)
+print(json.dumps(report, indent=1))
 PY

@@ -1,7 +1,7 @@
 """End-to-end indexing speed: `Project.update_index` over a folder of dev photos, per mode, with
 one photo per core (the indexer's way on a CPU) against one photo at a time on all threads.
 
-    .venv/bin/python benchmarks/index_speed.py [--photos 4] [--modes moments,fast] [--repeats 2] [--json]
+    .venv/bin/python benchmarks/index_speed.py [--photos 4] [--modes moments,fast] [--repeats 2] [--device cpu] [--json]
 
 Copies `--photos` frames of each dev sequence into a temporary folder and indexes it from
 scratch each time (decode, extraction, hashing, shards, relocation maps, whitening and the faiss
@@ -38,23 +38,17 @@ def copy_photos(target: Path, per_sequence: int) -> int:
     return count
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--photos", type=int, default=4, help="frames per dev sequence")
-    ap.add_argument("--modes", default="moments,fast")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-    cores = torch.get_num_threads()
-    out = {"cores": cores, "modes": {}}
+def measure(per_sequence: int, modes: list[str], repeats: int, device: str = "cpu") -> dict:
+    """Wall seconds per photo for each mode and each way, best of `repeats`."""
+    out = {"device": device, "cores": torch.get_num_threads(), "modes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp)
-        out["photos"] = copy_photos(photos, args.photos)
-        for mode in args.modes.split(","):
-            ex = Extractor(mode=mode, device="cpu")
+        out["photos"] = copy_photos(photos, per_sequence)
+        for mode in modes:
+            ex = Extractor(mode=mode, device=device)
             side_by_side = ex.parallel_images
             runs = {"photo_per_core": [], "one_photo_all_threads": []}
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 for way in runs:
                     shutil.rmtree(photos / ".dasr", ignore_errors=True)
                     ex.parallel_images = side_by_side if way == "photo_per_core" else (lambda: 1)
@@ -62,10 +56,22 @@ def main(argv=None) -> int:
                     report = Project.open(photos).update_index(ex)
                     runs[way].append((time.perf_counter() - start) / report.indexed)
             out["modes"][mode] = {way: min(v) for way, v in runs.items()} | {"runs": runs}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--photos", type=int, default=4, help="frames per dev sequence")
+    ap.add_argument("--modes", default="moments,fast")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (on a GPU both ways are the same: batches)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    out = measure(args.photos, args.modes.split(","), args.repeats, args.device)
     if args.json:
         print(json.dumps(out, indent=1))
     else:
-        print(f"{out['photos']} photos, {cores} cores; wall s per photo (best of {args.repeats})")
+        print(f"{out['photos']} photos, {out['device']}, {out['cores']} cores; wall s per photo (best of {args.repeats})")
         for mode, r in out["modes"].items():
             print(f"{mode:8s} photo per core {r['photo_per_core']:.3f}   one photo, all threads "
                   f"{r['one_photo_all_threads']:.3f}")

@@ -244,13 +244,18 @@ class Project:
     def _extract(self, extractor, todo, store: RegionStore, progress, cancel, pause, batch_files, batch_seconds):
         """Extract `todo` in shards; returns (number extracted, skipped entries, files not reached).
 
-        Images are decoded a few ahead on a background thread so the network never waits for the
-        disk or the JPEG decoder. On a GPU, consecutive images go through the network together;
-        on a CPU, one image per core is extracted at once, each on one thread (the extractor's
-        `parallel_images`): whole images scale across cores better than each op split in two."""
+        Images are decoded a few ahead on background threads (one; up to 8 for a GPU) so the
+        network never waits for the disk or the JPEG decoder. On a GPU, consecutive images go
+        through the network together; on a CPU, one image per core is extracted at once, each on
+        one thread (the extractor's `parallel_images`): whole images scale across cores better
+        than each op split in two."""
         max_side = extractor.config().get("max_side")
-        group_size = 8 if str(getattr(extractor, "device", "cpu")).startswith("cuda") else 1
+        on_gpu = str(getattr(extractor, "device", "cpu")).startswith("cuda")
+        group_size = 8 if on_gpu else 1
         workers = extractor.parallel_images() if hasattr(extractor, "parallel_images") else 1
+        # A GPU extracts hundreds of photos a second: one decoder thread (~4 ms a photo) would
+        # starve it. On a CPU the cores are busy extracting and one decoder keeps ahead.
+        decoders = min(8, os.cpu_count() or 1) if on_gpu else 1
         batch, failed, done, started = [], [], 0, time.monotonic()
         # relocation maps are made now, so that the first search need not (engine/relocate.py)
         maps = (MapCache(None, extractor.relocation_config(), self.state_dir)
@@ -301,13 +306,13 @@ class Project:
         position = [0]
 
         def read_ahead():
-            while len(pending) < (workers + 1) * group_size + 1 and position[0] < len(todo):
+            while len(pending) < (workers + 1) * group_size + decoders and position[0] < len(todo):
                 rel, fp = todo[position[0]]
                 path = self.path_of(rel)
                 pending.append((rel, fp, path, decoder.submit(load_image, path, max_side=max_side)))
                 position[0] += 1
 
-        with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="dasr-decode") as decoder,
+        with (ThreadPoolExecutor(max_workers=decoders, thread_name_prefix="dasr-decode") as decoder,
               ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dasr-extract") as pool,
               _threads_per_image(extractor, workers)):
             try:

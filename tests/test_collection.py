@@ -343,3 +343,21 @@ def test_a_cancel_keeps_the_images_in_flight_and_the_next_run_resumes(photos):
     assert 2 <= finished < 6
     report = project.update_index(TinyExtractor())
     assert (report.images, report.reused, report.indexed) == (6, finished, 6 - finished)
+
+
+def test_a_gpu_extractor_gets_several_decoder_threads(photos, monkeypatch):
+    """Decoding on one thread (~4 ms a photo) would starve a GPU: it gets a decoder per core."""
+    monkeypatch.setattr(project_module.os, "cpu_count", lambda: 3)
+    decoders, real_load = set(), project_module.load_image
+
+    def load(path, **kw):
+        decoders.add(threading.current_thread().name)
+        time.sleep(0.05)  # long enough that the read-ahead keeps several decoders busy
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(project_module, "load_image", load)
+    ex = TinyExtractor()
+    ex.device = "cuda:0"
+    report = Project.open(photos).update_index(ex)
+    assert (report.images, report.indexed) == (6, 6) and len(ex.extracted) == 6
+    assert len(decoders) == 3 and all(name.startswith("dasr-decode") for name in decoders)
