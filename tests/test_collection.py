@@ -346,7 +346,7 @@ def test_a_cancel_keeps_the_images_in_flight_and_the_next_run_resumes(photos):
 
 
 def test_a_gpu_extractor_gets_several_decoder_threads(photos, monkeypatch):
-    """Decoding on one thread (~4 ms a photo) would starve a GPU: it gets a decoder per core."""
+    """Decoding on one thread (3.3 ms a dev photo) would starve a GPU: it gets a decoder per core."""
     monkeypatch.setattr(project_module.os, "cpu_count", lambda: 3)
     decoders, real_load = set(), project_module.load_image
 
