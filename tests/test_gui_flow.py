@@ -294,6 +294,12 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     row = next(r for r in window.results.model.rows() if r.key == again[0].key)
     model = window.results.model
     assert row.look == 2 and "look 2" in model.data(model.index(model.row_of(row.key)), Qt.ToolTipRole)
+    # Undoing the rejection withdraws the look it led to: the photo waits once, not twice.
+    window.action["undo"].trigger()
+    waiting_there = [r for r in model.rows() if r.image == rejected.image]
+    assert [(r.key, r.look, r.status) for r in waiting_there] == [(rejected.key, 1, PENDING)]
+    window.action["redo"].trigger()
+    assert [r.status for r in model.rows() if r.image == rejected.image] == [REJECTED]
     # Newer decisions make a re-localisation still in flight stale: it is cancelled, not applied.
     received = []
     window.controller.hitsRelocated.connect(received.append)
