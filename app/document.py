@@ -276,7 +276,8 @@ class Document(QObject):
                     here.remove(look)
                     withdrawn.append(look)
         if withdrawn:
-            self.hits.entries = [e for e in self.hits.entries if all(e is not w for w in withdrawn)]
+            gone = {id(e) for e in withdrawn}
+            self.hits.entries = [e for e in self.hits.entries if id(e) not in gone]
         return len(withdrawn)
 
     def rerank_hits(self, updates: dict[int, Hit]) -> None:

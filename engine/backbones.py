@@ -294,6 +294,8 @@ class Backbone:
             # uint8 (a quarter of float32) from page-locked memory: the copy is a DMA that
             # overlaps the GPU's work on the previous batch
             t = t.pin_memory().to(self.device, non_blocking=True)
+        else:
+            t = t.to(self.device)
         return t.permute(2, 0, 1).unsqueeze(0).float()
 
     def forward(self, pixels: Tensor, trace: bool = False, layers: tuple[str, ...] | None = None,

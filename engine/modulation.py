@@ -31,12 +31,12 @@ COARSE_STRIDE = 16
 class ModulatedMaps:
     """Seed maps at input resolution from passes that end at the coarse layer."""
 
-    def __init__(self, excitation: Excitation, top_all: Tensor, stride: int = COARSE_STRIDE):
-        """top_all: [K, C, h, w] seed tensors of every seed of the image (their sum makes G)."""
+    def __init__(self, excitation: Excitation, seeds_sum: Tensor, stride: int = COARSE_STRIDE):
+        """seeds_sum: [1, C, h, w], every seed of the image together (`excitation.seed_sum`)."""
         self.excitation = excitation
         self.stop = _coarse_index(excitation, stride)
         self.stride = record_stride(excitation.records, excitation.input_size, self.stop)
-        full, coarse = excitation.backward_with_coarse(top_all.sum(0, keepdim=True), self.stop)
+        full, coarse = excitation.backward_with_coarse(seeds_sum, self.stop)
         envelope = self._up(coarse)[0]
         self.modulation = torch.where(envelope > 0, full[0] / envelope.clamp_min(torch.finfo(envelope.dtype).tiny),
                                       torch.zeros_like(envelope))
