@@ -1,5 +1,5 @@
 import sys
 
-from dasr_annotator.app.cli import main
+from dasr_annotator.app.main import main
 
 sys.exit(main())

@@ -1,1 +1,2 @@
-"""Application layer: the CLI, the Qt application, the controller and the annotation document."""
+"""Application layer: `main` (the `dasr-annotator` entry point), `cli` (the headless subcommands,
+no Qt) and `gui` (the Qt application, loaded only to open a window)."""

@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dasr_annotator.engine import eval_runner as er
-from dasr_annotator.engine.backbones import WeightsMissing
-from dasr_annotator.engine.descriptors import l2n, pool_boxes
-from dasr_annotator.engine.imageio import load_image
-from dasr_annotator.engine.regions import nms
+from dasr_annotator.engine.dasr.backbones import WeightsMissing
+from dasr_annotator.engine.dasr.descriptors import l2n, pool_boxes
+from dasr_annotator.engine.dasr.regions import nms
+from dasr_annotator.engine.evaluation import runner as er
+from dasr_annotator.engine.evaluation.cache import ImageRegionsArrays, extract_manifest, extraction_cache
+from dasr_annotator.engine.evaluation.manifest import Manifest, load_manifest
+from dasr_annotator.engine.store.imageio import load_image
 
 ABLATIONS = ("whitening", "layer", "nms", "method", "side", "mode", "tau")
 # Candidate descriptor layers (stride >= 16: coarser than that, a region is a handful of cells).
@@ -45,7 +47,7 @@ TAUS = (0.05, 0.1, 0.2)
 CHECK_IMAGES = 3  # images re-extracted directly to check each shortcut
 
 
-def repool(manifest: er.Manifest, images: list[er.ImageRegionsArrays], extractor) -> list[er.ImageRegionsArrays]:
+def repool(manifest: Manifest, images: list[ImageRegionsArrays], extractor) -> list[ImageRegionsArrays]:
     """The same regions, described by `extractor`'s descriptor layer."""
     bb = extractor.backbone
     out = []
@@ -61,7 +63,7 @@ def repool(manifest: er.Manifest, images: list[er.ImageRegionsArrays], extractor
     return out
 
 
-def suppressed(images: list[er.ImageRegionsArrays], beta: float | None) -> list[er.ImageRegionsArrays]:
+def suppressed(images: list[ImageRegionsArrays], beta: float | None) -> list[ImageRegionsArrays]:
     """NMS at `beta` applied to regions extracted without suppression (None: keep all)."""
     if beta is None:
         return images
@@ -102,13 +104,13 @@ def print_rows(title: str, rows: list[dict]) -> None:
 class Ablations:
     def __init__(self, manifest_path: str, settings: er.EvalSettings, subset: int, exact_subset: int):
         self.path, self.base, self.subset, self.exact_subset = manifest_path, settings, subset, exact_subset
-        self.manifest = er.load_manifest(manifest_path, settings.instances, settings.limit_images)
+        self.manifest = load_manifest(manifest_path, settings.instances, settings.limit_images)
 
     def extract(self, settings: er.EvalSettings):
-        manifest = er.load_manifest(self.path, settings.instances, settings.limit_images)
+        manifest = load_manifest(self.path, settings.instances, settings.limit_images)
         extractor = settings.extractor()
         started = time.perf_counter()
-        images = er.extract_manifest(manifest, extractor, er.extraction_cache(extractor, settings.cache_dir),
+        images = extract_manifest(manifest, extractor, extraction_cache(extractor, settings.cache_dir),
                                      lambda d, t: print(f"\r  extracting {d}/{t}", end="", file=sys.stderr))
         print(f"\r  {len(images)} images ready in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         return manifest, extractor, images

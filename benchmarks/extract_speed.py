@@ -30,14 +30,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "dev"
 
-from dasr_annotator.engine import moments  # noqa: E402
-from dasr_annotator.engine.backbones import WeightsMissing  # noqa: E402
-from dasr_annotator.engine.excitation import Excitation, reference_maps, seed_tensor  # noqa: E402
-from dasr_annotator.engine.extractor import Extractor  # noqa: E402
-from dasr_annotator.engine.imageio import load_image  # noqa: E402
-from dasr_annotator.engine.regions import (  # noqa: E402
-    box_iou_matrix, clip_boxes, nms,
-)
+from dasr_annotator.engine.dasr import moments  # noqa: E402
+from dasr_annotator.engine.dasr.backbones import WeightsMissing  # noqa: E402
+from dasr_annotator.engine.dasr.excitation import Excitation, reference_maps, seed_tensor  # noqa: E402
+from dasr_annotator.engine.dasr.extractor import Extractor  # noqa: E402
+from dasr_annotator.engine.dasr.regions import (  # noqa: E402
+                                                box_iou_matrix, clip_boxes, nms,
+                                                )
+from dasr_annotator.engine.store.imageio import load_image  # noqa: E402
 
 log = logging.getLogger("extract_speed")
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dasr_annotator.engine.backbones import WeightsMissing
-from dasr_annotator.engine.extractor import Extractor
-from dasr_annotator.engine.imageio import load_image
+from dasr_annotator.engine.dasr.backbones import WeightsMissing
+from dasr_annotator.engine.dasr.extractor import Extractor
+from dasr_annotator.engine.store.imageio import load_image
 
 repo = Path(sys.argv[1])
 ap = argparse.ArgumentParser(prog="gpu_extract.sh")

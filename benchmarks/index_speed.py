@@ -23,8 +23,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "dev"
 
-from dasr_annotator.engine.extractor import Extractor  # noqa: E402
-from dasr_annotator.engine.project import Project  # noqa: E402
+from dasr_annotator.engine.dasr.extractor import Extractor  # noqa: E402
+from dasr_annotator.engine.project.project import Project  # noqa: E402
 
 
 def copy_photos(target: Path, per_sequence: int) -> int:

@@ -16,10 +16,10 @@ import time
 import numpy as np
 import torch
 
-from dasr_annotator.engine.eval_runner import load_manifest
-from dasr_annotator.engine.extractor import Extractor
-from dasr_annotator.engine.imageio import load_image
-from dasr_annotator.engine.relocate import MAX_FEEDBACK_WINDOWS, WindowQuery, best_window, second_look, window_query
+from dasr_annotator.engine.dasr.extractor import Extractor
+from dasr_annotator.engine.dasr.relocate import MAX_FEEDBACK_WINDOWS, WindowQuery, best_window, second_look, window_query
+from dasr_annotator.engine.evaluation.manifest import load_manifest
+from dasr_annotator.engine.store.imageio import load_image
 from dasr_annotator.engine.types import Box
 
 

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from dasr_annotator.engine.feedback import feedback_scores, image_ranking
+from dasr_annotator.engine.search.feedback import feedback_scores, image_ranking
 
 
 def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

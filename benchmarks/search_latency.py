@@ -21,8 +21,8 @@ import time
 import faiss
 import numpy as np
 
-from dasr_annotator.engine import index as faiss_index
-from dasr_annotator.engine.search import Searcher
+from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.search.searcher import Searcher
 
 REGIONS_PER_IMAGE = 12  # the paper's DASR* average
 CHUNK = 250_000
@@ -43,7 +43,7 @@ def synthetic_regions(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def descriptor_dim() -> int:
-    from dasr_annotator.engine.backbones import DEFAULT_BACKBONE, load_backbone
+    from dasr_annotator.engine.dasr.backbones import DEFAULT_BACKBONE, load_backbone
 
     return load_backbone(DEFAULT_BACKBONE).descriptor_dim
 

@@ -1,7 +1,7 @@
 """PyInstaller entry point: the same `main` as the console script."""
 import sys
 
-from dasr_annotator.app.cli import main
+from dasr_annotator.app.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

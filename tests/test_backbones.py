@@ -6,8 +6,9 @@ import pytest
 import torch
 import torchvision
 
-from dasr_annotator.engine import backbones as bb
-from dasr_annotator.engine.backbones import BACKBONES, WeightsMissing, load_backbone
+from dasr_annotator.engine.dasr import backbones as bb
+from dasr_annotator.engine.dasr import layers, networks
+from dasr_annotator.engine.dasr.backbones import BACKBONES, WeightsMissing, load_backbone
 
 torch.set_num_threads(1)
 
@@ -74,9 +75,9 @@ def test_fold_bn_is_exact_with_negative_gamma():
         bn.running_var.copy_(torch.rand(6, generator=gen) + 0.5)
     assert (bn.weight < 0).any()
     x = torch.randn(2, 4, 9, 7, generator=gen)
-    w, b = bb.fold_bn(conv.weight.detach(), None, {k: getattr(bn, k).detach() for k in
+    w, b = layers.fold_bn(conv.weight.detach(), None, {k: getattr(bn, k).detach() for k in
                       ("weight", "bias", "running_mean", "running_var")}, bn.eps)
-    folded = bb.Conv(w, b, padding=1)
+    folded = layers.Conv(w, b, padding=1)
     assert torch.allclose(folded.forward(x), bn(conv(x)), atol=1e-5)
 
 
@@ -120,7 +121,7 @@ def test_weights_file_matches_torchvision_forward(tmp_path, name):
 @pytest.mark.parametrize("name", ["resnet50", "vgg16"])
 def test_missing_weights_name_the_file(tmp_path, monkeypatch, name):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    expected_file = bb.torchvision_weights_file(name).name
+    expected_file = networks.torchvision_weights_file(name).name
     with pytest.raises(WeightsMissing, match=expected_file) as info:
         load_backbone(name)
     assert str(tmp_path / "hub" / "checkpoints") in str(info.value)
@@ -130,7 +131,7 @@ def test_missing_weights_name_the_file(tmp_path, monkeypatch, name):
 
 def test_hub_cache_file_is_used(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    target = bb.torchvision_weights_file("vgg16")
+    target = networks.torchvision_weights_file("vgg16")
     target.parent.mkdir(parents=True)
     torch.save(_torchvision_model("vgg16").state_dict(), target)
     assert load_backbone("vgg16").weights_source == str(target)
@@ -166,14 +167,14 @@ def test_embedded_lite0_recognises_dogs(lite0, dev_data, dev_manifest):
 
 def test_lite0_same_padding_beats_symmetric(dev_data, dev_manifest):
     """Why LITE0_PADDING is "same": symmetric padding puts less probability on dog classes."""
-    sd = torch.load(bb.lite0_weights_path(), map_location="cpu", weights_only=True)
+    sd = torch.load(networks.lite0_weights_path(), map_location="cpu", weights_only=True)
     dog = next(i for i in dev_manifest["instances"] if i["name"] == "Dog")
     frames = [im["file"] for im in dog["images"][::3]]
     pixels = torch.cat([torch.from_numpy(_photo(dev_data, f).copy()).permute(2, 0, 1)[None].float() for f in frames])
     dog_mass = {}
     for padding in ("same", 1):
-        units, classifier = bb.build_lite0(sd, padding=padding)
-        net = bb.Backbone("efficientnet-lite0", units, "head", "head", bb.LITE0_MEAN, bb.LITE0_STD, "cpu", classifier)
+        units, classifier = networks.build_lite0(sd, padding=padding)
+        net = bb.Backbone("efficientnet-lite0", units, "head", "head", networks.LITE0_MEAN, networks.LITE0_STD, "cpu", classifier)
         with torch.inference_mode():
             dog_mass[padding] = float(net.logits(pixels).softmax(-1)[:, 151:269].sum(-1).mean())
     assert dog_mass["same"] > dog_mass[1]

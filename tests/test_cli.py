@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 from dasr_annotator import __version__
-from dasr_annotator.app import cli
+from dasr_annotator.app import main as cli
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -26,7 +26,7 @@ def test_version_from_console_script():
 
 def test_headless_cli_imports_no_qt():
     code = (
-        "import sys; from dasr_annotator.app import cli; "
+        "import sys; from dasr_annotator.app import main as cli; "
         "[cli._command_module(n) for n in cli.SUBCOMMANDS]; "
         "print(any(m.startswith('PySide6') for m in sys.modules))"
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
-from dasr_annotator.app.cli import main
+from dasr_annotator.app.main import main
 
 SEQUENCES = ("Box", "Dog", "Skating2-1")
 FRAMES, STEP = 4, 3  # every third listed frame of each sequence
@@ -230,8 +230,8 @@ def test_indexing_stores_relocation_maps_and_hits_are_drawn_on_the_instance(inde
     """Maps are made while indexing (search computes none). Re-localisation keeps the hits, their
     order and scores, and its boxes lie on the instance (centre inside the ground-truth box of
     that frame) at least as often as the regions'."""
-    from dasr_annotator.app.cmd_search import open_searcher
-    from dasr_annotator.engine.project import Project
+    from dasr_annotator.app.cli.cmd_search import open_searcher
+    from dasr_annotator.engine.project.project import Project
     from dasr_annotator.engine.types import Box
 
     photos, frames, report = indexed

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dasr_annotator.app.cli import main
+from dasr_annotator.app.main import main
 
 SEQUENCES = ("Box", "Dog", "Surfer")
 FRAMES, STEP = 4, 3  # every third listed frame of each sequence

@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from dasr_annotator.engine.annotations import AnnotationStore
-from dasr_annotator.engine.coco import CocoError, export_coco, import_coco
-from dasr_annotator.engine.project import Project
-from dasr_annotator.engine.storage import ProjectFileError
+from dasr_annotator.engine.project.project import Project
+from dasr_annotator.engine.store.annotations import AnnotationStore
+from dasr_annotator.engine.store.coco import CocoError, export_coco, import_coco
+from dasr_annotator.engine.store.storage import ProjectFileError
 from dasr_annotator.engine.types import Box
 
 EXIF_ORIENTATION = 0x0112

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dasr_annotator.engine import index as faiss_index
-from dasr_annotator.engine import project as project_module
-from dasr_annotator.engine.collection import RegionStore, scan_images
-from dasr_annotator.engine.project import IncompatibleIndex, Project, ProjectBusy, _Lock
+from dasr_annotator.engine.project import project as project_module
+from dasr_annotator.engine.project import extraction as extraction_module
+from dasr_annotator.engine.project.lock import ProjectBusy, StateLock
+from dasr_annotator.engine.project.project import IncompatibleIndex, Project
+from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.store.collection import RegionStore, scan_images
 from dasr_annotator.engine.types import Box, Cancelled, Ellipse, ImageRegions, Region
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
@@ -237,7 +239,7 @@ def test_whitening_is_fitted_once_enough_regions_and_refitted_when_doubled(photo
 
 def test_a_second_indexer_is_refused_while_one_runs(photos):
     project = Project.open(photos)
-    with _Lock(project.state_dir / "lock"):
+    with StateLock(project.state_dir / "lock"):
         with pytest.raises(ProjectBusy):
             project.update_index(TinyExtractor())
 
@@ -347,15 +349,15 @@ def test_a_cancel_keeps_the_images_in_flight_and_the_next_run_resumes(photos):
 
 def test_a_gpu_extractor_gets_several_decoder_threads(photos, monkeypatch):
     """Decoding on one thread (3.3 ms a dev photo) would starve a GPU: it gets a decoder per core."""
-    monkeypatch.setattr(project_module.os, "cpu_count", lambda: 3)
-    decoders, real_load = set(), project_module.load_image
+    monkeypatch.setattr(extraction_module.os, "cpu_count", lambda: 3)
+    decoders, real_load = set(), extraction_module.load_image
 
     def load(path, **kw):
         decoders.add(threading.current_thread().name)
         time.sleep(0.05)  # long enough that the read-ahead keeps several decoders busy
         return real_load(path, **kw)
 
-    monkeypatch.setattr(project_module, "load_image", load)
+    monkeypatch.setattr(extraction_module, "load_image", load)
     ex = TinyExtractor()
     ex.device = "cuda:0"
     report = Project.open(photos).update_index(ex)

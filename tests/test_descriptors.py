@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dasr_annotator.engine.descriptors import VladCodebook, Whitening, l2n, pool_boxes
+from dasr_annotator.engine.dasr.descriptors import VladCodebook, Whitening, l2n, pool_boxes
 
 
 def _naive_pool(feature: torch.Tensor, box, stride: float) -> torch.Tensor:

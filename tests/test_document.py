@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
-from dasr_annotator.engine.annotations import AnnotationStore
+from dasr_annotator.app.gui.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
+from dasr_annotator.engine.store.annotations import AnnotationStore
 from dasr_annotator.engine.types import Box, Ellipse, Hit
 
 

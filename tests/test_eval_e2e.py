@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from dasr_annotator.app import cli
-from dasr_annotator.engine import eval_runner
-from dasr_annotator.engine.eval_runner import EvalSettings, ImageRegionsArrays, load_manifest, run_eval
+from dasr_annotator.app import main as cli
+from dasr_annotator.engine.evaluation.cache import ImageRegionsArrays
+from dasr_annotator.engine.evaluation.manifest import load_manifest, select_queries
+from dasr_annotator.engine.evaluation.runner import EvalSettings, run_eval
 
 FRAMES = 4
 INSTANCES = ("Dog", "Jogging-1", "Jogging-2")  # Jogging-1/-2 share their frames
@@ -38,7 +39,7 @@ def test_manifest_selection_and_queries(tiny_manifest):
     assert jog == m.instances["Jogging-2"]
     relevant, boxes = m.gt_boxes("Jogging-2", m.files)
     assert relevant.sum() == FRAMES and np.isnan(boxes[~relevant]).all()
-    queries = eval_runner.select_queries(m, 3)
+    queries = select_queries(m, 3)
     assert [q.file for q in queries if q.instance == "Dog"] == [m.instances["Dog"][i] for i in (0, 2, 3)]
     small = load_manifest(tiny_manifest, instances=["Dog"], limit_images=2)
     assert list(small.instances) == ["Dog"] and len(small.files) == 2

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dasr_annotator.engine import baselines, evaluation as ev
+from dasr_annotator.engine.evaluation import baselines
+from dasr_annotator.engine.evaluation import metrics as ev
 
 
 # --------------------------------------------------------------------------- AP@k

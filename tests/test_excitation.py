@@ -5,11 +5,12 @@ import pytest
 import torch
 import torchvision
 
-from dasr_annotator.engine import moments
-from dasr_annotator.engine.backbones import Backbone, Chain, Conv, Pool, Residual, Trace, load_backbone
-from dasr_annotator.engine.excitation import (
-    Excitation, PositiveLinear, layer_boundaries, official_maps, reference_maps, seed_tensor,
-)
+from dasr_annotator.engine.dasr import moments
+from dasr_annotator.engine.dasr.backbones import Backbone, load_backbone
+from dasr_annotator.engine.dasr.excitation import (
+                                                   Excitation, PositiveLinear, layer_boundaries, official_maps, reference_maps, seed_tensor,
+                                                   )
+from dasr_annotator.engine.dasr.layers import Chain, Conv, Pool, Residual, Trace
 
 torch.set_num_threads(1)
 
@@ -177,7 +178,7 @@ def test_official_maps_are_the_input_gradient_of_xbar():
 
 
 def _resnet_units(sd):
-    from dasr_annotator.engine.backbones import build_resnet50
+    from dasr_annotator.engine.dasr.networks import build_resnet50
 
     units, classifier = build_resnet50(sd)
     mean = tuple(255 * m for m in (0.485, 0.456, 0.406))

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from dasr_annotator.engine.backbones import WeightsMissing, torchvision_weights_file
-from dasr_annotator.engine.extractor import Extractor
-from dasr_annotator.engine.imageio import load_image
-from dasr_annotator.engine.regions import box_iou_matrix
+from dasr_annotator.engine.dasr.extractor import Extractor
+from dasr_annotator.engine.dasr.networks import WeightsMissing, torchvision_weights_file
+from dasr_annotator.engine.dasr.regions import box_iou_matrix
+from dasr_annotator.engine.store.imageio import load_image
 from dasr_annotator.engine.types import Box
 
 torch.set_num_threads(1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dasr_annotator.engine.extractor import DeviceUnavailable, Extractor, resolve_device
+from dasr_annotator.engine.dasr.extractor import DeviceUnavailable, Extractor, resolve_device
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
@@ -35,7 +35,7 @@ def test_gpu_out_of_memory_falls_back_step_by_step_to_the_cpu(monkeypatch, caplo
     monkeypatch.setattr(extractor, "_extract_many", out_of_memory_on_gpu)
     extractor._device = torch.device("cuda")
     extractor.memory_budget = 4096 << 20
-    with caplog.at_level(logging.WARNING, logger="dasr_annotator.engine.extractor"):
+    with caplog.at_level(logging.WARNING, logger="dasr_annotator.engine.dasr.extractor"):
         got = extractor.extract(image)
 
     assert calls == [("cuda", None, 4096), ("cuda", 1, 4096), ("cuda", 1, 1024), ("cuda", 1, 256), ("cpu", 1, 64)]

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from dasr_annotator.engine.feedback import (
-    box_iou_matrix,
-    feedback_scores,
-    hide_done,
-    image_ranking,
-    merge_overlapping,
-    region_scores,
-)
+from dasr_annotator.engine.search.feedback import (
+                                                   box_iou_matrix,
+                                                   feedback_scores,
+                                                   hide_done,
+                                                   image_ranking,
+                                                   merge_overlapping,
+                                                   region_scores,
+                                                   )
 from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
 
 

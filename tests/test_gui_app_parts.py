@@ -9,10 +9,11 @@ from PySide6.QtCore import QByteArray, QSettings
 from PySide6.QtGui import QKeySequence
 
 from dasr_annotator import resources
-from dasr_annotator.app import actions, settings
-from dasr_annotator.app.workers import EngineWorker, Task, UserMessage, describe_error, load_display_image
-from dasr_annotator.engine.imageio import ImageError
-from dasr_annotator.engine.storage import ProjectFileError
+from dasr_annotator.app.gui import actions
+from dasr_annotator.app.gui import settings
+from dasr_annotator.app.gui.workers import EngineWorker, Task, UserMessage, describe_error, load_display_image
+from dasr_annotator.engine.store.imageio import ImageError
+from dasr_annotator.engine.store.storage import ProjectFileError
 from dasr_annotator.engine.types import Box, Cancelled
 
 
@@ -129,7 +130,7 @@ def test_display_crop_shows_the_box_region(tmp_path, qapp):
 
 
 def _outcome(vectors, images, query):
-    from dasr_annotator.app.controller import CandidateRegions, SearchOutcome, SearchRequest
+    from dasr_annotator.app.gui.controller import CandidateRegions, SearchOutcome, SearchRequest
 
     n = len(images)
     boxes = np.array([[10.0 * i, 0, 10, 10] for i in range(n)])
@@ -138,7 +139,7 @@ def _outcome(vectors, images, query):
 
 
 def test_feedback_ranking_uses_accepted_and_rejected_regions():
-    from dasr_annotator.app.review import feedback_ranking
+    from dasr_annotator.app.gui.review import feedback_ranking
 
     def unit(*v):
         v = np.array(v, np.float32)

@@ -11,12 +11,12 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QDockWidget
 
-from dasr_annotator.app.controller import Relocated, SearchRequest
-from dasr_annotator.app.document import ACCEPTED, PENDING, REJECTED
-from dasr_annotator.app.settings import Preferences
-from dasr_annotator.app.main_window import MainWindow
-from dasr_annotator.engine.feedback import box_iou_matrix
-from dasr_annotator.engine.relocate import REJECTED_IOU
+from dasr_annotator.app.gui.controller import Relocated, SearchRequest
+from dasr_annotator.app.gui.document import ACCEPTED, PENDING, REJECTED
+from dasr_annotator.app.gui.main_window import MainWindow
+from dasr_annotator.app.gui.settings import Preferences
+from dasr_annotator.engine.dasr.relocate import box_iou_matrix
+from dasr_annotator.engine.dasr.relocate import REJECTED_IOU
 from dasr_annotator.engine.types import Box
 
 SEQUENCES = ("Box", "Dog", "Human3")
@@ -47,8 +47,8 @@ def indexed_folder(tmp_path_factory, dev_data, dev_manifest):
     """Photos indexed once, headless, for the tests that are not about indexing."""
     import torch
 
-    from dasr_annotator.engine.extractor import Extractor
-    from dasr_annotator.engine.project import Project
+    from dasr_annotator.engine.dasr.extractor import Extractor
+    from dasr_annotator.engine.project.project import Project
 
     torch.set_num_threads(1)
     photos = tmp_path_factory.mktemp("indexed") / "photos"
@@ -413,7 +413,7 @@ def test_layout_is_remembered(qtbot, tmp_path, window_on):
 
 
 def _size(path):
-    from dasr_annotator.engine.imageio import image_size
+    from dasr_annotator.engine.store.imageio import image_size
 
     return image_size(path)
 

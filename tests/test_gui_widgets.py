@@ -45,7 +45,7 @@ def test_ellipse_outline_follows_the_engines_angle_convention():
     elongated blob running up-right must be drawn running up-right."""
     import torch
 
-    from dasr_annotator.engine.regions import ellipses_from_maps
+    from dasr_annotator.engine.dasr.regions import ellipses_from_maps
 
     blob = torch.zeros(1, 64, 64)
     for i in range(40):

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from dasr_annotator.engine import imageio
-from dasr_annotator.engine.imageio import ImageError, LoadedImage, image_size, is_image_name, load_image
+from dasr_annotator.engine.store import imageio
+from dasr_annotator.engine.store.imageio import ImageError, LoadedImage, image_size, is_image_name, load_image
 
 sys.path.insert(0, str(Path(__file__).parent))
 import awkward_files  # noqa: E402 - test helper next to this file
@@ -157,7 +157,7 @@ _BOMB_SCRIPT = """
 import json, resource, sys, warnings
 sys.path.insert(0, sys.argv[1])
 import awkward_files
-from dasr_annotator.engine.imageio import ImageError, load_image
+from dasr_annotator.engine.store.imageio import ImageError, load_image
 warnings.simplefilter("error")  # no DecompressionBombWarning may escape either
 awkward_files.write_png_bomb(sys.argv[2] + "/bomb.png")
 awkward_files.write_huge_jpeg(sys.argv[2] + "/huge.jpg")

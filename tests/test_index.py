@@ -3,9 +3,9 @@ import faiss
 import numpy as np
 import pytest
 
-from dasr_annotator.engine import index as faiss_index
-from dasr_annotator.engine.descriptors import Whitening
-from dasr_annotator.engine.search import BoxError, Searcher, checked_box, parse_box
+from dasr_annotator.engine.dasr.descriptors import Whitening
+from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.search.searcher import BoxError, Searcher, checked_box, parse_box
 from dasr_annotator.engine.types import Box
 
 

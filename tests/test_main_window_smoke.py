@@ -1,8 +1,8 @@
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
-from dasr_annotator.app import cli
-from dasr_annotator.app.main_window import MainWindow
+from dasr_annotator.app import main as cli
+from dasr_annotator.app.gui.main_window import MainWindow
 
 
 def test_main_window_opens_offscreen(qtbot, tmp_path):

@@ -7,12 +7,12 @@ import logging
 import pytest
 import torch
 
-from dasr_annotator.engine.backbones import load_backbone
-from dasr_annotator.engine.excitation import Excitation, seed_sum, seed_tensor, stop_index
-from dasr_annotator.engine.extractor import Extractor
-from dasr_annotator.engine.imageio import load_image
-from dasr_annotator.engine.modulation import ModulatedMaps
-from dasr_annotator.engine.regions import box_iou_matrix, ellipses_from_maps
+from dasr_annotator.engine.dasr.backbones import load_backbone
+from dasr_annotator.engine.dasr.excitation import Excitation, seed_sum, seed_tensor, stop_index
+from dasr_annotator.engine.dasr.extractor import Extractor
+from dasr_annotator.engine.dasr.modulation import ModulatedMaps
+from dasr_annotator.engine.dasr.regions import box_iou_matrix, ellipses_from_maps
+from dasr_annotator.engine.store.imageio import load_image
 
 torch.set_num_threads(1)
 
@@ -74,7 +74,7 @@ def test_modulated_maps_of_all_seeds_add_up_to_the_exact_map(nets, name):
 
 def test_an_input_too_small_for_the_coarse_stride_says_so(nets, caplog):
     fw, act, cells = _traced(nets["vgg16"], "vgg16")
-    with torch.inference_mode(), caplog.at_level(logging.INFO, logger="dasr_annotator.engine.modulation"):
+    with torch.inference_mode(), caplog.at_level(logging.INFO, logger="dasr_annotator.engine.dasr.modulation"):
         exc = Excitation(fw.trace, fw.input_size)
         maps = ModulatedMaps(exc, seed_sum(act, cells), stride=64)
     assert maps.stride == 16  # VGG-16's last conv block runs at stride 16

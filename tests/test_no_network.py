@@ -36,8 +36,8 @@ def test_the_guard_blocks_connections_and_lookups_and_records_them():
 def test_imageio_and_storage_work_offline(tmp_path):
     from PIL import Image
 
-    from dasr_annotator.engine.imageio import image_size, load_image
-    from dasr_annotator.engine.storage import atomic_write_json, read_json, user_cache_dir
+    from dasr_annotator.engine.store.imageio import image_size, load_image
+    from dasr_annotator.engine.store.storage import atomic_write_json, read_json, user_cache_dir
 
     Image.new("RGB", (40, 30), (5, 6, 7)).save(tmp_path / "a.jpg")
     with network_blocked() as attempts:
@@ -58,8 +58,8 @@ from dasr_annotator.engine.netguard import network_blocked
 with network_blocked() as attempts:
     import torch
     torch.set_num_threads(1)
-    from dasr_annotator.engine.extractor import Extractor
-    from dasr_annotator.engine.imageio import load_image
+    from dasr_annotator.engine.dasr.extractor import Extractor
+    from dasr_annotator.engine.store.imageio import load_image
     extractor = Extractor()
     image = load_image(sys.argv[1], max_side=extractor.max_side)
     regions = extractor.extract(image)
@@ -71,7 +71,7 @@ print(json.dumps({"attempts": attempts, "regions": len(regions.regions), "dim": 
 
 
 def test_default_extractor_runs_with_the_network_blocked(dev_data, dev_manifest, tmp_path):
-    pytest.importorskip("dasr_annotator.engine.extractor")
+    pytest.importorskip("dasr_annotator.engine.dasr.extractor")
     first = dev_manifest["instances"][0]["images"][0]["file"]
     env = {"TORCH_HOME": str(tmp_path / "empty-torch-home"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
            "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}

@@ -5,15 +5,15 @@ import pytest
 import torch
 import torchvision
 
-from dasr_annotator.engine.regions import (
-    box_iou_matrix,
-    clip_boxes,
-    ellipse_from_moments,
-    ellipses_from_maps,
-    nms,
-    seeds_dasr,
-    seeds_dasr_star,
-)
+from dasr_annotator.engine.dasr.regions import (
+                                                box_iou_matrix,
+                                                clip_boxes,
+                                                ellipse_from_moments,
+                                                ellipses_from_maps,
+                                                nms,
+                                                seeds_dasr,
+                                                seeds_dasr_star,
+                                                )
 
 
 def _var_of_run(n: int) -> float:

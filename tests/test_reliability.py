@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from dasr_annotator.app.cli import main
-from dasr_annotator.engine.coco import CocoError, import_coco
-from dasr_annotator.engine.imageio import image_size
-from dasr_annotator.engine.project import Project
+from dasr_annotator.app.main import main
+from dasr_annotator.engine.project.project import Project
+from dasr_annotator.engine.store.coco import CocoError, import_coco
+from dasr_annotator.engine.store.imageio import image_size
 from dasr_annotator.engine.types import Box
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -74,7 +74,7 @@ def one_thread():
 def test_a_killed_index_run_resumes_where_it_stopped(dev_data, dev_manifest, tmp_path):
     photos = tmp_path / "photos"
     _copy_images(dev_data, _distinct_dev_images(dev_manifest, 12), photos)
-    command = [sys.executable, "-m", "dasr_annotator.app.cli", "index", str(photos), "--batch-size", "1",
+    command = [sys.executable, "-m", "dasr_annotator.app.main", "index", str(photos), "--batch-size", "1",
                "--max-side", "256"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -213,7 +213,7 @@ def test_awkward_folder_indexes_the_good_files_and_lists_every_bad_one(tmp_path,
 
 
 def test_read_only_photo_folder_keeps_state_in_the_cache_and_says_so(dev_data, dev_manifest, tmp_path, capsys):
-    from dasr_annotator.engine.storage import user_cache_dir
+    from dasr_annotator.engine.store.storage import user_cache_dir
 
     photos = tmp_path / "readonly"
     _copy_images(dev_data, _distinct_dev_images(dev_manifest, 2), photos)

@@ -4,8 +4,9 @@ import os
 import numpy as np
 import pytest
 
-from dasr_annotator.engine import relocate
-from dasr_annotator.engine.relocate import FeatureMap, MapCache, WindowQuery, best_window, inscribed_ellipse
+from dasr_annotator.engine.dasr import relocate
+from dasr_annotator.engine.dasr.relocate import FeatureMap, WindowQuery, best_window, inscribed_ellipse
+from dasr_annotator.engine.search.map_cache import MapCache
 from dasr_annotator.engine.types import Box
 
 
@@ -106,9 +107,9 @@ def test_map_cache_put_is_what_get_returns(tmp_path):
 def test_windows_land_on_the_instance_in_other_frames(dev_data, dev_manifest):
     """Real frames, embedded backbone: the query box of one frame is found again, by its centre,
     in later frames of the same video, more often than the best DASR* region finds it."""
-    from dasr_annotator.engine import evaluation
-    from dasr_annotator.engine.extractor import Extractor
-    from dasr_annotator.engine.imageio import load_image
+    from dasr_annotator.engine.dasr.extractor import Extractor
+    from dasr_annotator.engine.evaluation import metrics as evaluation
+    from dasr_annotator.engine.store.imageio import load_image
 
     extractor = Extractor()
     assert extractor.backbone.relocation_stride == 16

@@ -14,19 +14,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from awkward_files import read_only_folder  # noqa: E402 - test helper next to this file
-from dasr_annotator.engine import storage
-from dasr_annotator.engine.storage import (
-    ProjectFileError,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    backup_path,
-    is_writable_dir,
-    read_json,
-    read_json_with_recovery,
-    restore_backup,
-    user_cache_dir,
-)
+from dasr_annotator.engine.store import storage
+from dasr_annotator.engine.store.storage import (
+                                                 ProjectFileError,
+                                                 atomic_write_bytes,
+                                                 atomic_write_json,
+                                                 atomic_write_text,
+                                                 backup_path,
+                                                 is_writable_dir,
+                                                 read_json,
+                                                 read_json_with_recovery,
+                                                 restore_backup,
+                                                 user_cache_dir,
+                                                 )
 
 
 def _leftovers(folder: Path, keep: set[str]) -> list[str]:
@@ -132,7 +132,7 @@ def test_saving_into_a_missing_folder_says_why(tmp_path):
 
 _WRITER = """
 import sys
-from dasr_annotator.engine.storage import atomic_write_json
+from dasr_annotator.engine.store.storage import atomic_write_json
 i = 0
 print("ready", flush=True)
 while True:

@@ -16,8 +16,8 @@ from PySide6.QtWidgets import QGraphicsPixmapItem, QGraphicsScene, QGraphicsView
 
 from dasr_annotator.engine.types import Box, Ellipse
 from dasr_annotator.widgets.overlays import (
-    HANDLE_PX, MOVE, BoxItem, BoxStyle, EllipseItem, box_from_corners, dragged_box, grip_at,
-)
+                                             HANDLE_PX, MOVE, BoxItem, BoxStyle, EllipseItem, box_from_corners, dragged_box, grip_at,
+                                             )
 
 ZOOM_STEP = 1.25
 ZOOM_RANGE = (0.02, 50.0)

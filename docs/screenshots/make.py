@@ -53,7 +53,7 @@ def shoot(data: Path, out: Path, scratch: Path) -> int:
     from PySide6.QtCore import QEventLoop, QPointF, QSettings, Qt, QTimer
     from PySide6.QtTest import QTest
 
-    from dasr_annotator.app.application import create_app
+    from dasr_annotator.app.gui.application import create_app
     from dasr_annotator.engine.types import Box
 
     torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def shoot(data: Path, out: Path, scratch: Path) -> int:
     app = create_app()
     QSettings.setDefaultFormat(QSettings.IniFormat)
     QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(scratch / "qsettings"))
-    from dasr_annotator.app.main_window import MainWindow
+    from dasr_annotator.app.gui.main_window import MainWindow
 
     def wait(condition, timeout_s=120.0):
         loop = QEventLoop()

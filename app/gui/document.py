@@ -1,0 +1,352 @@
+"""The annotation document: the one source of truth the window's views render from.
+
+It wraps the project's Qt-free `AnnotationStore` (so the CLI and the GUI share the labels) and
+adds what only the window needs: an undo stack (every edit is a `commands.py` command), the
+current search's hits with the decisions taken on them, and autosave. Views never change the
+store themselves; they call the edit methods here and re-render on `changed`.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QUndoStack
+
+from dasr_annotator.app.gui import commands
+from dasr_annotator.engine.dasr.relocate import inscribed_ellipse
+from dasr_annotator.engine.search.feedback import hide_done
+from dasr_annotator.engine.store.annotations import AnnotationStore, Category
+from dasr_annotator.engine.store.storage import ProjectFileError
+from dasr_annotator.engine.types import Annotation, Box, Hit
+
+log = logging.getLogger(__name__)
+
+PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an edit touched, so each view can decide whether it needs to refresh."""
+
+    kind: str  # "annotations", "categories", "hits" or "reset"
+    images: frozenset[str] = frozenset()
+    ids: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class HitEntry:
+    """One hit of the current search and what the user decided about it."""
+
+    key: int  # stable within its session (the rank it arrived with)
+    hit: Hit
+    box: Box  # the hit's box, as adjusted by the user
+    status: str = PENDING
+    annotation_id: str | None = None  # the annotation an accepted hit became
+    score: float = 0.0  # the score shown and ranked by (re-ranking changes it)
+    look: int = 1  # how many times this photo was shown in the session, this hit included
+
+    @property
+    def image(self) -> str:
+        return self.hit.image
+
+
+@dataclass(eq=False)
+class HitSession:
+    """The results of one search (or one re-ranking of it)."""
+
+    query_id: str | None
+    category: str
+    entries: list[HitEntry] = field(default_factory=list)
+    note: str = ""  # e.g. "searched 40 of 120 images; the rest are still being indexed"
+    reranked: int = 0  # how many times feedback re-ordered the hits
+
+    @classmethod
+    def from_hits(cls, hits: list[Hit], category: str, query_id: str | None = None, note: str = "") -> "HitSession":
+        entries = [HitEntry(rank, hit, hit.box, score=float(hit.score)) for rank, hit in enumerate(hits)]
+        return cls(query_id, category, entries, note)
+
+    def entry(self, key: int) -> HitEntry:
+        for entry in self.entries:
+            if entry.key == key:
+                return entry
+        raise KeyError(key)
+
+    def counts(self) -> dict[str, int]:
+        out = {PENDING: 0, ACCEPTED: 0, REJECTED: 0}
+        for entry in self.entries:
+            out[entry.status] += 1
+        return out
+
+
+class Document(QObject):
+    changed = Signal(object)  # Change
+    savedChanged = Signal(bool)  # True once everything is on disk
+    saveFailed = Signal(str)  # a message for the user
+
+    def __init__(self, store: AnnotationStore, parent: QObject | None = None, autosave_ms: int = 300):
+        super().__init__(parent)
+        self.store = store
+        self.undo_stack = QUndoStack(self)
+        self.hits: HitSession | None = None
+        self._saved = True
+        self._autosave = QTimer(self, singleShot=True, interval=autosave_ms)
+        self._autosave.timeout.connect(self.save)
+
+    # ---- reading -----------------------------------------------------------------------------
+    @property
+    def categories(self) -> list[Category]:
+        return self.store.categories
+
+    def has_category(self, name: str) -> bool:
+        return any(c.name == name for c in self.store.categories)
+
+    def category_color(self, name: str, fallback: str = "#ffffff") -> str:
+        return self.store.category(name).color if self.has_category(name) else fallback
+
+    def annotations(self, image: str | None = None) -> list[Annotation]:
+        return self.store.list(image=image)
+
+    def annotation(self, ann_id: str) -> Annotation:
+        return self.store.get(ann_id)
+
+    def has_annotation(self, ann_id: str) -> bool:
+        try:
+            self.store.get(ann_id)
+        except KeyError:
+            return False
+        return True
+
+    def labelled_images(self) -> set[str]:
+        return {a.image for a in self.store.list()}
+
+    def pending_images(self) -> set[str]:
+        if self.hits is None:
+            return set()
+        return {e.image for e in self.hits.entries if e.status == PENDING}
+
+    def labelled_hit_keys(self, min_iou: float = 0.5) -> set[int]:
+        """Undecided or rejected hits whose image already has a label of the search's category
+        overlapping the hit's box (labels the current hits created do not count)."""
+        if self.hits is None:
+            return set()
+        own = {e.annotation_id for e in self.hits.entries}
+        labels = [a for a in self.store.list(category=self.hits.category) if a.id not in own]
+        entries = [e for e in self.hits.entries if e.status != ACCEPTED]
+        hits = [Hit(e.image, e.score, e.box, e.hit.ellipse) for e in entries]
+        done = hide_done(hits, labels, self.hits.category, min_iou)
+        return {e.key for e, labelled in zip(entries, done) if labelled}
+
+    @property
+    def is_saved(self) -> bool:
+        return self._saved
+
+    # ---- annotation edits (each one undo step) -----------------------------------------------
+    def add_annotation(self, image: str, category: str, box: Box, *, source: str = "manual",
+                       score: float | None = None, query_id: str | None = None) -> str:
+        ann = Annotation(commands.new_annotation_id(), image, category, box, score, query_id, source)
+        self.undo_stack.push(commands.AddAnnotations(self, [ann], f"Add {category} box"))
+        return ann.id
+
+    def remove_annotations(self, ids: list[str]) -> None:
+        ids = [i for i in ids if self.has_annotation(i)]
+        if ids:
+            self.undo_stack.push(commands.RemoveAnnotations(self, ids))
+
+    def set_annotation_box(self, ann_id: str, box: Box, drag_id: object = None) -> None:
+        """Move/resize a box; calls sharing a `drag_id` merge into one undo step."""
+        old = self.store.get(ann_id).box
+        if box != old:
+            self.undo_stack.push(commands.SetAnnotationBox(self, ann_id, old, box, drag_id))
+
+    def set_annotation_category(self, ids: list[str], category: str) -> None:
+        ids = [i for i in ids if self.store.get(i).category != category]
+        if ids:
+            self.undo_stack.push(commands.SetAnnotationCategory(self, ids, category))
+
+    # ---- category edits ----------------------------------------------------------------------
+    def add_category(self, name: str, color: str | None = None) -> None:
+        name = name.strip()
+        if name and not self.has_category(name):
+            self.undo_stack.push(commands.AddCategory(self, name, color))
+
+    def rename_category(self, old: str, new: str) -> None:
+        new = new.strip()
+        if new == old:
+            return
+        if not new:
+            raise ValueError("a category needs a name")
+        if self.has_category(new):
+            raise ValueError(f"a category named {new!r} exists already")
+        self.undo_stack.push(commands.RenameCategory(self, old, new))
+
+    def set_category_color(self, name: str, color: str) -> None:
+        if self.store.category(name).color != color.lower():
+            self.undo_stack.push(commands.SetCategoryColor(self, name, color))
+
+    def remove_category(self, name: str) -> None:
+        """Remove a category and the annotations that use it (one undo step)."""
+        self.undo_stack.push(commands.RemoveCategory(self, name))
+
+    # ---- hits --------------------------------------------------------------------------------
+    def set_hits(self, session: HitSession | None) -> None:
+        """Show a new search's results. Not an edit: it is not undone, and saves nothing."""
+        old = self.hits
+        self.hits = session
+        touched = {e.image for s in (old, session) if s is not None for e in s.entries}
+        self.changed.emit(Change("hits", frozenset(touched)))
+
+    def decide_hits(self, keys: list[int], decision: str) -> None:
+        """Accept (each hit becomes an annotation), reject, or reset hits to pending."""
+        if self.hits is None:
+            return
+        entries = [self.hits.entry(k) for k in keys]
+        entries = [e for e in entries if e.status != decision]
+        if entries:
+            self.undo_stack.push(commands.DecideHits(self, self.hits, entries, decision))
+
+    def accept_all_above(self, threshold: float) -> int:
+        """Accept every pending hit scoring at least `threshold`; returns how many."""
+        if self.hits is None:
+            return 0
+        keys = [e.key for e in self.hits.entries if e.status == PENDING and e.score >= threshold]
+        self.decide_hits(keys, ACCEPTED)
+        return len(keys)
+
+    def set_hit_box(self, key: int, box: Box, drag_id: object = None) -> None:
+        """Adjust a hit's box; an accepted hit's annotation moves with it."""
+        if self.hits is None:
+            return
+        entry = self.hits.entry(key)
+        if entry.status == ACCEPTED and entry.annotation_id and self.has_annotation(entry.annotation_id):
+            self.set_annotation_box(entry.annotation_id, box, drag_id)
+        elif box != entry.box:
+            self.undo_stack.push(commands.SetHitBox(self, self.hits, entry, entry.box, box, drag_id))
+
+    def move_pending_boxes(self, boxes: dict[int, Box]) -> int:
+        """New boxes for pending hits (feedback re-localisation); a box the user adjusted, or a hit
+        decided meanwhile, stays as it is. Returns how many boxes moved."""
+        if self.hits is None:
+            return 0
+        moved = 0
+        for entry in self.hits.entries:
+            box = boxes.get(entry.key)
+            if box is None or entry.status != PENDING or entry.box != entry.hit.box or box == entry.box:
+                continue
+            entry.hit = Hit(entry.hit.image, entry.hit.score, box, inscribed_ellipse(box))
+            entry.box = box
+            moved += 1
+        if moved:
+            self.changed.emit(Change("hits", frozenset(e.image for e in self.hits.entries)))
+        return moved
+
+    def add_second_looks(self, hits: list[Hit]) -> int:
+        """Rejected photos shown again with a new box (feedback: relocate.second_look): each a new
+        pending hit, placed among the undecided ones by its score. Like a search's results these
+        are not edits. Returns how many were added (a photo with an undecided hit gets none)."""
+        if self.hits is None:
+            return 0
+        waiting = {e.image for e in self.hits.entries if e.status != REJECTED}
+        hits = [h for h in hits if h.image not in waiting]
+        if not hits:
+            return 0
+        key = max((e.key for e in self.hits.entries), default=-1) + 1
+        shown = Counter(e.image for e in self.hits.entries)
+        added = [HitEntry(key + i, hit, hit.box, score=float(hit.score), look=shown[hit.image] + 1)
+                 for i, hit in enumerate(hits)]
+        decided = [e for e in self.hits.entries if e.status != PENDING]
+        pending = sorted([e for e in self.hits.entries if e.status == PENDING] + added, key=lambda e: -e.score)
+        self.hits.entries = decided + pending
+        self.changed.emit(Change("hits", frozenset(h.image for h in hits)))
+        return len(added)
+
+    def withdraw_stale_looks(self, images) -> int:
+        """Drop the undecided second looks of `images` whose photo has another hit that is no
+        longer rejected (its rejection, which the look came from, was undone or reset): the
+        photo would otherwise wait twice for review, and accepting both would label it twice.
+        Like adding looks, not an edit; the next re-localisation may offer one again."""
+        if self.hits is None:
+            return 0
+        withdrawn = []
+        for image in set(images):
+            here = [e for e in self.hits.entries if e.image == image]
+            for look in sorted((e for e in here if e.look > 1 and e.status == PENDING), key=lambda e: -e.look):
+                if any(e is not look and e.status != REJECTED for e in here):
+                    here.remove(look)
+                    withdrawn.append(look)
+        if withdrawn:
+            gone = {id(e) for e in withdrawn}
+            self.hits.entries = [e for e in self.hits.entries if id(e) not in gone]
+        return len(withdrawn)
+
+    def rerank_hits(self, updates: dict[int, Hit]) -> None:
+        """Re-score the pending hits (new best region and score per hit key) and re-order them;
+        decided hits keep their place at the top. A box the user adjusted stays as adjusted."""
+        if self.hits is None:
+            return
+        for entry in self.hits.entries:
+            new = updates.get(entry.key)
+            if new is None or entry.status != PENDING:
+                continue
+            if entry.box == entry.hit.box:
+                entry.box = new.box
+            entry.hit, entry.score = new, float(new.score)
+        decided = [e for e in self.hits.entries if e.status != PENDING]
+        pending = sorted((e for e in self.hits.entries if e.status == PENDING), key=lambda e: -e.score)
+        self.hits.entries = decided + pending
+        self.hits.reranked += 1
+        self.changed.emit(Change("hits", frozenset(e.image for e in self.hits.entries)))
+
+    def record_query(self, category: str, positives, negatives=()) -> str:
+        """Remember where a search came from (not an edit: kept even when its hits are undone)."""
+        query = self.store.add_query(category, positives, negatives)
+        self._set_saved(False)
+        self._autosave.start()
+        return query.id
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self) -> bool:
+        """Write the store now (atomically). On failure the user is told and edits stay unsaved."""
+        self._autosave.stop()
+        try:
+            self.store.save()
+        except ProjectFileError as exc:
+            self.saveFailed.emit(f"Could not save the labels: {exc.message}")
+            return False
+        except OSError as exc:
+            self.saveFailed.emit(f"Could not save the labels: {exc.strerror or exc}")
+            return False
+        self._set_saved(True)
+        return True
+
+    def adopt_import(self, added: list[Annotation], known_categories: set[str]) -> None:
+        """Make annotations the store gained outside the document (a COCO import) one undo step."""
+        if not added:
+            return
+        for ann in added:
+            self.store.remove(ann.id)
+        for category in self.store.categories:
+            if category.name not in known_categories and not self.store.list(category=category.name):
+                self.store.remove_category(category.name)
+        self.undo_stack.push(commands.AddAnnotations(self, added, f"Import {len(added)} labels"))
+
+    def reload(self, store: AnnotationStore) -> None:
+        """Replace everything (e.g. after importing COCO); the undo history no longer applies."""
+        self.store = store
+        self.undo_stack.clear()
+        self.hits = None
+        self._set_saved(not store.dirty)
+        self.changed.emit(Change("reset"))
+
+    # ---- for commands.py only ----------------------------------------------------------------
+    def notify(self, change: Change) -> None:
+        """An edit happened: tell the views and schedule the autosave."""
+        self._set_saved(False)
+        self._autosave.start()
+        self.changed.emit(change)
+
+    def _set_saved(self, saved: bool) -> None:
+        if saved != self._saved:
+            self._saved = saved
+            self.savedChanged.emit(saved)

@@ -1,0 +1,432 @@
+"""The main window: assembles the widgets, docks, menus and status bar, and wires them to the
+document (labels, undo) and the controller (engine work). Search review lives in review.py.
+
+Questions to the user (folder and file pickers, confirmations) and error display go through
+small methods (`ask_folder`, `ask_open_path`, `ask_save_path`, `confirm`, `show_error`) that tests
+replace.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget,
+)
+
+from dasr_annotator.app.gui import actions as action_table
+from dasr_annotator.app.gui import settings as app_settings
+from dasr_annotator.app.gui.controller import Controller
+from dasr_annotator.app.gui.document import Change, Document
+from dasr_annotator.app.gui.project_actions import ProjectActions
+from dasr_annotator.app.gui.review import Review
+from dasr_annotator.widgets import dialogs
+from dasr_annotator.widgets.canvas import ImageCanvas
+from dasr_annotator.widgets.file_list import FileListModel, FileListView
+from dasr_annotator.widgets.label_panel import AnnotationTable, CategoryPanel, CategoryRow
+from dasr_annotator.widgets.message_bar import MessageBar
+from dasr_annotator.widgets.progress_panel import ProgressPanel
+from dasr_annotator.widgets.result_grid import ResultPanel
+
+log = logging.getLogger(__name__)
+
+DISPLAY_MAX_SIDE = 2048  # the canvas shows photos reduced to this; boxes stay in original pixels
+THUMB_MAX_SIDE = 112
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, photos: Path | None = None, parent=None, prefs: app_settings.Preferences | None = None):
+        super().__init__(parent)
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("dasr-annotator")
+        self.prefs = prefs or app_settings.load_preferences()  # backbone names are checked on use
+        self.controller = Controller(self.prefs, self)
+        self.document: Document | None = None
+        self.current_image: str | None = None
+        self.canvas_image: str | None = None  # the photo the canvas shows (lags while loading)
+        self.action = action_table.create_actions(self)
+        self._build_widgets()
+        self._build_menus_and_toolbar()
+        self.review = Review(self)
+        self.project_actions = ProjectActions(self)
+        self._connect()
+        self._restore_layout()
+        self._update_enabled()
+        if photos is not None:
+            self.open_folder(Path(photos))
+
+    # ---- construction ------------------------------------------------------------------------
+    def _build_widgets(self) -> None:
+        self.canvas = ImageCanvas()
+        self.message_bar = MessageBar()
+        self.canvas_hint = QLabel("Open a photo folder (Ctrl+O) to start.")
+        self.canvas_hint.setObjectName("canvasHint")
+        self.canvas_hint.setAlignment(Qt.AlignCenter)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.canvas_hint)
+        self.stack.addWidget(self.canvas)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.message_bar)
+        layout.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+
+        self.file_model = FileListModel(self)
+        self.file_view = FileListView()
+        self.file_view.setModel(self.file_model)
+        self.categories = CategoryPanel()
+        self.labels = AnnotationTable()
+        self.results = ResultPanel()
+        self._add_dock("images", "Images", self.file_view, Qt.LeftDockWidgetArea)
+        self._add_dock("categories", "Categories", self.categories, Qt.RightDockWidgetArea)
+        self._add_dock("labels", "Labels on this photo", self.labels, Qt.RightDockWidgetArea)
+        self._add_dock("results", "Search results", self.results, Qt.BottomDockWidgetArea)
+
+        self.progress = ProgressPanel()
+        self.saved_label = QLabel()
+        self.saved_label.setObjectName("savedIndicator")
+        self.zoom_label = QLabel()
+        self.statusBar().addPermanentWidget(self.progress)
+        self.statusBar().addPermanentWidget(self.zoom_label)
+        self.statusBar().addPermanentWidget(self.saved_label)
+        self._show_saved(None)
+
+        self.category_box = QComboBox()
+        self.category_box.setEditable(True)
+        self.category_box.setMinimumWidth(160)
+        self.category_box.setInsertPolicy(QComboBox.NoInsert)
+        self.category_box.lineEdit().setPlaceholderText("category…")
+        self.category_box.setToolTip("The category of new boxes and searches: pick one or type a new name")
+
+    def _add_dock(self, name: str, title: str, widget: QWidget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock_{name}")  # saveState needs stable names
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetMovable | QDockWidget.DockWidgetFloatable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _build_menus_and_toolbar(self) -> None:
+        menus = {name: self.menuBar().addMenu(f"&{name}") for name in action_table.MENUS}
+        for spec in action_table.ACTIONS:
+            if spec.menu:
+                menus[spec.menu].addAction(self.action[spec.name])
+            else:
+                self.addAction(self.action[spec.name])
+        toolbar = self.addToolBar("Main")
+        toolbar.setObjectName("toolbar_main")
+        toolbar.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        for name in ("open_folder", "save", None, "undo", "redo", None, "fit", "zoom_in", "zoom_out", None):
+            if name is None:
+                toolbar.addSeparator()
+            else:
+                toolbar.addAction(self.action[name])
+        toolbar.addWidget(QLabel(" Category "))
+        toolbar.addWidget(self.category_box)
+        for name in ("find_similar", "find_more"):
+            toolbar.addAction(self.action[name])
+        spacer = QWidget()
+        spacer.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+        toolbar.addWidget(spacer)
+        toolbar.addAction(self.action["shortcuts"])
+        for name in ("undo", "redo", "fit", "zoom_in", "zoom_out", "save", "open_folder", "shortcuts"):
+            toolbar.widgetForAction(self.action[name]).setToolButtonStyle(Qt.ToolButtonIconOnly)
+        for name in ("accept", "reject"):
+            self.results.add_action_button(self.action[name])
+        self.results.add_action_button(self.action["accept_above"], trailing=True)
+        self.results.add_action_button(self.action["rerank"], trailing=True)
+        self._category_keys = [QShortcut(QKeySequence(k), self, activated=lambda n=int(k): self.pick_category_number(n))
+                               for k in action_table.CATEGORY_KEYS]
+
+    def _connect(self) -> None:
+        a = self.action
+        a["open_folder"].triggered.connect(self._choose_folder)
+        a["save"].triggered.connect(self.save)
+        a["quit"].triggered.connect(self.close)
+        a["undo"].triggered.connect(lambda: self.document and self.document.undo_stack.undo())
+        a["redo"].triggered.connect(lambda: self.document and self.document.undo_stack.redo())
+        a["delete"].triggered.connect(self.delete_selected)
+        a["prev_image"].triggered.connect(lambda: self.step_image(-1))
+        a["next_image"].triggered.connect(lambda: self.step_image(1))
+        a["zoom_in"].triggered.connect(self.canvas.zoom_in)
+        a["zoom_out"].triggered.connect(self.canvas.zoom_out)
+        a["zoom_actual"].triggered.connect(self.canvas.zoom_actual)
+        a["fit"].triggered.connect(self.canvas.fit)
+        a["cancel_work"].triggered.connect(self.controller.cancel_indexing)
+        a["shortcuts"].triggered.connect(self.show_shortcuts)
+        c = self.controller
+        c.projectOpened.connect(self._project_opened)
+        c.deviceReady.connect(self.progress.set_device)
+        c.failed.connect(self._engine_failed)
+        c.images_loader.loaded.connect(self._image_loaded)
+        c.images_loader.failed.connect(self._image_failed)
+        self.progress.cancelRequested.connect(c.cancel_indexing)
+        self.file_model.thumbnailWanted.connect(
+            lambda rel: self.project and c.images_loader.request(("thumb", rel), self.project.path_of(rel), THUMB_MAX_SIDE))
+        self.file_view.selectionModel().currentChanged.connect(
+            lambda index, _: index.isValid() and self.show_image(self.file_model.paths()[index.row()]))
+        self.canvas.zoomChanged.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
+        self.categories.currentChanged.connect(self.set_category)
+        self.categories.addRequested.connect(lambda name: self.edit(lambda d: d.add_category(name)))
+        self.categories.renameRequested.connect(lambda old, new: self.edit(lambda d: d.rename_category(old, new)))
+        self.categories.colorRequested.connect(lambda name, color: self.edit(lambda d: d.set_category_color(name, color)))
+        self.categories.deleteRequested.connect(lambda name: self.edit(lambda d: d.remove_category(name)))
+        self.labels.model_.categoryEdited.connect(
+            lambda ann_id, name: self.edit(lambda d: d.set_annotation_category([ann_id], name)))
+        self.labels.selectedIdsChanged.connect(lambda ids: self.canvas.select([f"ann:{i}" for i in ids]))
+        self.canvas.selectionChanged.connect(self._canvas_selection)
+
+    # ---- questions and messages (tests replace these) ----------------------------------------
+    def ask_folder(self) -> str | None:
+        return QFileDialog.getExistingDirectory(self, "Open a photo folder", app_settings.recent_folder()) or None
+
+    def ask_open_path(self, title: str, filter_: str) -> str | None:
+        return QFileDialog.getOpenFileName(self, title, "", filter_)[0] or None
+
+    def ask_save_path(self, title: str, name: str, filter_: str) -> str | None:
+        return QFileDialog.getSaveFileName(self, title, name, filter_)[0] or None
+
+    def confirm(self, title: str, text: str) -> bool:
+        return dialogs.confirm(self, title, text)
+
+    def show_error(self, title: str, message: str) -> None:
+        log.warning("%s: %s", title, message)
+        self.message_bar.show_message(f"<b>{title}.</b> {_escape(message)}", "error")
+
+    def _engine_failed(self, what: str, message: str) -> None:
+        self.show_error(f"{what} failed", message)
+        if not self.controller.is_indexing:
+            self.progress.finish("")
+
+    def show_info(self, message: str, timeout_ms: int = 8000) -> None:
+        self.message_bar.show_message(_escape(message), "info", timeout_ms)
+
+    # ---- folder and project ------------------------------------------------------------------
+    @property
+    def project(self):
+        return self.controller.project
+
+    def _choose_folder(self) -> None:
+        folder = self.ask_folder()
+        if folder:
+            self.open_folder(Path(folder))
+
+    def open_folder(self, photos: Path) -> None:
+        self._detach_document()
+        self._update_enabled()
+        self.controller.images_loader.clear()  # thumbnails of the previous folder
+        self.setWindowTitle(f"dasr-annotator — {photos}")
+        self.progress.start("Opening the folder…", cancellable=False)
+        self.controller.open_folder(photos)
+
+    def _project_opened(self, project, files: list[str]) -> None:
+        app_settings.remember_folder(str(project.photos))
+        self._detach_document()
+        self.document = Document(project.annotations, self)
+        self.document.changed.connect(self._document_changed)
+        self.document.savedChanged.connect(self._show_saved)
+        self.document.saveFailed.connect(self._save_failed)
+        self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
+        self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
+        self.review.attach(self.document)
+        self.file_model.set_images(files)
+        self.current_image = self.canvas_image = None
+        self.canvas.set_image(None)
+        self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
+        if not files:
+            self.canvas_hint.setText(f"No photos found in {project.photos}.")
+        self.statusBar().showMessage(project.state_note, 8000)
+        self._document_changed(Change("reset"))
+        self._show_saved(True)
+        if files:
+            self.file_view.setCurrentIndex(self.file_model.index(0))
+
+    # ---- images ------------------------------------------------------------------------------
+    def show_image(self, rel: str) -> None:
+        if rel == self.current_image or self.project is None:
+            return
+        self.current_image = rel
+        self.review.clear_draft()
+        row = self.file_model.row_of(rel)
+        if row >= 0 and self.file_view.currentIndex().row() != row:
+            self.file_view.setCurrentIndex(self.file_model.index(row))
+        self.controller.images_loader.request(("canvas", rel), self.project.path_of(rel), DISPLAY_MAX_SIDE, priority=10)
+        self.refresh_image_views()
+
+    def step_image(self, step: int) -> None:
+        paths = self.file_model.paths()
+        if paths:
+            row = self.file_model.row_of(self.current_image) if self.current_image else -1
+            self.show_image(paths[min(max(row + step, 0), len(paths) - 1)])
+
+    def _image_loaded(self, tag, image, size) -> None:
+        kind = tag[0]
+        if kind == "thumb":
+            self.file_model.set_thumbnail(tag[1], image)
+        elif kind == "canvas" and tag[1] == self.current_image:
+            self.stack.setCurrentWidget(self.canvas)
+            self.canvas.set_image(image, size)
+            self.canvas_image = tag[1]
+            self.refresh_image_views()
+            self.review.image_shown(tag[1])
+        elif kind == "crop":
+            self.results.model.set_crop(tag[1], tag[2], image)
+
+    def _image_failed(self, tag, reason: str) -> None:
+        if tag[0] in ("thumb", "canvas"):
+            self.file_model.set_problem(tag[1], reason)
+        if tag[0] == "canvas" and tag[1] == self.current_image:
+            self.canvas.set_image(None)
+            self.canvas_image = None
+            self.canvas_hint.setText(f"Cannot show {tag[1]}:\n{reason}")
+            self.stack.setCurrentWidget(self.canvas_hint)
+
+    # ---- views from the document -------------------------------------------------------------
+    def _document_changed(self, change: Change) -> None:
+        doc = self.document
+        if change.kind in ("categories", "annotations", "reset"):
+            counts: dict[str, int] = {}
+            for ann in doc.annotations():
+                counts[ann.category] = counts.get(ann.category, 0) + 1
+            current = self.category() or (doc.categories[0].name if doc.categories else "")
+            rows = [CategoryRow(c.name, c.color, counts.get(c.name, 0)) for c in doc.categories]
+            self.categories.set_categories(rows, current)
+            if change.kind != "annotations":
+                self.category_box.blockSignals(True)
+                self.category_box.clear()
+                self.category_box.addItems([c.name for c in doc.categories])
+                self.category_box.setEditText(current)
+                self.category_box.blockSignals(False)
+        self.update_file_counts()
+        if change.kind == "reset" or not change.images or self.current_image in change.images:
+            self.refresh_image_views()
+        self.review.refresh_results()
+        self._update_enabled()
+
+    def update_file_counts(self) -> None:
+        labels, pending = {}, {}
+        for ann in self.document.annotations():
+            labels[ann.image] = labels.get(ann.image, 0) + 1
+        if self.document.hits is not None:
+            for entry in self.document.hits.entries:
+                if entry.status == "pending":
+                    pending[entry.image] = pending.get(entry.image, 0) + 1
+        self.file_model.set_counts(labels, pending)
+
+    def refresh_image_views(self) -> None:
+        """Canvas overlays and the label table for the current photo, from the document."""
+        if self.document is None or self.current_image is None:
+            return
+        annotations = self.document.annotations(self.current_image)
+        colors = {c.name: c.color for c in self.document.categories}
+        self.labels.set_annotations(annotations, colors)
+        if self.canvas_image == self.current_image:
+            self.canvas.set_overlays(self.review.overlays(self.current_image, annotations, colors))
+
+    def _canvas_selection(self, keys: list[str]) -> None:
+        self.labels.select_ids([k[4:] for k in keys if k.startswith("ann:")])
+        self.review.canvas_selected(keys)
+
+    # ---- categories --------------------------------------------------------------------------
+    def category(self) -> str:
+        return self.category_box.currentText().strip()
+
+    def set_category(self, name: str) -> None:
+        if name and name != self.category():
+            self.category_box.setEditText(name)
+        self.categories.set_current(name)
+
+    def pick_category_number(self, number: int) -> None:
+        name = self.categories.name_at(number)
+        if name:
+            self.set_category(name)
+            self.statusBar().showMessage(f"Category: {name}", 3000)
+
+    # ---- edits -------------------------------------------------------------------------------
+    def edit(self, change) -> None:
+        """Run a document edit; a refused one (e.g. a duplicate name) is shown, not raised."""
+        if self.document is None:
+            return
+        try:
+            change(self.document)
+        except (ValueError, KeyError) as exc:
+            self.show_error("Not possible", str(exc).strip("'\""))
+
+    def delete_selected(self) -> None:
+        ids = [k[4:] for k in self.canvas.selected_keys() if k.startswith("ann:")] or self.labels.selected_ids()
+        self.edit(lambda d: d.remove_annotations(ids))
+
+    def save(self) -> None:
+        if self.document is not None and self.document.save():
+            self.statusBar().showMessage(f"Labels saved to {self.document.store.path}", 4000)
+
+    def _save_failed(self, message: str) -> None:
+        self.show_error("Saving failed", message)
+        self._show_saved(False)
+
+    def _detach_document(self) -> None:
+        """Save and let go of the document; its signals must not reach a closing window."""
+        doc, self.document = self.document, None
+        self.review.attach(None)
+        if doc is None:
+            return
+        doc.save()
+        for signal in (doc.changed, doc.savedChanged, doc.saveFailed, doc.undo_stack.canUndoChanged,
+                       doc.undo_stack.canRedoChanged):
+            signal.disconnect()
+        doc.deleteLater()
+
+    def _show_saved(self, saved: bool | None) -> None:
+        text = {None: "", True: "✓ All changes saved", False: "● Unsaved changes"}[saved]
+        self.saved_label.setText(text)
+        self.saved_label.setProperty("saved", "true" if saved else "false")
+        self.saved_label.style().unpolish(self.saved_label)
+        self.saved_label.style().polish(self.saved_label)
+
+    def show_shortcuts(self) -> None:
+        sheet = dialogs.ShortcutSheet(action_table.shortcut_rows(), self)
+        sheet.setAttribute(Qt.WA_DeleteOnClose)
+        sheet.show()
+
+    def _update_enabled(self, *_) -> None:
+        has_doc = self.document is not None
+        for name in ("save", "import_coco", "export_coco", "find_more", "delete", "label_box"):
+            self.action[name].setEnabled(has_doc)
+        self.action["undo"].setEnabled(has_doc and self.document.undo_stack.canUndo())
+        self.action["redo"].setEnabled(has_doc and self.document.undo_stack.canRedo())
+        self.review.update_enabled()
+
+    # ---- layout and closing ------------------------------------------------------------------
+    def _default_size(self):
+        """1400x900, shrunk to fit a smaller screen's available area."""
+        size = QSize(1400, 900)
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        if screen is not None:
+            size = size.boundedTo(screen.availableGeometry().size() * 0.95)
+        return size
+
+    def _restore_layout(self) -> None:
+        saved = app_settings.load_layout()
+        self.resize(self._default_size())
+        self.resizeDocks([self.findChild(QDockWidget, "dock_results")], [260], Qt.Vertical)
+        if saved is not None:
+            self.restoreGeometry(saved[0])
+            self.restoreState(saved[1], app_settings.LAYOUT_VERSION)
+
+    def closeEvent(self, event) -> None:
+        app_settings.save_layout(self.saveGeometry(), self.saveState(app_settings.LAYOUT_VERSION))
+        self._detach_document()
+        self.controller.shutdown()
+        for dock in self.findChildren(QDockWidget):
+            if dock.isFloating():
+                dock.hide()  # a floating dock is a window of its own; it goes with this one
+        super().closeEvent(event)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "<br>")
+

@@ -1,0 +1,121 @@
+"""Project-level operations of the window: COCO export and import, settings that may need a
+re-index, and what indexing tells the user (progress, skipped photos, pauses, rebuilds)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QObject
+
+from dasr_annotator.app.gui import settings as app_settings
+from dasr_annotator.app.gui.workers import describe_error
+from dasr_annotator.widgets import dialogs
+
+if TYPE_CHECKING:
+    from dasr_annotator.app.gui.main_window import MainWindow
+
+
+class ProjectActions(QObject):
+    def __init__(self, window: "MainWindow"):
+        super().__init__(window)
+        self.window = window
+        w, a, c = window, window.action, window.controller
+        a["export_coco"].triggered.connect(self.export_coco)
+        a["import_coco"].triggered.connect(self.import_coco)
+        a["settings"].triggered.connect(self.edit_settings)
+        c.indexingStarted.connect(lambda: w.progress.start("Indexing…"))
+        c.indexingProgress.connect(lambda done, total, eta: w.progress.set_progress(
+            f"Indexing {done} / {total}", done, total, eta))
+        c.indexingFinished.connect(self._indexing_finished)
+        c.indexingStopped.connect(self._indexing_stopped)
+        c.incompatibleIndex.connect(self._incompatible_index)
+
+    # ---- COCO --------------------------------------------------------------------------------
+    def export_coco(self) -> None:
+        w = self.window
+        if w.project is None or w.document is None:
+            return
+        path = w.ask_save_path("Export COCO", str(w.project.photos / "annotations.coco.json"), "COCO JSON (*.json)")
+        if not path:
+            return
+        from dasr_annotator.engine.store.coco import export_coco
+
+        try:
+            w.document.save()
+            report = export_coco(w.project, path)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the user
+            w.show_error("Export failed", describe_error(exc))
+            return
+        skipped = f"; {len(report.skipped)} skipped (unreadable images)" if report.skipped else ""
+        w.show_info(f"Exported {report.annotations} labels on {report.images} photos in {report.categories} "
+                    f"categories to {path}{skipped}.")
+
+    def import_coco(self) -> None:
+        """Add a COCO file's labels; the import is one undo step."""
+        w = self.window
+        if w.project is None or w.document is None:
+            return
+        path = w.ask_open_path("Import COCO", "COCO JSON (*.json)")
+        if not path:
+            return
+        from dasr_annotator.engine.store.coco import CocoError, import_coco
+
+        doc = w.document
+        before = {a.id for a in doc.annotations()}
+        known = {c.name for c in doc.categories}
+        try:
+            report = import_coco(w.project, path)
+        except CocoError as exc:
+            w.show_error("Import failed", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the user
+            w.show_error("Import failed", describe_error(exc))
+            return
+        doc.adopt_import([a for a in doc.annotations() if a.id not in before], known)
+        duplicates = f"; {len(report.duplicates)} already present" if report.duplicates else ""
+        w.show_info(f"Imported {report.added} labels from {path}{duplicates}.")
+
+    # ---- settings ----------------------------------------------------------------------------
+    def edit_settings(self) -> None:
+        from dasr_annotator.engine.dasr.backbones import BACKBONES  # torch is loaded by now
+
+        current = vars(self.window.prefs).copy()
+        choices = {"backbone": BACKBONES, "device": app_settings.DEVICES, "mode": app_settings.MODES}
+        dialog = dialogs.SettingsDialog(current, choices, parent=self.window)
+        if dialog.exec() == dialogs.SettingsDialog.Accepted:
+            self.apply_preferences(app_settings.Preferences(**{**current, **dialog.values()}))
+            app_settings.save_preferences(self.window.prefs)
+
+    def apply_preferences(self, prefs: app_settings.Preferences) -> None:
+        w = self.window
+        w.prefs = prefs
+        if w.controller.apply_preferences(prefs) and w.confirm(
+                "Re-index the folder?", "The new backbone, mode or image size needs a new index of every photo. "
+                "Your labels are kept. Re-index now?"):
+            w.controller.rebuild_index()
+
+    # ---- indexing status ---------------------------------------------------------------------
+    def _indexing_finished(self, report) -> None:
+        w = self.window
+        new = f", {report.indexed} new" if report.indexed else ""
+        w.progress.finish(f"{report.images} photo{'s' if report.images != 1 else ''} indexed{new}")
+        if report.skipped:
+            names = ", ".join(s["file"] for s in report.skipped[:3]) + (" …" if len(report.skipped) > 3 else "")
+            w.show_error("Some photos could not be indexed",
+                         f"{len(report.skipped)} skipped ({names}): {report.skipped[0]['reason']}")
+        if w.controller.images != w.file_model.paths():  # photos added or removed meanwhile
+            w.file_model.set_images(w.controller.images)
+            w.update_file_counts()
+
+    def _indexing_stopped(self, why: str) -> None:
+        if why == "paused":
+            self.window.progress.start("Indexing paused for a search…")
+        else:
+            self.window.progress.finish("Indexing cancelled — it resumes where it stopped next time")
+
+    def _incompatible_index(self, message: str) -> None:
+        w = self.window
+        w.progress.finish("Not indexed")
+        if w.confirm("Re-index the folder?", f"{message}\n\nRe-index with the current settings? Your labels are kept."):
+            w.controller.rebuild_index()
+        else:
+            w.show_error("Index not updated", message)

@@ -1,0 +1,397 @@
+"""Query and review: the drawn box becomes a search, the controller's hits become the document's
+hit session, and the user's decisions (keys, buttons) become document edits. Relevance feedback
+re-ranks the undecided hits every few decisions.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PySide6.QtCore import QObject
+from PySide6.QtGui import QKeySequence, QShortcut
+
+from dasr_annotator.app.gui.controller import SearchOutcome, SearchRequest
+from dasr_annotator.app.gui.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
+from dasr_annotator.engine.dasr.relocate import MAX_LOOKS, inscribed_ellipse
+from dasr_annotator.engine.search import feedback
+from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
+from dasr_annotator.widgets.canvas import DRAFT_STYLE, Overlay
+from dasr_annotator.widgets.overlays import BoxStyle
+from dasr_annotator.widgets.result_grid import HINT, HitRow
+
+if TYPE_CHECKING:
+    from dasr_annotator.app.gui.main_window import MainWindow
+
+CROP_SIDE = 160
+PENDING_COLOR = "#f0a020"
+REJECTED_COLOR = "#f85149"
+
+
+class Review(QObject):
+    def __init__(self, window: "MainWindow"):
+        super().__init__(window)
+        self.window = window
+        self.doc: Document | None = None
+        self.draft: Box | None = None  # the box drawn on the current photo, not yet used
+        self.outcome: SearchOutcome | None = None
+        self.decisions = 0  # since the last re-ranking
+        self._outcome_query: str | None = None  # the query id of the session `outcome` belongs to
+        w, a = window, window.action
+        self._enter = [QShortcut(QKeySequence(k), w, activated=self.enter) for k in ("Return", "Enter")]
+        a["find_similar"].triggered.connect(self.find_similar)
+        a["find_more"].triggered.connect(self.find_more)
+        a["label_box"].triggered.connect(self.label_draft)
+        a["accept"].triggered.connect(lambda: self.decide(ACCEPTED))
+        a["reject"].triggered.connect(lambda: self.decide(REJECTED))
+        a["next_hit"].triggered.connect(lambda: w.results.move(1))
+        a["prev_hit"].triggered.connect(lambda: w.results.move(-1))
+        a["accept_above"].triggered.connect(self.accept_above)
+        a["rerank"].triggered.connect(lambda: self.rerank(automatic=False))
+        w.category_box.lineEdit().returnPressed.connect(self._category_entered)
+        w.canvas.boxDrawn.connect(self._box_drawn)
+        w.canvas.boxEdited.connect(self._box_edited)
+        w.results.currentChanged.connect(self._hit_selected)
+        w.results.hideLabelledChanged.connect(lambda _: self.refresh_results())
+        w.results.model.cropWanted.connect(self._crop_wanted)
+        w.controller.searchStarted.connect(lambda what: w.statusBar().showMessage(f"Searching for {what}…"))
+        w.controller.searchFinished.connect(self._search_finished)
+        w.controller.hitsRelocated.connect(self._relocated)
+
+    def attach(self, doc: Document | None) -> None:
+        self.doc, self.draft, self.outcome, self.decisions = doc, None, None, 0
+        self.window.results.model.clear_crops()
+        self.refresh_results()
+
+    # ---- the drawn box -----------------------------------------------------------------------
+    def clear_draft(self) -> None:
+        self.draft = None
+
+    def _box_drawn(self, box: Box) -> None:
+        self.draft = box
+        self.window.refresh_image_views()
+        self.window.canvas.select(["draft"])
+        self.window.statusBar().showMessage("Enter: find similar · Ctrl+Enter: label it without searching", 6000)
+
+    def _box_edited(self, key: str, box: Box, drag_id) -> None:
+        if key == "draft":
+            self.draft = box
+        elif key.startswith("ann:"):
+            self.window.edit(lambda d: d.set_annotation_box(key[4:], box, drag_id))
+        elif key.startswith("hit:"):
+            self.window.edit(lambda d: d.set_hit_box(int(key[4:]), box, drag_id))
+
+    def _category_or_ask(self) -> str | None:
+        category = self.window.category()
+        if not category:
+            self.window.show_error("Which category?", "Type a category name in the toolbar (or press 1–9) first.")
+            self.window.category_box.setFocus()
+        return category or None
+
+    def label_draft(self) -> str | None:
+        """Add the drawn box as a label of the current category; returns its id."""
+        category = self._category_or_ask() if self.draft is not None else None
+        if category is None or self.doc is None:
+            return None
+        box, self.draft = self.draft, None
+        return self.doc.add_annotation(self.window.current_image, category, box)
+
+    # ---- searching ---------------------------------------------------------------------------
+    def enter(self) -> None:
+        """Enter: search with a drawn box; otherwise accept the current hit."""
+        if self.draft is not None or not self._current_entries():
+            self.find_similar()
+        else:
+            self.decide(ACCEPTED)
+
+    def _category_entered(self) -> None:
+        """Enter in the category box: search with the drawn box, if any; else back to the photo."""
+        if self.draft is not None:
+            self.find_similar()
+        self.window.canvas.setFocus()
+
+    def find_similar(self) -> None:
+        w = self.window
+        if self.doc is None or w.current_image is None:
+            return
+        image = w.current_image
+        if self.draft is not None:
+            box = self.draft
+            if self.label_draft() is None:
+                return
+        else:
+            selected = [k[4:] for k in w.canvas.selected_keys() if k.startswith("ann:")]
+            if not selected:
+                w.show_info("Draw a box around an object first (drag on the photo), or select a label.")
+                return
+            ann = self.doc.annotation(selected[0])
+            box = ann.box
+            w.set_category(ann.category)
+        self._search(SearchRequest(w.category(), [(image, box)], exclude_image=image, top_k=w.prefs.top_k))
+
+    def find_more(self) -> None:
+        """Search with every label of the current category as an example."""
+        category = self._category_or_ask()
+        if category is None or self.doc is None:
+            return
+        examples = [(a.image, a.box) for a in self.doc.annotations() if a.category == category]
+        if not examples:
+            self.window.show_info(f"There are no {category!r} labels yet: draw one and press Enter.")
+            return
+        hits = self.doc.hits
+        negatives = decided_boxes(hits, REJECTED) if hits is not None and hits.category == category else []
+        self._search(SearchRequest(category, examples, negatives, top_k=self.window.prefs.top_k))
+
+    def _search(self, request: SearchRequest) -> None:
+        if self.window.controller.is_indexing:
+            self.window.show_info("Indexing pauses for this search; photos not indexed yet are left out of it.")
+        self.window.controller.search(request)
+
+    def _search_finished(self, outcome: SearchOutcome) -> None:
+        w, request = self.window, outcome.request
+        if self.doc is None:
+            return
+        query_id = self.doc.record_query(request.category, request.positives, request.negatives) if request.positives else None
+        note, missing = "", outcome.total_images - outcome.searched_images
+        if missing > 0:
+            why = "are still being indexed" if w.controller.is_indexing else "are not indexed (indexing was stopped)"
+            note = f"Searched the {outcome.searched_images} photos indexed so far; {missing} {why}."
+        self.outcome, self.decisions, self._outcome_query = outcome, 0, query_id
+        session = HitSession.from_hits(outcome.hits, request.category, query_id, note)
+        self.doc.set_hits(session)
+        if outcome.hits:
+            scores = [h.score for h in outcome.hits]
+            w.results.set_range(min(scores), max(scores))
+            first = next((e for e in session.entries if e.status == PENDING), session.entries[0])
+            w.results.select_key(first.key)
+            w.results.view.setFocus()
+        w.statusBar().showMessage(f"{len(outcome.hits)} hits for {request.category}", 5000)
+        if note:
+            w.show_info(note)
+
+    # ---- deciding ----------------------------------------------------------------------------
+    def _current_entries(self) -> list:
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None:
+            return []
+        keys = set(self.window.results.selected_keys())
+        return [e for e in hits.entries if e.key in keys]
+
+    def decide(self, decision: str) -> None:
+        entries = self._current_entries()
+        if not entries:
+            return
+        last = self.window.results.model.row_of(entries[-1].key)
+        self.window.edit(lambda d: d.decide_hits([e.key for e in entries], decision))
+        self.decisions += len(entries)
+        self._advance(last)
+        every = self.window.prefs.feedback_every
+        if every and self.decisions >= every:
+            self.rerank(automatic=True)
+
+    def _advance(self, after_row: int) -> None:
+        """Select the next undecided hit after `after_row` (or the last one)."""
+        rows = self.window.results.model.rows()
+        following = [r for r in rows[after_row + 1:] if r.status == PENDING]
+        target = following[0] if following else (rows[min(after_row + 1, len(rows) - 1)] if rows else None)
+        if target is not None:
+            self.window.results.select_key(target.key)
+
+    def accept_above(self) -> None:
+        if self.doc is None:
+            return
+        threshold = self.window.results.threshold()
+        count = self.doc.accept_all_above(threshold)
+        self.window.statusBar().showMessage(f"Accepted {count} hits scoring {threshold:.3f} or more", 5000)
+
+    def rerank(self, automatic: bool) -> None:
+        """Re-order the undecided hits with the accepted ones as more examples and the rejected
+        ones as counter-examples (numpy over the hit images' regions: instant, no engine)."""
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None or self.outcome is None or hits.query_id != self._outcome_query:
+            return
+        pending = {e.key: e.image for e in hits.entries if e.status == PENDING}
+        decided = [e for e in hits.entries if e.status != PENDING]
+        if not pending or (automatic and not decided):
+            return
+        self.decisions = 0
+        accepted, rejected = decided_boxes(hits, ACCEPTED), decided_boxes(hits, REJECTED)
+        updates = feedback_ranking(self.outcome, accepted, rejected, pending)
+        # feedback re-orders the hits; each keeps the box search placed (re-localised, engine/relocate.py)
+        placed = {e.key: e.hit for e in hits.entries}
+        updates = {key: Hit(hit.image, hit.score, placed[key].box, placed[key].ellipse) for key, hit in updates.items()}
+        current = self.window.results.current_key()
+        self.doc.rerank_hits(updates)
+        self.window.show_info(f"Re-ranked the {len(updates)} undecided hits using {len(accepted)} accepted and "
+                              f"{len(rejected)} rejected as examples.", 5000)
+        if current is not None:
+            self.window.results.select_key(current)
+        if accepted and self.outcome.windows is not None:  # the accepted boxes also place the rest
+            waiting = {e.key: e.hit for e in hits.entries if e.status == PENDING}
+            boxes_rejected, look_again = rejected_boxes(hits)
+            self.window.controller.relocate(hits, self.outcome.windows, accepted, waiting, boxes_rejected, look_again)
+
+    def _relocated(self, result) -> None:
+        """Boxes of undecided hits moved by the accepted examples, and rejected photos with a new
+        box to review (controller.relocate)."""
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None or hits is not result.session:
+            return  # a newer search replaced those hits
+        moved = self.doc.move_pending_boxes(result.boxes)
+        again = 0
+        if result.second_looks and self.outcome is not None and hits.query_id == self._outcome_query:
+            accepted, rejected = decided_boxes(hits, ACCEPTED), decided_boxes(hits, REJECTED)
+            images = list(result.second_looks)
+            scored = feedback_ranking(self.outcome, accepted, rejected, dict(enumerate(images)))
+            again = self.doc.add_second_looks(
+                [Hit(image, scored[i].score, box, inscribed_ellipse(box))
+                 for i, (image, box) in enumerate(result.second_looks.items()) if i in scored])
+        parts = []
+        if moved:
+            parts.append(f"Moved {moved} hit box{'es' if moved != 1 else ''} to match the accepted ones.")
+        if again:
+            parts.append(f"{again} rejected photo{'s have' if again != 1 else ' has'} a new box to review.")
+        if parts:
+            self.window.show_info(" ".join(parts), 5000)
+
+    # ---- views -------------------------------------------------------------------------------
+    def _hit_selected(self, key) -> None:
+        if key is None or self.doc is None or self.doc.hits is None:
+            return
+        entry = self.doc.hits.entry(key)
+        if entry.image != self.window.current_image:
+            self.window.show_image(entry.image)  # selected on the canvas once it is shown
+        else:
+            self.window.refresh_image_views()
+            self._select_on_canvas(entry)
+
+    def image_shown(self, rel: str) -> None:
+        """The canvas shows `rel` now: select the current hit on it, if it lies there."""
+        key = self.window.results.current_key()
+        if key is not None and self.doc is not None and self.doc.hits is not None:
+            entry = self.doc.hits.entry(key)
+            if entry.image == rel:
+                self._select_on_canvas(entry)
+
+    def _select_on_canvas(self, entry) -> None:
+        key = f"ann:{entry.annotation_id}" if entry.status == ACCEPTED else f"hit:{entry.key}"
+        self.window.canvas.select([key], center=True)
+
+    def canvas_selected(self, keys: list[str]) -> None:
+        if self.doc is None or self.doc.hits is None or len(keys) != 1:
+            return
+        for entry in self.doc.hits.entries:
+            if keys[0] in (f"hit:{entry.key}", f"ann:{entry.annotation_id}"):
+                if self.window.results.current_key() != entry.key:
+                    self.window.results.select_key(entry.key)
+                return
+
+    def _crop_wanted(self, key: int, image: str, box: Box) -> None:  # noqa: ARG002 - tag by image and box
+        project = self.window.project
+        if project is not None:
+            self.window.controller.images_loader.request(("crop", image, box), project.path_of(image), CROP_SIDE, crop=box)
+
+    def overlays(self, image: str, annotations: list[Annotation], colors: dict[str, str]) -> list[Overlay]:
+        """What the canvas shows on `image`: labels, this image's hits, the drawn box."""
+        current = self.window.results.current_key()
+        hits = self.doc.hits if self.doc is not None else None
+        ellipses = {}
+        out = []
+        if hits is not None:
+            for entry in hits.entries:
+                if entry.image != image:
+                    continue
+                is_current = entry.key == current
+                if entry.status == ACCEPTED:
+                    if is_current:
+                        ellipses[entry.annotation_id] = entry.hit.ellipse
+                    continue
+                if entry.status == REJECTED and not is_current:
+                    continue
+                color = REJECTED_COLOR if entry.status == REJECTED else PENDING_COLOR
+                label = f"{hits.category}? {entry.score:.2f}" + (" (rejected)" if entry.status == REJECTED else "")
+                out.append(Overlay(f"hit:{entry.key}", entry.box, BoxStyle(color, label, dashed=True, filled=is_current),
+                                   ellipse=entry.hit.ellipse if is_current else None))
+        for ann in annotations:
+            style = BoxStyle(colors.get(ann.category, "#ffffff"), ann.category)
+            out.insert(0, Overlay(f"ann:{ann.id}", ann.box, style, ellipse=ellipses.get(ann.id)))
+        if self.draft is not None and image == self.window.current_image:
+            out.append(Overlay("draft", self.draft, DRAFT_STYLE))
+        return out
+
+    def refresh_results(self) -> None:
+        w, hits = self.window, self.doc.hits if self.doc is not None else None
+        if hits is None:
+            w.results.set_rows([], HINT)
+            self.update_enabled()
+            return
+        hide = w.results.hide_labelled.isChecked()
+        labelled_keys = self.doc.labelled_hit_keys(w.prefs.overlap_iou)
+        rows = []
+        for rank, entry in enumerate(hits.entries):
+            labelled = entry.key in labelled_keys
+            if not (hide and labelled):
+                rows.append(HitRow(entry.key, entry.image, entry.score, entry.box, entry.status, labelled, rank,
+                                   entry.look))
+        counts = hits.counts()
+        parts = [f"<b>{hits.category}</b>: {len(hits.entries)} hits", f"{counts[ACCEPTED]} accepted",
+                 f"{counts[REJECTED]} rejected", f"{counts[PENDING]} to review"]
+        if len(rows) < len(hits.entries):
+            parts.append(f"{len(hits.entries) - len(rows)} labelled already (hidden)")
+        if hits.reranked:
+            parts.append(f"re-ranked {hits.reranked}× by feedback")
+        summary = " · ".join(parts) + (f"<br>{hits.note}" if hits.note else "")
+        w.results.set_rows(rows, summary)
+        self.update_enabled()
+
+    def update_enabled(self) -> None:
+        has_hits = bool(self.doc is not None and self.doc.hits is not None and self.doc.hits.entries)
+        for name in ("accept", "reject", "next_hit", "prev_hit", "accept_above", "rerank"):
+            self.window.action[name].setEnabled(has_hits)
+        self.window.action["find_similar"].setEnabled(self.doc is not None)
+
+
+def decided_boxes(hits: HitSession, status: str) -> list[tuple[str, Box]]:
+    """(image, box) of the hits with `status`, in list order: feedback's examples."""
+    return [(e.image, e.box) for e in hits.entries if e.status == status]
+
+
+def rejected_boxes(hits: HitSession) -> tuple[dict[str, list[Box]], list[str]]:
+    """The boxes rejected in each photo (feedback never puts a box there again), and the photos
+    to look at again: every hit there rejected, fewer than MAX_LOOKS times (relocate.second_look)."""
+    boxes: dict[str, list[Box]] = {}
+    for entry in hits.entries:
+        if entry.status == REJECTED:
+            boxes.setdefault(entry.image, []).append(entry.box)
+    open_images = {e.image for e in hits.entries if e.status != REJECTED}
+    again = [image for image, rejected in boxes.items() if image not in open_images and len(rejected) < MAX_LOOKS]
+    return boxes, again
+
+
+def feedback_ranking(outcome: SearchOutcome, accepted: list[tuple[str, Box]], rejected: list[tuple[str, Box]],
+                     candidates: dict[int, str]) -> dict[int, Hit]:
+    """New best region and score of each candidate hit (key -> image): positives are the query
+    and the accepted hits' regions, negatives the rejected hits' regions (engine/feedback.py)."""
+    regions = outcome.regions
+    images = np.array(regions.images, dtype=object)
+
+    def rows(pairs):
+        found = []
+        for image, box in pairs:
+            mine = np.flatnonzero(images == image)
+            if len(mine):  # the region the hit was drawn from (nearest box, if it was adjusted)
+                found.append(mine[np.abs(regions.boxes[mine] - np.array(box.as_list())).sum(1).argmin()])
+        return regions.vectors[np.array(found, dtype=np.int64)]
+
+    positives = np.concatenate([outcome.query, rows(accepted)])
+    scores = feedback.feedback_scores(positives, rows(rejected), regions.vectors)
+    names, image_of_row = np.unique(images.astype(str), return_inverse=True)
+    ranked, best, image_scores = feedback.image_ranking(scores, image_of_row)
+    key_of = {image: key for key, image in candidates.items()}
+    updates = {}
+    for image, row, score in zip(ranked.tolist(), best.tolist(), image_scores.tolist()):
+        key = key_of.get(str(names[image]))
+        if key is not None:
+            cx, cy, a, b, angle = (float(v) for v in regions.ellipses[row])
+            updates[key] = Hit(str(names[image]), float(score), Box(*map(float, regions.boxes[row])),
+                               Ellipse(cx, cy, a, b, angle))
+    return updates

@@ -1,0 +1,407 @@
+"""One photo folder as a project: where its state lives, incremental indexing, search, labels.
+
+State lives in `PHOTOS/.dasr/`, or, when the folder is read-only, in the user cache folder under a
+name derived from the folder's absolute path. A folder that grants nobody write permission counts
+as read-only even for root (who could write anyway): the intent of such a mode is "leave me alone".
+
+`state_dir/manifest.json` records the extractor settings the regions were made with, the explicit
+weights file, the whitening and the current index generation; the index files of a generation are
+written first and the manifest switches to them atomically, so a reader never sees half an index.
+
+Building the index holds every live region's raw descriptor (float16) and its whitened copy in
+memory, about N x (2 D + 4 d) bytes: ~1.1 GB at a million regions of D = 320, d = 112.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from dasr_annotator.engine.dasr.descriptors import Whitening
+from dasr_annotator.engine.project.extraction import extract_images
+from dasr_annotator.engine.project.lock import StateLock
+from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.store.annotations import AnnotationStore
+from dasr_annotator.engine.store.collection import (NPZ_ERRORS, REBUILD_HINT, STATE_FOLDER, FileEntry, RegionStore,
+                                                    content_hash, fingerprint, scan_images, write_json)
+from dasr_annotator.engine.store.storage import (ProjectFileError, atomic_write_bytes, is_writable_dir, read_json,
+                                                 user_cache_dir)
+from dasr_annotator.engine.types import CancelFn, ProgressFn, never_cancel, no_progress
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+WHITEN_SAMPLE = 200_000  # regions a whitening is fitted on at most (plenty for D <= 2048)
+BATCH_FILES = 32  # images per shard ...
+BATCH_SECONDS = 30.0  # ... or fewer when extraction is slow: a kill loses at most this much work
+
+
+class IncompatibleIndex(Exception):
+    """The folder's regions were made with other settings; mixing them would be meaningless."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NoIndex(Exception):
+    """The folder has no (complete) index yet."""
+
+
+@dataclass
+class IndexReport:
+    images: int  # images in the index after the run
+    indexed: int  # extracted in this run
+    reused: int  # unchanged since an earlier run
+    removed: int  # gone from the folder since the last run
+    regions: int  # regions in the index
+    skipped: list[dict] = field(default_factory=list)  # [{"file", "reason"}]
+    notes: list[str] = field(default_factory=list)  # for people (whitening refitted, index kind, ...)
+    pending: int = 0  # left for the next run because `pause` asked to stop early
+
+    def as_json(self) -> dict:
+        return {"images": self.images, "indexed": self.indexed, "reused": self.reused, "removed": self.removed,
+                "regions": self.regions, "skipped": list(self.skipped)}
+
+
+@dataclass
+class _Plan:
+    reuse: list[str]
+    extract: list[tuple[str, object]]  # (relpath, Fingerprint)
+    refreshed: dict[str, FileEntry]  # touched but identical content: new fingerprint, same regions
+    skipped: list[dict]
+
+
+class Project:
+    """A photo folder and its state folder."""
+
+    def __init__(self, photos: Path, state_dir: Path, state_note: str):
+        self.photos = photos
+        self.state_dir = state_dir
+        self.state_note = state_note
+        self._annotations: AnnotationStore | None = None
+
+    # ---- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, photos: str | os.PathLike) -> "Project":
+        photos = Path(photos).expanduser().resolve()
+        if not photos.is_dir():
+            raise FileNotFoundError(f"{photos} is not a folder")
+        local = photos / STATE_FOLDER
+        cached = cache_state_dir(photos)
+        if local.is_dir() and _writable(local):
+            return cls(photos, local, f"project state in {local}")
+        if not local.exists() and not cached.is_dir() and _writable(photos):
+            local.mkdir()
+            return cls(photos, local, f"project state in {local}")
+        cached.mkdir(parents=True, exist_ok=True)
+        why = "the photo folder is read-only" if not _writable(photos) else "state was kept here before"
+        return cls(photos, cached, f"project state in {cached} ({why})")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.state_dir / "manifest.json"
+
+    def manifest(self) -> dict | None:
+        if not self.manifest_path.exists():
+            return None
+        try:
+            data = read_json(self.manifest_path, expect=dict)
+        except ProjectFileError as exc:
+            raise ProjectFileError(f"{exc.message}; {REBUILD_HINT}") from None
+        if data.get("format") != FORMAT:
+            raise ProjectFileError(f"{self.manifest_path} has format {data.get('format')!r}, which this version "
+                                   f"does not read; {REBUILD_HINT}")
+        if not isinstance(data.get("extractor"), dict):
+            raise ProjectFileError(f"{self.manifest_path} records no extractor settings; {REBUILD_HINT}")
+        return data
+
+    def scan(self) -> list[str]:
+        return scan_images(self.photos).files
+
+    def path_of(self, rel: str) -> Path:
+        return self.photos / rel
+
+    def relative(self, path: str | os.PathLike) -> str | None:
+        """`path` (relative to the photo folder or absolute) as a collection path, or None if it
+        lies outside the folder. Lexical, so links inside the folder (which scanning follows) stay
+        usable while `..` can never climb out."""
+        p = Path(os.path.normpath(path))
+        if p.is_absolute():
+            try:
+                p = p.relative_to(self.photos)
+            except ValueError:
+                try:  # the folder itself may have been named through a link
+                    p = p.resolve().relative_to(self.photos)
+                except ValueError:
+                    return None
+        if p == Path(".") or p.parts[0] == "..":
+            return None
+        return p.as_posix()
+
+    @property
+    def annotations(self) -> AnnotationStore:
+        if self._annotations is None:
+            self._annotations = AnnotationStore.load(self.state_dir / "annotations.json")
+        return self._annotations
+
+    # ---- indexing -----------------------------------------------------------------------------
+    def check_compatible(self, config: dict, weights: str | None) -> None:
+        """Raise IncompatibleIndex when the stored regions were made with other settings."""
+        manifest = self.manifest()
+        if manifest is None:
+            return
+        stored, stored_weights = manifest["extractor"], manifest.get("weights")
+        diffs = [f"{k}: {stored.get(k)!r} here, {config.get(k)!r} asked" for k in sorted(set(stored) | set(config))
+                 if stored.get(k) != config.get(k)]
+        if stored_weights != weights:
+            diffs.append(f"weights: {stored_weights or 'built-in'} here, {weights or 'built-in'} asked")
+        if diffs:
+            raise IncompatibleIndex(
+                f"{self.photos} was indexed with other settings ({'; '.join(diffs)}); regions made with "
+                "different settings cannot be mixed. Rebuild with: dasr-annotator index "
+                f"{self.photos} --rebuild (and the settings you want)")
+
+    def update_index(self, extractor, progress: ProgressFn = no_progress, cancel: CancelFn = never_cancel,
+                     rebuild: bool = False, weights: str | None = None, batch_files: int = BATCH_FILES,
+                     batch_seconds: float = BATCH_SECONDS, pause: CancelFn = never_cancel) -> IndexReport:
+        """Bring the regions and the index up to date with the folder: extract new or changed
+        images, drop removed ones, reuse the rest. Finished batches are saved as they complete, so
+        a cancelled (or killed) run is resumed by the next one. When `pause()` turns true the run
+        stops extracting, indexes what it has and returns (`pending` images are left for the next
+        run), so a search can use the images done so far. Raises IncompatibleIndex when the
+        folder was indexed with other settings, unless `rebuild`."""
+        config = extractor.config()
+        with StateLock(self.state_dir / "lock"):
+            manifest = None
+            if not rebuild:  # a rebuild reads nothing: the old state may be damaged
+                self.check_compatible(config, weights)
+                manifest = self.manifest()
+            store = RegionStore(self.state_dir, load=manifest is not None)
+            if manifest is None:
+                self._clear_search_state()
+                store.clear()  # regions of unknown settings
+                manifest = {"format": FORMAT, "photos": str(self.photos), "extractor": config, "weights": weights,
+                            "whitening": None, "index": None}
+                self._write_manifest(manifest)
+            scan = scan_images(self.photos)
+            plan = self._plan(scan.files, store)
+            skipped = scan.problems + plan.skipped
+            for entry in plan.refreshed.values():
+                store.entries[entry.file] = entry
+            extracted, failed, pending = extract_images(self, extractor, plan.extract, store, progress, cancel, pause,
+                                                      batch_files, batch_seconds)
+            skipped += failed
+            # unreadable, or changed and not yet extracted again: their stored regions are stale
+            unusable = {s["file"] for s in skipped} | set(pending)
+            live = [f for f in scan.files if f in store.entries and f not in unusable]
+            catalogued = set(store.entries)
+            removed = len(catalogued - set(scan.files))
+            store.commit(live)
+            store.compact()
+            notes = list(store.warnings)
+            if plan.refreshed:
+                notes.append(f"{len(plan.refreshed)} touched file(s) had unchanged content and were reused")
+            regions = self._refresh_search_state(store, live, manifest, notes, cancel)
+        return IndexReport(images=len(live), indexed=extracted, reused=len(plan.reuse) + len(plan.refreshed),
+                           removed=removed, regions=regions, skipped=skipped, notes=notes, pending=len(pending))
+
+    def _plan(self, files: list[str], store: RegionStore) -> _Plan:
+        plan = _Plan([], [], {}, [])
+        for rel in files:
+            try:
+                fp = fingerprint(self.path_of(rel))
+            except OSError as exc:
+                plan.skipped.append({"file": rel, "reason": f"cannot read the file: {exc.strerror or exc}"})
+                continue
+            entry = store.entries.get(rel)
+            if entry is not None and entry.matches(fp):
+                plan.reuse.append(rel)
+            elif entry is not None and entry.size == fp.size and _same_content(self.path_of(rel), entry.sha256):
+                plan.refreshed[rel] = FileEntry(**{**entry.as_json(), "mtime_ns": fp.mtime_ns})
+            else:
+                plan.extract.append((rel, fp))
+        return plan
+
+    # ---- whitening and index ------------------------------------------------------------------
+    def _refresh_search_state(self, store: RegionStore, live: list[str], manifest: dict, notes: list[str],
+                              cancel: CancelFn) -> int:
+        """Refit the whitening if due and rebuild the index if anything changed. Returns regions."""
+        n_regions = sum(store.entries[f].count for f in live)
+        dim = int(manifest["extractor"]["descriptor_dim"])
+        content = _content_key(store, live)
+        white_info = manifest.get("whitening")
+        wanted_dim = faiss_index.whitening_dim(n_regions, dim)
+        stored = self._load_whitening(white_info) if white_info else None
+        if n_regions < faiss_index.whitening_min_regions(dim):
+            new_white_info, whitening = None, None
+        elif (stored is None or white_info.get("requested_dim") != wanted_dim
+              or faiss_index.needs_refit(n_regions, white_info.get("collection_regions", 0))):
+            whitening = self._fit_whitening(store, live, wanted_dim)
+            new_white_info = {"file": f"whitening-{_generation()}.npz", "fitted_on": whitening.n_fit,
+                              "collection_regions": n_regions, "requested_dim": wanted_dim,
+                              "dim": whitening.output_dim}
+            self._save_arrays(new_white_info["file"], whitening.to_arrays())
+            notes.append(f"whitening fitted on {whitening.n_fit} regions ({whitening.output_dim} dims)")
+        else:
+            new_white_info, whitening = white_info, stored
+        index_info = manifest.get("index")
+        if (index_info is not None and index_info.get("content") == content and new_white_info == white_info
+                and self._index_intact(index_info)):
+            return n_regions
+        arrays = store.read(live)
+        vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
+        built = faiss_index.build_index(vectors, spec=None if n_regions else "Flat", cancel=cancel)
+        gen = _generation()
+        new_index = {"file": f"index-{gen}.faiss", "meta": f"index-{gen}.npz", "type": built.spec,
+                     "metric": "inner_product", "nprobe": built.nprobe, "dim": built.dim, "regions": n_regions,
+                     "images": len(live), "recall_at_100": round(built.recall_at_100, 4), "content": content}
+        atomic_write_bytes(self.state_dir / new_index["file"], built.to_bytes(), backup=False)
+        sizes = np.array([[store.entries[f].width, store.entries[f].height] for f in live], np.int32).reshape(-1, 2)
+        self._save_arrays(new_index["meta"], {
+            "images": np.array(live, dtype=str), "sizes": sizes, "image": arrays.image, "boxes": arrays.boxes,
+            "ellipses": arrays.ellipses, "scores": arrays.scores})
+        new_index["bytes"] = [(self.state_dir / new_index[k]).stat().st_size for k in ("file", "meta")]
+        manifest.update(index=new_index, whitening=new_white_info)
+        self._write_manifest(manifest)
+        self._remove_stale_generations(manifest)
+        notes.append(f"index: {built.spec} over {n_regions} regions of {built.dim} dims"
+                     + (f", nprobe {built.nprobe} (recall@100 {built.recall_at_100:.3f} vs exact)" if built.nprobe else ""))
+        return n_regions
+
+    def _fit_whitening(self, store: RegionStore, live: list[str], dim: int | None) -> Whitening:
+        """Fit on the regions of a seeded random subset of images (at most WHITEN_SAMPLE regions)."""
+        rng = np.random.default_rng(0)
+        chosen, total = [], 0
+        for i in rng.permutation(len(live)):
+            if total >= WHITEN_SAMPLE:
+                break
+            chosen.append(live[i])
+            total += store.entries[live[i]].count
+        sample = store.read(sorted(chosen)).descriptors.astype(np.float32)
+        return Whitening(dim=dim, shrinkage=faiss_index.WHITENING_SHRINKAGE).fit(sample)
+
+    def _load_whitening(self, info: dict) -> Whitening | None:
+        """The stored whitening, or None when its file is missing or damaged (it is refitted)."""
+        try:
+            with np.load(self.state_dir / info["file"], allow_pickle=False) as z:
+                return Whitening.from_arrays(dict(z))
+        except NPZ_ERRORS:
+            return None
+
+    def _save_arrays(self, name: str, arrays: dict) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self.state_dir / name, buffer.getvalue(), backup=False)
+
+    def _index_intact(self, info: dict) -> bool:
+        """The index files are there with the sizes they were written with (a cheap check that
+        catches truncation; anything subtler is caught when the searcher loads them)."""
+        paths = [self.state_dir / info["file"], self.state_dir / info["meta"]]
+        return all(p.is_file() for p in paths) and [p.stat().st_size for p in paths] == info.get("bytes")
+
+    def _write_manifest(self, manifest: dict) -> None:
+        manifest["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(self.manifest_path, manifest)
+
+    def _remove_stale_generations(self, manifest: dict) -> None:
+        keep = {manifest["index"]["file"], manifest["index"]["meta"]}
+        if manifest.get("whitening"):
+            keep.add(manifest["whitening"]["file"])
+        for path in self.state_dir.iterdir():
+            if path.name.startswith(("index-", "whitening-")) and path.name not in keep and path.is_file():
+                path.unlink()
+
+    def _clear_search_state(self) -> None:
+        """Drop the manifest, whitening and index files (a rebuild); the labels stay."""
+        for path in self.state_dir.iterdir():
+            if (path.name.startswith(("index-", "whitening-", "manifest.json")) and
+                    (path.is_file() or path.is_symlink())):
+                path.unlink()
+
+    # ---- search -------------------------------------------------------------------------------
+    def stored_extractor_args(self) -> dict:
+        """Keyword arguments that rebuild the extractor this folder was indexed with."""
+        manifest = self.manifest()
+        if manifest is None or manifest.get("index") is None:
+            raise NoIndex(f"{self.photos} has no index yet: run `dasr-annotator index {self.photos}` first")
+        return extractor_args(manifest)
+
+    def searcher(self, extractor):
+        """A Searcher over the current index; `extractor` must have the index's settings."""
+        from dasr_annotator.engine.search.searcher import Searcher
+
+        manifest = self.manifest()
+        if manifest is None or manifest.get("index") is None:
+            raise NoIndex(f"{self.photos} has no index yet: run `dasr-annotator index {self.photos}` first")
+        self.check_compatible(extractor.config(), manifest.get("weights"))
+        info, white_info = manifest["index"], manifest.get("whitening")
+        damaged = NoIndex(f"the index of {self.photos} is damaged or incomplete: run `dasr-annotator index "
+                          f"{self.photos}` to rebuild it from the stored regions")
+        if not self._index_intact(info):
+            raise damaged
+        try:
+            index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"])
+            with np.load(self.state_dir / info["meta"], allow_pickle=False) as z:
+                meta = {k: z[k] for k in ("images", "sizes", "image", "boxes", "ellipses")}
+        except (RuntimeError, *NPZ_ERRORS):
+            raise damaged from None
+        whitening = self._load_whitening(white_info) if white_info else None
+        if (white_info and whitening is None) or len(meta["image"]) != index.ntotal:
+            raise damaged
+        return Searcher(self, extractor, index, meta, whitening)
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def extractor_args(manifest: dict) -> dict:
+    """`Extractor` keyword arguments for the settings a manifest records."""
+    c = manifest["extractor"]
+    return {"backbone": c["backbone"], "method": c["method"], "mode": c["mode"], "max_side": c["max_side"],
+            "tau": c["tau"], "nms_beta": c["nms_beta"], "descriptor_layer": c["descriptor_layer"],
+            "weights": manifest.get("weights")}
+
+
+def cache_state_dir(photos: Path) -> Path:
+    """The cache-side state folder of `photos` (keyed by its absolute path)."""
+    key = hashlib.sha256(os.fsencode(str(photos))).hexdigest()[:16]
+    return user_cache_dir() / "projects" / f"{photos.name or 'root'}-{key}"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        return False  # marked read-only for everyone: respect it even as root
+    return is_writable_dir(folder)
+
+
+def _same_content(path: Path, sha256: str) -> bool:
+    if not sha256:
+        return False
+    try:
+        return content_hash(path) == sha256
+    except OSError:
+        return False
+
+
+def _content_key(store: RegionStore, live: list[str]) -> str:
+    """Identifies exactly which stored regions the index covers."""
+    digest = hashlib.sha256()
+    for f in live:
+        e = store.entries[f]
+        digest.update(f"{f}\0{e.shard}\0{e.start}\0{e.count}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _generation() -> str:
+    return secrets.token_hex(6)

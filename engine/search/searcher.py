@@ -1,0 +1,211 @@
+"""Instance search over a project's index: query boxes in, one hit per image out.
+
+A region's score is its cosine similarity to the query (whitened space); with several positive
+boxes, or negative ones, it is `feedback.feedback_scores` (best positive, minus a penalty for
+looking like a negative), the same scoring the GUI re-ranks with. An image scores as its best
+region. The index is searched for more and more regions until enough distinct images are found.
+
+With window queries (`Searcher.query`), each returned hit is then re-localised inside its image
+(engine/relocate.py): its box becomes the best query-shaped window on a stride-16 map; rank and
+score stay the region's. Without them (or when a hit's image can no longer be read) the hit is
+drawn as its best region, as DASR* has it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dasr_annotator.engine.dasr.descriptors import Whitening
+from dasr_annotator.engine.dasr.relocate import (MAX_FEEDBACK_WINDOWS, WindowQuery, best_window,
+                                                 inscribed_ellipse, second_look, window_query)
+from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.search.feedback import feedback_scores, image_ranking
+from dasr_annotator.engine.search.map_cache import MapCache
+from dasr_annotator.engine.store.imageio import ImageError, load_image
+from dasr_annotator.engine.types import Box, Ellipse, Hit
+
+log = logging.getLogger(__name__)
+
+
+class BoxError(ValueError):
+    """A query box that cannot be used (zero area, outside the image, not numbers)."""
+
+
+def parse_box(text: str) -> Box:
+    """"X,Y,W,H" -> Box, with a message a person can act on."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise BoxError(f"box {text!r} must be four numbers X,Y,W,H") from None
+    if len(values) != 4:
+        raise BoxError(f"box {text!r} must be four numbers X,Y,W,H")
+    return Box(*values)
+
+
+def checked_box(box: Box, width: int, height: int) -> Box:
+    """`box` clipped to a width x height image; refuses boxes with no area inside it."""
+    values = box.as_list()
+    if not all(math.isfinite(v) for v in values):
+        raise BoxError(f"box {values} contains a value that is not a finite number")
+    if box.w <= 0 or box.h <= 0:
+        raise BoxError(f"box {_fmt(box)} has zero area (width and height must be positive)")
+    inside = box.clipped(width, height)
+    if inside.w <= 0 or inside.h <= 0:
+        raise BoxError(f"box {_fmt(box)} lies outside the image ({width} x {height} pixels)")
+    return inside
+
+
+def _fmt(box: Box) -> str:
+    return ",".join(f"{v:g}" for v in box.as_list())
+
+
+class Searcher:
+    """Search one project's index; holds the model, the index and the whitening for many queries."""
+
+    def __init__(self, project, extractor, index, meta: dict, whitening: Whitening | None):
+        self.project = project
+        self.extractor = extractor
+        self.index = index
+        self.whitening = whitening
+        self.images: list[str] = [str(s) for s in meta["images"]]
+        self.sizes = meta["sizes"]
+        self.region_image = meta["image"].astype(np.int64)
+        self.boxes = meta["boxes"]
+        self.ellipses = meta["ellipses"]
+        self._image_id = {name: i for i, name in enumerate(self.images)}
+        # relocation maps live beside the index (computed on first use, or while indexing);
+        # an extractor without a relocation layer (test doubles) leaves hits as their regions
+        self.maps = (MapCache(self._compute_map, extractor.relocation_config(), getattr(project, "state_dir", None))
+                     if hasattr(extractor, "relocation_config") else None)
+
+    def _compute_map(self, path: Path):
+        return self.extractor.relocation_map(load_image(path, max_side=self.extractor.max_side))
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.index.ntotal)
+
+    def prepare(self, descriptors: np.ndarray) -> np.ndarray:
+        """Raw (l2) descriptors [Q, D] -> the index's space: whitened when the project has a
+        whitening, l2-normalised, float32 contiguous."""
+        x = np.asarray(descriptors, np.float32)
+        x = x.reshape(-1, x.shape[-1])
+        return faiss_index.index_vectors(x, self.whitening, x.shape[1])
+
+    def resolve(self, image: str | os.PathLike) -> tuple[Path, str | None]:
+        """(file path, collection-relative path or None) of an image named relative to the photo
+        folder or absolutely."""
+        p = Path(image)
+        path = p if p.is_absolute() else self.project.photos / p
+        return path, self.project.relative(path)
+
+    def query_descriptor(self, image: str | os.PathLike, box: Box) -> np.ndarray:
+        """Raw (l2, not whitened) descriptor of `box` (original pixels) in `image`; `search`
+        whitens it. Raises BoxError for unusable boxes and ImageError for unreadable images."""
+        path, _ = self.resolve(image)
+        loaded = load_image(path, max_side=self.extractor.max_side)
+        return self.extractor.describe_box(loaded, checked_box(box, loaded.width, loaded.height))
+
+    def query(self, image: str | os.PathLike, box: Box) -> tuple[np.ndarray, WindowQuery | None]:
+        """`query_descriptor` and the box's window query for re-localising hits, in one pass
+        (None when the extractor cannot re-localise)."""
+        if self.maps is None:
+            return self.query_descriptor(image, box), None
+        path, _ = self.resolve(image)
+        loaded = load_image(path, max_side=self.extractor.max_side)
+        return self.extractor.describe_query(loaded, checked_box(box, loaded.width, loaded.height))
+
+    def search(self, query_descs: np.ndarray, top_k: int = 20, negatives: np.ndarray | None = None,
+               exclude_image: str | None = None, windows: WindowQuery | None = None) -> list[Hit]:
+        """The `top_k` best images for the positive descriptors `query_descs` [Q, D] (raw, as from
+        `query_descriptor`), best first, one hit per image, `exclude_image` left out; with
+        `windows` (from `query`), each hit re-localised (module docstring)."""
+        n = self.n_regions
+        if n == 0 or top_k <= 0:
+            return []
+        positives = self.prepare(query_descs)
+        negs = self.prepare(negatives) if negatives is not None and len(negatives) else None
+        excluded = self._image_id.get(exclude_image, -1) if exclude_image else -1
+        k = min(n, max(4 * top_k, 64))
+        while True:
+            with faiss_index.single_thread():
+                sims, ids = self.index.search(positives, k)
+            regions, scores = _best_per_region(ids.ravel(), sims.ravel())
+            if len(positives) > 1 or negs is not None:
+                # every candidate against every example (a candidate one positive missed still
+                # has a similarity to it), the same scoring as the GUI's re-ranking
+                scores = feedback_scores(positives, negs, faiss_index.reconstruct(self.index, regions))
+            images, best, image_scores = image_ranking(scores, self.region_image[regions])
+            keep = images != excluded
+            images, best, image_scores = images[keep], best[keep], image_scores[keep]
+            if len(images) >= top_k or k >= n:
+                break
+            k = min(n, 4 * k)
+        hits = []
+        for image, region, score in zip(images[:top_k], regions[best[:top_k]], image_scores[:top_k]):
+            cx, cy, a, b, angle = (float(v) for v in self.ellipses[region])
+            hits.append(Hit(self.images[int(image)], float(score), Box(*map(float, self.boxes[region])),
+                            Ellipse(cx, cy, a, b, angle)))
+        return self.relocate(hits, windows) if windows is not None else hits
+
+    def feedback_windows(self, windows: WindowQuery, accepted: list[tuple[str, Box]]) -> WindowQuery:
+        """`windows` plus the latest accepted (image, box) pairs (at most MAX_FEEDBACK_WINDOWS) as
+        further window queries (feedback)."""
+        extra = []
+        for image, box in accepted[-MAX_FEEDBACK_WINDOWS:]:
+            try:
+                extra.append(window_query(self.maps.get(self.resolve(image)[0]), box))
+            except (OSError, ImageError) as exc:  # unreadable since: it just adds no example
+                log.warning("%s: not used as a window example (%s)", image, exc)
+        return WindowQuery.stack([windows] + extra)
+
+    def relocate(self, hits: list[Hit], windows: WindowQuery, rejected: dict[str, list[Box]] | None = None
+                 ) -> list[Hit]:
+        """The same hits, in the same order, with re-localised boxes (module docstring); never onto
+        a box `rejected` in the same image (image -> boxes)."""
+        if self.maps is None or windows is None:
+            return hits
+        out = []
+        for hit in hits:
+            fmap = self._map(hit.image)
+            if fmap is None:  # gone or unreadable since indexing: keep the region
+                out.append(hit)
+                continue
+            _, box = best_window(fmap, windows, exclude=(rejected or {}).get(hit.image, ()))
+            out.append(Hit(hit.image, hit.score, box, inscribed_ellipse(box)))
+        return out
+
+    def second_look(self, image: str, windows: WindowQuery, rejected: list[Box]) -> Box | None:
+        """A new box for an image whose hit boxes `rejected` were rejected, once `windows` (with
+        feedback examples) point elsewhere in it; None otherwise (relocate.second_look)."""
+        fmap = self._map(image) if self.maps is not None else None
+        return None if fmap is None else second_look(fmap, windows, rejected)
+
+    def _map(self, image: str):
+        try:
+            return self.maps.get(self.project.photos / image)
+        except (OSError, ImageError) as exc:
+            log.warning("%s: not re-localised (%s)", image, exc)
+            return None
+
+    def search_box(self, image: str | os.PathLike, box: Box, top_k: int = 20) -> list[Hit]:
+        """One query box -> hits, the query's own image excluded."""
+        _, rel = self.resolve(image)
+        descriptor, windows = self.query(image, box)
+        return self.search(descriptor[None], top_k, exclude_image=rel, windows=windows)
+
+
+def _best_per_region(ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique region ids with their best similarity (faiss pads missing results with -1)."""
+    valid = ids >= 0
+    ids, sims = ids[valid], sims[valid]
+    order = np.lexsort((-sims, ids))
+    ids, sims = ids[order], sims[order]
+    first = np.ones(len(ids), bool)
+    first[1:] = ids[1:] != ids[:-1]
+    return ids[first], sims[first].astype(np.float32)
