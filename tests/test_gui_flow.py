@@ -276,10 +276,15 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     # ... and the accepted box joins the query's windows: the engine re-localises the rest
     with qtbot.waitSignal(window.controller.hitsRelocated, timeout=60_000) as relocated:
         pass
+        with qtbot.waitSignal(window.controller.hitsRefined, timeout=60_000) as refined:
+            pass  # ... and the undecided hits are refined again with the accepted box as an example
     result = relocated.args[0]
     assert result.session is doc.hits and set(result.boxes) == {e.key for e in pending}
+    chunk = refined.args[0]
+    assert chunk.session is doc.hits and chunk.boxes and set(chunk.boxes) <= {e.key for e in pending}
     for e in pending:
-        assert e.box == result.boxes[e.key] and e.hit.box == e.box  # moved (or already there)
+        if e.key in chunk.boxes:  # refined boxes replace the stored-map ones
+            assert e.box == chunk.boxes[e.key] and e.hit.box == e.box
     rejected = entries[1]
     assert set(result.second_looks) <= {rejected.image}  # the rejected photo may get a new box ...
     for box in result.second_looks.values():  # ... never on the rejected one

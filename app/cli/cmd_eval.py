@@ -41,6 +41,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-relocate", action="store_true",
                         help="draw each hit as its best DASR region (default: re-localise it with query-shaped "
                              "windows; both rows are reported)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="leave re-localised boxes on the stored maps (default: refine the top hits' boxes on "
+                             "zoomed crops of the full-resolution photos, as search does)")
+    parser.add_argument("--refine-top", type=int, default=100, metavar="K",
+                        help="hits refined per query (default 100, as search's --top)")
     parser.add_argument("--simulate-feedback", action="store_true",
                         help="simulate an annotator accepting true hits and rejecting the others, with re-ranking")
     parser.add_argument("--feedback-batch", type=int, default=10, help="hits reviewed between re-rankings (default 10)")
@@ -78,6 +83,7 @@ def settings_from_args(args):
                         cache_dir=cache, weights=args.weights, device=args.device,
                         simulate_feedback=args.simulate_feedback, feedback_batch=args.feedback_batch,
                         feedback_hits=args.feedback_hits, relocate=not args.no_relocate,
+                        refine=not args.no_refine, refine_top=args.refine_top,
                         relocation_layer=args.relocation_layer)
 
 
@@ -164,6 +170,21 @@ def format_report(report: dict) -> str:
               "locR = localisation recall averaged over IoU 0.05..0.95 (returned region / best region)."]
     if any(not m["has_boxes"] for m in report["methods"]):
         lines.append("Global descriptors return no box, so they have no located hits (n/a).")
+    boxed = [m for m in report["methods"] if m.get("boxes")]
+    if boxed:
+        bins = [b for b in ("small", "medium", "large") if any(b in m["boxes"]["by_size"] for m in boxed)]
+        lines += ["", "returned boxes of relevant images: loc recall at IoU 0.5 / 0.7 (accepted without adjusting), "
+                      "mean IoU; by object size (long side vs the photo's: small < 1/16, medium < 1/4, large):"]
+        rows = []
+        for m in boxed:
+            b = m["boxes"]
+            row = [m["name"], _fmt(b["loc_recall_05"]), _fmt(b["loc_recall_07"]), _fmt(b["mean_iou"])]
+            for name in bins:
+                s = b["by_size"].get(name)
+                row.append("n/a" if s is None else f"{_fmt(s['loc_recall_05'], 2)}/{_fmt(s['loc_recall_07'], 2)} "
+                                                     f"({s['pairs']})")
+            rows.append(row)
+        lines += _table(["method", "R@IoU.5", "R@IoU.7", "mean IoU"] + [f"{n} .5/.7 (n)" for n in bins], rows)
     main = report["methods"][0]
     lines += ["", f"per instance ({main['name']}):"]
     lines += _table(["instance", "mAP@50", "mAP@50-loc", "mAP@all", "R@100-loc"], [

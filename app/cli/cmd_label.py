@@ -69,6 +69,8 @@ def add_arguments(parser) -> None:
     accept.add_argument("--accept-above", type=float, metavar="SCORE", help="accept every hit scoring above SCORE")
     parser.add_argument("--fusion", choices=("max", "mean"),
                         help="how several positives score a region: the best match (default) or the average")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="place hit boxes on the stored maps only (16-px steps of the network input): faster, coarser")
     parser.add_argument("--import-coco", metavar="IN.json", help="bring in the annotations of a COCO file instead")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print what was added as JSON on stdout")
@@ -138,8 +140,12 @@ def run_query(args, project) -> int:
         negatives = _descriptors(searcher, query.negatives)
         hits = accepted_hits(searcher, positives, negatives, query.exclude, args.accept_top, args.accept_above,
                              args.fusion or "max")
-        # the regions chose the images; the boxes recorded are the re-localised ones (engine/relocate.py)
+        # the regions chose the images; the boxes recorded are the re-localised ones (dasr/relocate.py),
+        # refined on zoomed crops of the photos (search/refine.py) unless asked not to
         hits = searcher.relocate(hits, windows)
+        if not args.no_refine:
+            examples = [searcher.example(image, box) for image, box in query.positives]
+            hits = searcher.refine(hits, [e for e in examples if e is not None], windows)
     except (FileNotFoundError, UsageError, BoxError, NoIndex, WeightsMissing, DeviceUnavailable) as exc:
         print(f"dasr-annotator label: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,9 @@
 """`dasr-annotator search PHOTOS`: find the images that contain the instance in a query box.
 
-The folder must have been indexed (`dasr-annotator index PHOTOS`); search never indexes on the
-fly, because a first index of a large folder can take hours and should be asked for. Queries
+Hit boxes are placed coarse-to-fine: a query-shaped window on the photo's stored map, then
+windows on zoomed crops of the full-resolution photo around the best few (engine/search/refine.py;
+`--no-refine` keeps the stored-map boxes). The folder must have been indexed (`dasr-annotator
+index PHOTOS`); search never indexes on the fly, because a first index of a large folder can take hours and should be asked for. Queries
 use the settings the folder was indexed with; many queries (`--queries FILE`) share one loaded
 model and index.
 """
@@ -29,6 +31,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--queries", metavar="FILE",
                         help='JSON list of {"id", "image", "box": [x, y, w, h]} queries')
     parser.add_argument("--top", type=int, default=20, metavar="K", help="images per query (default 20)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="place hit boxes on the stored maps only (16-px steps of the network input): faster, coarser")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print the hits as JSON on stdout")
 
@@ -124,7 +128,7 @@ def run(args) -> int:
     results, failures = [], 0
     for q in queries:
         try:
-            hits = searcher.search_box(q.image, q.box, args.top)
+            hits = searcher.search_box(q.image, q.box, args.top, refine=not args.no_refine)
         except (BoxError, ImageError) as exc:
             print(f"dasr-annotator search: query {q.id} ({q.image}): {getattr(exc, 'reason', exc)}", file=sys.stderr)
             failures += 1

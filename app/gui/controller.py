@@ -8,6 +8,11 @@ Indexing runs in the background as soon as a folder opens. A search asked for me
 it (`Project.update_index(pause=...)`): the images extracted so far are committed and indexed, the
 search runs over them, and indexing resumes behind it, so the latest request wins and nothing waits
 long. Engine modules are imported on the engine thread, so the window appears before torch has loaded.
+
+Hits arrive with boxes placed on the stored maps; their coarse-to-fine refinement
+(engine/search/refine.py) then runs as a task of its own, the first screenful first, and each
+finished chunk reaches the window through `hitsRefined` while the annotator reviews. A newer
+search, or newer feedback, cancels the refinement in flight.
 """
 from __future__ import annotations
 
@@ -59,6 +64,18 @@ class SearchOutcome:
     searched_images: int  # images in the index when it ran
     total_images: int  # images in the folder
     windows: WindowQuery | None = None  # the positives' window queries (hit boxes, engine/relocate.py)
+    examples: list = field(default_factory=list)  # the positives described for refining (search/refine.py)
+
+
+@dataclass
+class Refined:
+    """Refined boxes for hits of the hit session `session` (key -> box), one chunk at a time;
+    `done` of `total` hits are refined so far."""
+
+    session: object
+    boxes: dict[int, Box]
+    done: int
+    total: int
 
 
 @dataclass
@@ -82,8 +99,12 @@ class Controller(QObject):
     searchStarted = Signal(str)  # what is searched
     searchFinished = Signal(object)  # SearchOutcome
     hitsRelocated = Signal(object)  # Relocated
+    hitsRefined = Signal(object)  # Refined
     failed = Signal(str, str)  # what failed, a message for the user
     _submit = Signal(object)
+    # emitted on the engine thread; the controller (GUI thread) receives it queued and re-emits
+    # `hitsRefined` there, so the window's slots always run on the GUI thread
+    _refined_chunk = Signal(object, object)  # the refinement's token, Refined
 
     def __init__(self, prefs: Preferences, parent: QObject | None = None):
         super().__init__(parent)
@@ -102,11 +123,14 @@ class Controller(QObject):
         self._worker.failed.connect(self._on_failed)
         self._worker.cancelled.connect(self._on_cancelled)
         self._thread.finished.connect(self._worker.deleteLater)
+        self._refined_chunk.connect(self._on_refined_chunk)
         self._thread.start()
         self._tasks: dict[int, tuple[Task, dict]] = {}
         self._index_task: Task | None = None
         self._search_task: Task | None = None
         self._relocate_task: Task | None = None
+        self._refine_task: Task | None = None
+        self._refine_token: object | None = None
         self._pause = threading.Event()
         self._eta_start: tuple[float, int] | None = None
         # Touched on the engine thread only:
@@ -280,6 +304,7 @@ class Controller(QObject):
             return
         if self._search_task is not None:
             self._search_task.cancel()
+        self.cancel_refining()  # its hits are about to be replaced
         if self._index_task is not None:
             self._pause.set()  # commit what is indexed so far, then search it
         args, device, total = dict(self.extractor_args), self.prefs.device, len(self.images)
@@ -304,8 +329,9 @@ class Controller(QObject):
             windows = WindowQuery.stack(windows) if all(w is not None for w in windows) else None
             hits = searcher.search(positives, request.top_k, negatives=negatives, exclude_image=request.exclude_image,
                                    windows=windows)
+            fine = [] if windows is None else [searcher.example(image, box) for image, box in examples]
             return SearchOutcome(request, hits, searcher.prepare(positives), _candidate_regions(searcher, hits),
-                                 len(searcher.images), total, windows)
+                                 len(searcher.images), total, windows, [e for e in fine if e is not None])
 
         what = f"{request.category} ({len(request.positives)} example{'s' if len(request.positives) != 1 else ''})"
         task = self._run("Search", run, finished=lambda outcome: self._searched(task, outcome),
@@ -350,6 +376,58 @@ class Controller(QObject):
             self._relocate_task.cancel()
         task = self._run("Re-localise", run, finished=lambda result: self._relocated(task, result))
         self._relocate_task = task
+
+    def refine(self, session, examples: list, windows: WindowQuery, pending: dict[int, Hit],
+               accepted: list[tuple[str, Box]] = (), rejected: dict[str, list[Box]] | None = None) -> None:
+        """Refine the boxes of the `pending` hits (key -> hit, in the order shown) coarse-to-fine
+        with the query's `examples` and the latest `accepted` (image, box) pairs as further
+        examples, never onto a box `rejected` in the same image; each finished chunk comes back
+        through `hitsRefined`. A refinement in flight is cancelled: its hits are being replaced."""
+        self.cancel_refining()
+        if not pending or windows is None or not examples:
+            return
+        args, device = dict(self.extractor_args), self.prefs.device
+        keys, hits = list(pending), list(pending.values())
+        token = self._refine_token = object()  # identifies this refinement's chunks
+
+        def run(progress, cancel):
+            from dasr_annotator.engine.dasr.relocate import MAX_FEEDBACK_WINDOWS
+
+            searcher = self._engine_searcher(args, device)
+            latest = list(accepted)[-MAX_FEEDBACK_WINDOWS:]
+            more = [searcher.example(image, box) for image, box in latest]
+            coarse = searcher.feedback_windows(windows, latest) if latest else windows
+            done = [0]
+
+            def emit(items):
+                done[0] += len(items)
+                self._refined_chunk.emit(token, Refined(session, {keys[i]: hit.box for i, hit in items}, done[0],
+                                                       len(hits)))
+
+            searcher.refine(hits, list(examples) + [e for e in more if e is not None], coarse, rejected,
+                            progress=progress, cancel=cancel, emit=emit)
+
+        task = self._run("Refine boxes", run, finished=lambda _: self._refined(task),
+                         cancelled=lambda: self._refined(task))
+        self._refine_task = task
+
+    def _on_refined_chunk(self, token, refined: Refined) -> None:
+        if token is self._refine_token:  # else a newer search or feedback replaced its hits
+            self.hitsRefined.emit(refined)
+
+    def cancel_refining(self) -> None:
+        self._refine_token = None
+        if self._refine_task is not None:
+            self._refine_task.cancel()
+            self._refine_task = None
+
+    @property
+    def is_refining(self) -> bool:
+        return self._refine_task is not None
+
+    def _refined(self, task: Task) -> None:
+        if self._refine_task is task:
+            self._refine_task = None
 
     def _relocated(self, task: Task, result: "Relocated") -> None:
         if self._relocate_task is task:

@@ -56,6 +56,7 @@ class Review(QObject):
         w.controller.searchStarted.connect(lambda what: w.statusBar().showMessage(f"Searching for {what}…"))
         w.controller.searchFinished.connect(self._search_finished)
         w.controller.hitsRelocated.connect(self._relocated)
+        w.controller.hitsRefined.connect(self._refined)
 
     def attach(self, doc: Document | None) -> None:
         self.doc, self.draft, self.outcome, self.decisions = doc, None, None, 0
@@ -167,6 +168,29 @@ class Review(QObject):
         w.statusBar().showMessage(f"{len(outcome.hits)} hits for {request.category}", 5000)
         if note:
             w.show_info(note)
+        self.refine_pending()
+
+    def refine_pending(self, keys=None) -> None:
+        """Refine the boxes of the undecided hits (`keys`: these only), in the order shown
+        (controller.refine); accepted boxes serve as further examples, rejected ones are avoided."""
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None or self.outcome is None or hits.query_id != self._outcome_query:
+            return
+        order = {row.key: i for i, row in enumerate(self.window.results.model.rows())}
+        pending = sorted((e for e in hits.entries if e.status == PENDING and (keys is None or e.key in keys)),
+                         key=lambda e: order.get(e.key, len(order)))
+        boxes_rejected, _ = rejected_boxes(hits)
+        self.window.controller.refine(hits, self.outcome.examples, self.outcome.windows,
+                                      {e.key: e.hit for e in pending}, decided_boxes(hits, ACCEPTED), boxes_rejected)
+
+    def _refined(self, result) -> None:
+        """A chunk of refined boxes (controller.refine): undecided hits the user has not adjusted
+        take them; the status bar says how far refinement is."""
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None or hits is not result.session:
+            return  # a newer search replaced those hits
+        self.doc.move_pending_boxes(result.boxes)
+        self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}", 3000)
 
     # ---- deciding ----------------------------------------------------------------------------
     def _current_entries(self) -> list:
@@ -236,7 +260,10 @@ class Review(QObject):
         hits = self.doc.hits if self.doc is not None else None
         if hits is None or hits is not result.session:
             return  # a newer search replaced those hits
-        moved = self.doc.move_pending_boxes(result.boxes)
+        refining = bool(self.outcome is not None and self.outcome.examples)
+        # with refinement the coarse boxes would replace finer ones only to be refined again:
+        # the undecided hits are refined with the accepted examples instead (below)
+        moved = 0 if refining else self.doc.move_pending_boxes(result.boxes)
         again = 0
         if result.second_looks and self.outcome is not None and hits.query_id == self._outcome_query:
             accepted, rejected = decided_boxes(hits, ACCEPTED), decided_boxes(hits, REJECTED)
@@ -252,6 +279,8 @@ class Review(QObject):
             parts.append(f"{again} rejected photo{'s have' if again != 1 else ' has'} a new box to review.")
         if parts:
             self.window.show_info(" ".join(parts), 5000)
+        if refining:
+            self.refine_pending()
 
     # ---- views -------------------------------------------------------------------------------
     def _hit_selected(self, key) -> None:

@@ -83,6 +83,15 @@ def best_window(fmap: FeatureMap, query: WindowQuery, scales=SCALES, exclude=())
     (cosine similarity, box in original pixels). Queries sharing a window shape share its sums.
     Windows overlapping a box of `exclude` (rejected there; IoU >= REJECTED_IOU) are not taken;
     when every window does, the answer is (-inf, the whole image)."""
+    return best_windows(fmap, query, 1, scales, exclude)[0]
+
+
+def best_windows(fmap: FeatureMap, query: WindowQuery, count: int, scales=SCALES, exclude=(),
+                 apart_iou: float = 0.5) -> list[tuple[float, Box]]:
+    """Up to `count` windows as `best_window` finds them, best first, each overlapping every
+    better one by IoU < `apart_iou`: the places worth a closer look (coarse-to-fine
+    localisation refines each; the best coarse window is the right one less often than one of
+    the best three)."""
     c, h, w = fmap.values.shape
     excluded = _cell_xyxy(fmap, exclude)
     integral = np.zeros((c, h + 1, w + 1))
@@ -94,21 +103,33 @@ def best_window(fmap: FeatureMap, query: WindowQuery, scales=SCALES, exclude=())
             if q not in by_shape.setdefault(shape, []):
                 by_shape[shape].append(q)
     vectors = query.vectors.astype(np.float64)
-    best, where = -np.inf, (0, 0, w, h)
+    found_sims, found_windows = [], []
     for (ww, wh), rows in by_shape.items():
         sums = (integral[:, wh:, ww:] - integral[:, :-wh, ww:]
                 - integral[:, wh:, :-ww] + integral[:, :-wh, :-ww])  # [C, rows, cols]
         flat = sums.reshape(c, -1)
         sims = ((vectors[rows] @ flat) / np.maximum(np.linalg.norm(flat, axis=0), 1e-12)).max(0)
+        rr, cc = np.divmod(np.arange(flat.shape[1]), sums.shape[2])
+        windows = np.stack([cc, rr, cc + ww, rr + wh], 1)
         if len(excluded):
-            rr, cc = np.divmod(np.arange(flat.shape[1]), sums.shape[2])
-            windows = np.stack([cc, rr, cc + ww, rr + wh], 1)
             sims[box_iou_matrix(windows, excluded).max(1) >= REJECTED_IOU] = -np.inf
-        i = int(np.argmax(sims))
-        if sims[i] > best:
-            row, col = divmod(i, sums.shape[2])
-            best, where = float(sims[i]), (col, row, col + ww, row + wh)
-    return best, fmap.cell_box(*where)
+        # a shape's best `count` windows suffice: the picks below never need a worse one of it
+        top = np.argsort(-sims, kind="stable")[:max(1, count * 4)]
+        found_sims.append(sims[top])
+        found_windows.append(windows[top])
+    sims, windows = np.concatenate(found_sims), np.concatenate(found_windows)
+    picked: list[int] = []
+    for i in np.argsort(-sims, kind="stable"):
+        if not np.isfinite(sims[i]) and picked:
+            break
+        if picked and box_iou_matrix(windows[i:i + 1], windows[picked]).max() >= apart_iou:
+            continue
+        picked.append(int(i))
+        if len(picked) == count:
+            break
+    if not np.isfinite(sims[picked[0]]):
+        return [(-np.inf, fmap.cell_box(0, 0, w, h))]
+    return [(float(sims[i]), fmap.cell_box(*(int(v) for v in windows[i]))) for i in picked]
 
 
 def second_look(fmap: FeatureMap, query: WindowQuery, rejected) -> Box | None:

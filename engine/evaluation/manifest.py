@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 
 @dataclass
 class Query:
@@ -23,6 +24,15 @@ class Manifest:
     frames: dict[tuple[str, str], int]
     videos: dict[str, str]
     gt: dict[tuple[str, str], np.ndarray]  # (instance, file) -> [x, y, w, h], 0-based pixels
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # file -> (w, h) where stated
+
+    def image_size(self, file: str) -> tuple[int, int]:
+        """(width, height) of a file: as the manifest states it, else read from the file's header."""
+        if file not in self.image_sizes:
+            from dasr_annotator.engine.store.imageio import image_size
+
+            self.image_sizes[file] = image_size(self.root / file)
+        return self.image_sizes[file]
 
     def gt_boxes(self, instance: str, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(relevant bool[N], boxes [N, 4] with NaN where the instance is absent)."""
@@ -45,7 +55,7 @@ def load_manifest(path: str | Path, instances: list[str] | None = None, limit_im
             raise ValueError(f"unknown instance(s) {', '.join(unknown)}; the manifest has {', '.join(entries)}")
         entries = {n: entries[n] for n in instances}
     selected: dict[str, list[str]] = {}
-    frames, gt, videos, files = {}, {}, {}, {}
+    frames, gt, videos, files, sizes = {}, {}, {}, {}, {}
     for name, inst in entries.items():
         images = sorted(inst["images"], key=lambda im: im.get("frame", 0))
         if limit_images and len(images) > limit_images:
@@ -58,10 +68,12 @@ def load_manifest(path: str | Path, instances: list[str] | None = None, limit_im
     for name, inst in entries.items():
         for im in inst["images"]:
             if im["file"] in files:
+                if "image_size" in inst:
+                    sizes[im["file"]] = tuple(int(v) for v in inst["image_size"])
                 x, y, w, h = (float(v) for v in im["box"])
                 gt[(name, im["file"])] = np.array([x - 1.0, y - 1.0, w, h])  # 1-based origin in the source
                 frames[(name, im["file"])] = int(im.get("frame", 0))
-    return Manifest(path.parent, list(files), selected, frames, videos, gt)
+    return Manifest(path.parent, list(files), selected, frames, videos, gt, sizes)
 
 
 def select_queries(manifest: Manifest, per_instance: int = 3) -> list[Query]:

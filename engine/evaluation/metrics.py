@@ -62,6 +62,26 @@ def hits_to_find(ranked_hits, n_relevant: int, fraction: float = 0.9) -> float:
     return float(reached[0] + 1) if reached.size else float("inf")
 
 
+# Object size relative to its photo: the ground truth's long side over the photo's long side.
+SIZE_BINS = (("small", 1 / 16), ("medium", 1 / 4), ("large", float("inf")))
+
+
+def size_bin(gt_box, photo_size) -> str:
+    """"small" (long side < 1/16 of the photo's), "medium" (< 1/4) or "large"."""
+    ratio = max(float(gt_box[2]), float(gt_box[3])) / max(photo_size)
+    return next(name for name, limit in SIZE_BINS if ratio < limit)
+
+
+def box_figures(ious) -> dict[str, float]:
+    """Figures of returned boxes against the ground truth (one IoU per relevant image): loc recall
+    at IoU 0.5 and at 0.7 (a box an annotator accepts without adjusting) and the mean IoU."""
+    ious = np.asarray(ious, dtype=np.float64).reshape(-1)
+    if ious.size == 0:
+        return {"pairs": 0, "loc_recall_05": None, "loc_recall_07": None, "mean_iou": None}
+    return {"pairs": int(ious.size), "loc_recall_05": float((ious >= 0.5 - 1e-12).mean()),
+            "loc_recall_07": float((ious >= 0.7 - 1e-12).mean()), "mean_iou": float(ious.mean())}
+
+
 def centres_inside(boxes, gt_boxes) -> np.ndarray:
     """bool[N]: centre of boxes[i] lies inside gt_boxes[i] (borders included); NaN rows are False."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

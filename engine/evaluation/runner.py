@@ -29,7 +29,8 @@ from dasr_annotator.engine.evaluation.manifest import Manifest, Query, load_mani
 from dasr_annotator.engine.evaluation.review import review_summary, simulated_review
 from dasr_annotator.engine.search.index import whitening_min_regions
 from dasr_annotator.engine.store.imageio import load_image
-from dasr_annotator.engine.types import Box, Cancelled, CancelFn, ProgressFn, never_cancel, no_progress
+from dasr_annotator.engine.search.refine import Refiner
+from dasr_annotator.engine.types import Box, Cancelled, CancelFn, Hit, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class MethodResult:
     per_query: list[dict] = field(default_factory=list)
     query_instances: list[str] = field(default_factory=list)
     top_ious: list[float] = field(default_factory=list)
+    size_bins: list[str] = field(default_factory=list)  # per top_ious entry: the object's size bin
     best_ious: list[float] = field(default_factory=list)
     covered: list[bool] = field(default_factory=list)  # some region's centre is on the instance
     query_seconds: list[float] = field(default_factory=list)
@@ -133,6 +135,8 @@ class MethodResult:
             located = evaluation.centres_inside(ranking.boxes, gt) & relevant
             top = evaluation.iou_xywh(ranking.boxes, gt)
             self.top_ious.extend(top[relevant].tolist())
+            self.size_bins.extend(evaluation.size_bin(gt[i], manifest.image_size(refs[i]))
+                                  for i in np.flatnonzero(relevant))
             self.best_ious.extend((top if best_ious is None else best_ious)[relevant].tolist())
             self.covered.extend((located if covered is None else covered)[relevant].tolist())
         metrics = evaluation.evaluate_query(ranking.scores, relevant, located)
@@ -151,6 +155,12 @@ class MethodResult:
                     out[key] = None
         out["localization"] = (_localization(self.top_ious, self.best_ious, self.covered)
                                if self.has_boxes else None)
+        out["boxes"] = None
+        if self.has_boxes:  # the returned boxes: loc recall at IoU 0.5 / 0.7, mean IoU, by object size
+            ious, bins = np.asarray(self.top_ious), np.asarray(self.size_bins)
+            out["boxes"] = evaluation.box_figures(ious)
+            out["boxes"]["by_size"] = {name: evaluation.box_figures(ious[bins == name])
+                                       for name, _ in evaluation.SIZE_BINS if (bins == name).any()}
         out["per_instance"] = {
             name: evaluation.mean_metrics([q for q, n in zip(self.per_query, self.query_instances) if n == name])
             for name in dict.fromkeys(self.query_instances)
@@ -206,6 +216,8 @@ class EvalSettings:
     feedback_batch: int = 10  # hits a simulated annotator reviews between re-rankings
     feedback_hits: int = 100  # re-ranking stops after this many reviewed hits
     relocate: bool = True  # re-localise hits inside their images (engine/relocate.py)
+    refine: bool = True  # ... and refine the top hits' boxes on zoomed crops (engine/search/refine.py)
+    refine_top: int = 100  # hits refined per query, as the product's search refines its top 100
     relocation_layer: str | None = None  # None: the backbone's
 
     def extractor(self) -> Extractor:
@@ -264,7 +276,14 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
                       reviews: list | None, maps: dict[str, FeatureMap] | None = None) -> MethodResult:
     cfg = extractor.config()
     name = label or f"{cfg['method'].upper()} {cfg['backbone']} {cfg['descriptor_layer']} ({cfg['mode']})"
-    if maps is not None:
+    refiner = None
+    if maps is not None and settings.refine:
+        name += f" + re-localisation ({extractor.backbone.relocation_layer}), refined coarse-to-fine"
+        result = MethodResult(name, "regions", note="image score = best region; hit box = best window on zoomed "
+                                                     f"crops around the stored map's best windows, top "
+                                                     f"{settings.refine_top} hits (engine/search/refine.py)")
+        refiner = Refiner(extractor)
+    elif maps is not None:
         name += f" + re-localisation ({extractor.backbone.relocation_layer})"
         result = MethodResult(name, "regions", note="image score = best region; "
                                                      "hit box = best query-shaped window (engine/relocate.py)")
@@ -295,6 +314,8 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
         _, gt = manifest.gt_boxes(q.instance, refs)
         if windows is not None:  # every reference is a hit here (the ranking covers them all)
             boxes = _relocated(manifest.files, scores, maps, windows)
+            if refiner is not None:
+                boxes = _refined(manifest, q, scores, boxes, maps, windows, refiner, settings.refine_top, cancel)
             best = covered = None  # one box per image: the returned one
         else:
             region_boxes = [images[index_of[f]].boxes for f in refs]
@@ -319,6 +340,21 @@ def _relocated(files: list[str], region_scores: np.ndarray, maps: dict[str, Feat
         if np.isfinite(region_scores[i]):
             boxes[i] = best_window(maps[file], windows)[1].as_list()
     return boxes
+
+
+def _refined(manifest: Manifest, q: Query, scores: np.ndarray, boxes: np.ndarray, maps: dict[str, FeatureMap],
+             windows: WindowQuery, refiner: Refiner, top: int, cancel: CancelFn) -> np.ndarray:
+    """`boxes` with the `top` best-scoring references' boxes refined coarse-to-fine, as the
+    product's search does to its top hits (the query's own photo is no hit)."""
+    order = [i for i in np.argsort(-scores, kind="stable") if manifest.files[i] != q.file and np.isfinite(scores[i])]
+    picked = order[:top]
+    hits = [Hit(manifest.files[i], float(scores[i]), Box.from_list(boxes[i]), None) for i in picked]
+    example = refiner.example(manifest.root / q.file, Box.from_list(q.box))
+    refined = refiner.refine(hits, [example], windows, maps.get, lambda f: manifest.root / f, cancel=cancel)
+    out = boxes.copy()
+    for i, hit in zip(picked, refined):
+        out[i] = hit.box.as_list()
+    return out
 
 
 # --------------------------------------------------------------------------- baselines

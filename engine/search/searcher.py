@@ -25,6 +25,7 @@ from dasr_annotator.engine.dasr.relocate import (MAX_FEEDBACK_WINDOWS, WindowQue
 from dasr_annotator.engine.search import index as faiss_index
 from dasr_annotator.engine.search.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.search.map_cache import MapCache
+from dasr_annotator.engine.search.refine import Example, Refiner
 from dasr_annotator.engine.store.imageio import ImageError, load_image
 from dasr_annotator.engine.types import Box, Ellipse, Hit
 
@@ -82,6 +83,8 @@ class Searcher:
         # an extractor without a relocation layer (test doubles) leaves hits as their regions
         self.maps = (MapCache(self._compute_map, extractor.relocation_config(), getattr(project, "state_dir", None))
                      if hasattr(extractor, "relocation_config") else None)
+        # coarse-to-fine boxes (search/refine.py) need the network itself, not only its maps
+        self.refiner = Refiner(extractor) if self.maps is not None and hasattr(extractor, "backbone") else None
 
     def _compute_map(self, path: Path):
         return self.extractor.relocation_map(load_image(path, max_side=self.extractor.max_side))
@@ -193,11 +196,35 @@ class Searcher:
             log.warning("%s: not re-localised (%s)", image, exc)
             return None
 
-    def search_box(self, image: str | os.PathLike, box: Box, top_k: int = 20) -> list[Hit]:
-        """One query box -> hits, the query's own image excluded."""
+    def example(self, image: str | os.PathLike, box: Box) -> Example | None:
+        """A box described for refining hits (search/refine.py); None when this searcher cannot
+        refine. Raises BoxError and ImageError like `query`."""
+        if self.refiner is None:
+            return None
+        path, _ = self.resolve(image)
+        from dasr_annotator.engine.store.imageio import image_size
+
+        width, height = image_size(path)
+        return self.refiner.example(path, checked_box(box, width, height))
+
+    def refine(self, hits: list[Hit], examples: list[Example], windows: WindowQuery,
+               rejected: dict[str, list[Box]] | None = None, **kw) -> list[Hit]:
+        """`hits` with coarse-to-fine boxes (`Refiner.refine`; `progress`, `cancel`, `emit` pass
+        through); unchanged where this searcher cannot refine."""
+        if self.refiner is None or not examples or windows is None:
+            return list(hits)
+        return self.refiner.refine(hits, examples, windows, self._map, lambda im: self.project.photos / im,
+                                   rejected, **kw)
+
+    def search_box(self, image: str | os.PathLike, box: Box, top_k: int = 20, refine: bool = True) -> list[Hit]:
+        """One query box -> hits, the query's own image excluded; boxes refined coarse-to-fine
+        unless `refine` is false (then as re-localised on the stored maps)."""
         _, rel = self.resolve(image)
         descriptor, windows = self.query(image, box)
-        return self.search(descriptor[None], top_k, exclude_image=rel, windows=windows)
+        hits = self.search(descriptor[None], top_k, exclude_image=rel, windows=windows)
+        if refine and windows is not None and self.refiner is not None:
+            hits = self.refine(hits, [self.example(image, box)], windows)
+        return hits
 
 
 def _best_per_region(ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
