@@ -16,7 +16,7 @@ MENUS = ("File", "Edit", "View", "Search", "Help")
 class ActionSpec:
     name: str
     text: str
-    menu: str | None  # None: keyboard only (still listed in the shortcut sheet)
+    menu: str | None  # "File", or "File/Import" for a submenu; None: keyboard only (still in the shortcut sheet)
     keys: tuple[str, ...] = ()
     icon: str | None = None  # resources/icons/<icon>.svg
     tip: str = ""
@@ -26,8 +26,25 @@ class ActionSpec:
 ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("open_folder", "&Open folder…", "File", ("Ctrl+O",), "open", "Open a photo folder"),
     ActionSpec("save", "&Save", "File", ("Ctrl+S",), "save", "Save the labels now (they autosave on every change)"),
-    ActionSpec("import_coco", "&Import COCO…", "File", (), "import", "Add the labels of a COCO JSON file"),
-    ActionSpec("export_coco", "&Export COCO…", "File", ("Ctrl+E",), "export", "Write the labels as COCO JSON"),
+    # File > Import and File > Export: one entry per label format (engine/store/formats)
+    ActionSpec("import_coco", "&COCO JSON…", "File/Import", (), "import", "Add the labels of a COCO JSON file"),
+    ActionSpec("import_yolo", "&YOLO folder…", "File/Import", (), "import",
+               "Add the labels of a YOLO folder (classes.txt and labels/)"),
+    ActionSpec("import_voc", "Pascal &VOC folder…", "File/Import", (), "import",
+               "Add the labels of a folder of Pascal VOC XML files"),
+    ActionSpec("import_cvat", "CV&AT XML…", "File/Import", (), "import",
+               "Add the labels of a CVAT for images 1.1 XML file"),
+    ActionSpec("import_labelme", "&labelme folder…", "File/Import", (), "import",
+               "Add the labels of a folder of labelme JSON files"),
+    ActionSpec("export_coco", "&COCO JSON…", "File/Export", ("Ctrl+E",), "export", "Write the labels as COCO JSON"),
+    ActionSpec("export_yolo", "&YOLO folder…", "File/Export", (), "export",
+               "Write the labels as YOLO text files with classes.txt and data.yaml (no scores)"),
+    ActionSpec("export_voc", "Pascal &VOC folder…", "File/Export", (), "export",
+               "Write one Pascal VOC XML file per photo (no scores)"),
+    ActionSpec("export_cvat", "CV&AT XML…", "File/Export", (), "export",
+               "Write the labels as one CVAT for images 1.1 XML file"),
+    ActionSpec("export_labelme", "&labelme folder…", "File/Export", (), "export",
+               "Write one labelme JSON file per photo"),
     ActionSpec("settings", "Se&ttings…", "File", ("Ctrl+,",), "settings", "Device, backbone and search settings"),
     ActionSpec("quit", "&Quit", "File", ("Ctrl+Q",), None, "Close the annotator"),
     ActionSpec("undo", "&Undo", "Edit", ("Ctrl+Z",), "undo", "Undo the last edit"),
@@ -91,7 +108,8 @@ def shortcut_rows() -> list[tuple[str, str, str]]:
         if spec.also:
             keys.append(spec.also)
         if keys:
-            rows.append((spec.menu or "", spec.text.replace("&", "").rstrip("…"), ", ".join(keys)))
+            menu = (spec.menu or "").replace("/", " > ")
+            rows.append((menu, spec.text.replace("&", "").rstrip("…"), ", ".join(keys)))
     rows.append(("Labels", "Pick category 1–9", "1 … 9"))
     rows.append(("Canvas", "Nudge the selected box", "arrows (Shift: 10 px)"))
     rows.append(("Canvas", "Pan", "Space+drag, middle or right drag"))
