@@ -285,7 +285,7 @@ class ImageFinder:
     own name), so candidates are tried in order: the stated name next to the label file, then
     relative to the photo folder, then a photo whose name the file shows (non-UTF-8 bytes as
     U+FFFD), then the one photo with the label file's folder and stem, then the one photo
-    anywhere with that stem."""
+    anywhere with that stem (these two only when the stated name, if any, has that stem too)."""
 
     def __init__(self, project):
         self.project = project
@@ -320,7 +320,8 @@ class ImageFinder:
                 matches = self._shown.get(name, []) if name else []
                 if len(matches) == 1:
                     return matches[0]
-        if stem is not None:
+        # the label file's own name only when it names the same photo (or the file names none)
+        if stem is not None and (not stated or shown_name(PurePosixPath(stated).stem) == shown_name(stem)):
             for matches in (self._stem.get((folder, stem), []), self._any_stem.get(stem, [])):
                 if len(matches) == 1:
                     return matches[0]
