@@ -32,7 +32,7 @@ import numpy as np
 
 from dasr_annotator.app.cli.cmd_search import UsageError, announce_state, open_searcher, query_image
 from dasr_annotator.engine.store.formats import FORMATS
-from dasr_annotator.engine.store.formats.common import finite_number
+from dasr_annotator.engine.store.formats.common import check_image, finite_number
 from dasr_annotator.engine.types import Box
 
 DUPLICATE_IOU = 0.9
@@ -258,7 +258,6 @@ def read_examples(path: str, project) -> list[Example]:
 def _checked_example(item, where: str, project, reasons: list[str]) -> Example | None:
     """`item` as an Example, or None with what is wrong appended to `reasons`."""
     from dasr_annotator.engine.search.searcher import BoxError, checked_box
-    from dasr_annotator.engine.store.imageio import ImageError, image_size
 
     if not isinstance(item, dict):
         reasons.append(f"{where} must be an object with {', '.join(REQUIRED_KEYS)} (and optionally negative)")
@@ -286,24 +285,15 @@ def _checked_example(item, where: str, project, reasons: list[str]) -> Example |
         reasons.append(f"{where}: " + "; ".join(problems))
         return None
     where = f"{where} ({example_id!r})"
-    rel = project.relative(image)
-    if rel is None:
-        reasons.append(f"{where}: {image!r} lies outside the photo folder {project.photos}")
+    checked = check_image(project, image, (None, None), where, reasons)
+    if checked is None:
         return None
     try:
-        width, height = image_size(project.path_of(rel))
-    except ImageError as exc:
-        reasons.append(f"{where}: {image!r}: {exc.reason}")
-        return None
-    except ValueError:  # a NUL byte, or a name the file system cannot encode
-        reasons.append(f"{where}: {image!r} is not a usable file name")
-        return None
-    try:
-        inside = checked_box(Box(*values), width, height)
+        inside = checked_box(Box(*values), checked.width, checked.height)
     except BoxError as exc:
         reasons.append(f"{where}: {exc}")
         return None
-    return Example(str(example_id), rel, inside, bool(negative))
+    return Example(str(example_id), checked.rel, inside, bool(negative))
 
 
 # ---- ranking -----------------------------------------------------------------------------------

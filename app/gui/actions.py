@@ -8,6 +8,7 @@ from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QAction, QIcon, QKeySequence
 
 from dasr_annotator import resources
+from dasr_annotator.engine.store.formats import FORMATS
 
 MENUS = ("File", "Edit", "View", "Search", "Help")
 
@@ -23,28 +24,18 @@ class ActionSpec:
     also: str = ""  # keys handled elsewhere, for the shortcut sheet (e.g. arrows in a list)
 
 
+_MENU_TEXT = {"coco": "&COCO JSON…", "yolo": "&YOLO folder…", "voc": "Pascal &VOC folder…", "cvat": "CV&AT XML…",
+              "labelme": "&labelme folder…"}
+
 ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("open_folder", "&Open folder…", "File", ("Ctrl+O",), "open", "Open a photo folder"),
     ActionSpec("save", "&Save", "File", ("Ctrl+S",), "save", "Save the labels now (they autosave on every change)"),
     # File > Import and File > Export: one entry per label format (engine/store/formats)
-    ActionSpec("import_coco", "&COCO JSON…", "File/Import", (), "import", "Add the labels of a COCO JSON file"),
-    ActionSpec("import_yolo", "&YOLO folder…", "File/Import", (), "import",
-               "Add the labels of a YOLO folder (classes.txt and labels/)"),
-    ActionSpec("import_voc", "Pascal &VOC folder…", "File/Import", (), "import",
-               "Add the labels of a folder of Pascal VOC XML files"),
-    ActionSpec("import_cvat", "CV&AT XML…", "File/Import", (), "import",
-               "Add the labels of a CVAT for images 1.1 XML file"),
-    ActionSpec("import_labelme", "&labelme folder…", "File/Import", (), "import",
-               "Add the labels of a folder of labelme JSON files"),
-    ActionSpec("export_coco", "&COCO JSON…", "File/Export", ("Ctrl+E",), "export", "Write the labels as COCO JSON"),
-    ActionSpec("export_yolo", "&YOLO folder…", "File/Export", (), "export",
-               "Write the labels as YOLO text files with classes.txt and data.yaml (no scores)"),
-    ActionSpec("export_voc", "Pascal &VOC folder…", "File/Export", (), "export",
-               "Write one Pascal VOC XML file per photo (no scores)"),
-    ActionSpec("export_cvat", "CV&AT XML…", "File/Export", (), "export",
-               "Write the labels as one CVAT for images 1.1 XML file"),
-    ActionSpec("export_labelme", "&labelme folder…", "File/Export", (), "export",
-               "Write one labelme JSON file per photo"),
+    *(ActionSpec(f"import_{f.name}", _MENU_TEXT[f.name], "File/Import", (), "import",
+                 f"Add the labels of a {f.title} {f.import_from}") for f in FORMATS.values()),
+    *(ActionSpec(f"export_{f.name}", _MENU_TEXT[f.name], "File/Export", ("Ctrl+E",) if f.name == "coco" else (),
+                 "export", f"Write the labels as a {f.title} {f.export_to}"
+                 + (" (no scores or provenance)" if f.name in ("yolo", "voc") else "")) for f in FORMATS.values()),
     ActionSpec("settings", "Se&ttings…", "File", ("Ctrl+,",), "settings", "Device, backbone and search settings"),
     ActionSpec("quit", "&Quit", "File", ("Ctrl+Q",), None, "Close the annotator"),
     ActionSpec("undo", "&Undo", "Edit", ("Ctrl+Z",), "undo", "Undo the last edit"),

@@ -366,11 +366,15 @@ def child_text(element: ElementTree.Element, path: str) -> str | None:
     return None if found is None or found.text is None else found.text.strip()
 
 
-def files_under(root: Path, suffix: str) -> list[Path]:
-    """Files ending in `suffix` below `root` (a folder) in name order, or `[root]` for a file."""
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob(f"*{suffix}") if p.is_file())
+def label_files(path, suffix: str):
+    """(file, where, folder, stem) for each label file: `path` itself, or the files ending in
+    `suffix` below the folder `path` in name order (`located` says what the parts are)."""
+    base = Path(path)
+    if not base.exists():
+        raise LabelFileError(path, ["not found"])
+    files = [base] if base.is_file() else sorted(p for p in base.rglob(f"*{suffix}") if p.is_file())
+    for file in files:
+        yield (file, *located(file, base))
 
 
 def located(path: Path, base: Path) -> tuple[str, str, str]:

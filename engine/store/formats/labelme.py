@@ -18,7 +18,7 @@ from pathlib import Path
 from dasr_annotator.engine.store.collection import write_json
 from dasr_annotator.engine.store.formats.common import (
     ExportReport, ImageFinder, ImportReport, Label, LabelFileError, add_labels, category_name, check_box,
-    check_image, checked_score, files_under, finite_number, gather, located, per_image_files,
+    check_image, checked_score, label_files, finite_number, gather, per_image_files,
 )
 from dasr_annotator.engine.store.storage import ProjectFileError, read_json
 from dasr_annotator.engine.types import Box
@@ -47,13 +47,9 @@ def export(project, out, all_images: bool = False) -> ExportReport:
 
 
 def import_labels(project, path) -> ImportReport:
-    base = Path(path)
-    if not base.exists():
-        raise LabelFileError(path, ["not found"])
     finder = ImageFinder(project)
     labels, skipped, reasons = [], [], []
-    for file in files_under(base, ".json"):
-        where, folder, stem = located(file, base)
+    for file, where, folder, stem in label_files(path, ".json"):
         try:
             data = read_json(file, fallback_to_backup=False, expect=dict)
         except ProjectFileError as exc:

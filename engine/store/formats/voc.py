@@ -18,7 +18,7 @@ from xml.etree import ElementTree
 
 from dasr_annotator.engine.store.formats.common import (
     ExportReport, ImageFinder, ImportReport, Label, LabelFileError, add_labels, check_box, check_image, child_text,
-    files_under, gather, located, not_carried, number_text, per_image_files, read_xml, shown_name, sub, write_file,
+    label_files, gather, not_carried, number_text, per_image_files, read_xml, shown_name, sub, write_file,
     whole_number, xml_bytes,
 )
 from dasr_annotator.engine.types import Box
@@ -64,13 +64,9 @@ def _pixel(edge: float) -> int:
 
 
 def import_labels(project, path) -> ImportReport:
-    base = Path(path)
-    if not base.exists():
-        raise LabelFileError(path, ["not found"])
     finder = ImageFinder(project)
     labels, skipped, reasons = [], [], []
-    for file in files_under(base, ".xml"):
-        where, folder, stem = located(file, base)
+    for file, where, folder, stem in label_files(path, ".xml"):
         try:
             root, lines = read_xml(file)
         except LabelFileError as exc:

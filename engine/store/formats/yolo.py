@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dasr_annotator.engine.store.formats.common import (
     ExportReport, ImageFinder, ImportReport, Label, LabelFileError, add_labels, category_ids, check_box, check_image,
-    checked_score, files_under, gather, located, not_carried, number_text, per_image_files, write_file,
+    checked_score, label_files, gather, not_carried, number_text, per_image_files, write_file,
 )
 from dasr_annotator.engine.types import Box
 
@@ -79,11 +79,11 @@ def import_labels(project, path) -> ImportReport:
     while classes and not classes[-1]:
         classes.pop()
     base = root / "labels" if (root / "labels").is_dir() else root
-    files = [f for f in files_under(base, ".txt") if not (f.parent == root and f.name in CLASS_FILES + LIST_FILES)]
     finder = ImageFinder(project)
     labels, skipped, reasons = [], [], []
-    for file in files:
-        where, folder, stem = located(file, base)
+    for file, where, folder, stem in label_files(base, ".txt"):
+        if file.parent == root and file.name in CLASS_FILES + LIST_FILES:
+            continue
         rel = finder.find(None, file, folder, stem)
         if rel is None:
             reasons.append(f"{where}: no photo named {stem}.* in {project.photos}")
