@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "index": "extract regions for every image of a folder and build its search index",
     "search": "find the images that contain the instance in a query box",
     "label": "record search hits as annotations of a category",
-    "export": "export the project's annotations (COCO JSON)",
+    "export": "export the project's annotations (COCO, YOLO, Pascal VOC, CVAT XML, labelme)",
     "eval": "measure retrieval quality on a manifest with ground truth",
 }
 

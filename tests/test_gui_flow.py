@@ -84,6 +84,7 @@ def window_on(qtbot):
         window = MainWindow(photos, prefs=prefs or Preferences(device="cpu"))
         window.ask_save_path = lambda *args: None  # no dialog may ever block a test
         window.ask_open_path = lambda *args: None
+        window.ask_label_folder = lambda *args: None
         window.confirm = lambda *args: False
         qtbot.addWidget(window)
         window.show()
@@ -388,6 +389,47 @@ def test_import_coco_is_one_undo_step(qtbot, tmp_path, indexed_folder, window_on
     doc = window.document
     assert sorted((a.image, a.category, a.source) for a in doc.annotations()) == [(n, "target", "import") for n in names]
     assert "Imported 3 labels" in window.message_bar.text()
+    doc.undo_stack.undo()
+    assert doc.annotations() == [] and not doc.has_category("target")
+
+
+def test_import_and_export_every_format_from_the_file_menu(qtbot, tmp_path, indexed_folder, window_on):
+    """File > Import > YOLO folder (written here by hand, as the format's docs describe it) is one
+    undo step; File > Export > Pascal VOC folder writes what the document holds."""
+    photos, truth = fresh_copy(indexed_folder, tmp_path)
+    names = sorted(truth)[:2]
+    yolo = tmp_path / "yolo"
+    (yolo / "labels").mkdir(parents=True)
+    (yolo / "classes.txt").write_text("target\n")
+    for name in names:
+        (w, h), box = _size(photos / name), truth[name]
+        label = (yolo / "labels" / name).with_suffix(".txt")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text(f"0 {(box.x + box.w / 2) / w} {(box.y + box.h / 2) / h} {box.w / w} {box.h / h}\n")
+    window = window_on(photos)
+    qtbot.waitUntil(lambda: window.document is not None, timeout=INDEX_TIMEOUT_MS)
+    file_menu = window.menuBar().actions()[0].menu()
+    submenus = {a.text().replace("&", ""): a.menu() for a in file_menu.actions() if a.menu()}
+    assert set(submenus) == {"Import", "Export"}
+    assert [a.text().replace("&", "") for a in submenus["Import"].actions()] == \
+        ["COCO JSON…", "YOLO folder…", "Pascal VOC folder…", "CVAT XML…", "labelme folder…"]
+
+    window.ask_label_folder = lambda *args: str(yolo)
+    window.action["import_yolo"].trigger()
+    doc = window.document
+    imported = sorted((a.image, a.category, a.source) for a in doc.annotations())
+    assert imported == [(n, "target", "import") for n in names]
+    for ann in doc.annotations():
+        assert all(abs(a - b) < 0.01 for a, b in zip(ann.box.as_list(), truth[ann.image].as_list()))
+    assert "Imported 2 labels" in window.message_bar.text()
+    window.action["import_yolo"].trigger()  # again: nothing doubled
+    assert len(doc.annotations()) == 2 and "2 already present" in window.message_bar.text()
+
+    window.ask_label_folder = lambda *args: str(tmp_path / "voc")
+    window.action["export_voc"].trigger()
+    assert "no place for scores" in window.message_bar.text()
+    assert sorted(p.relative_to(tmp_path / "voc").with_suffix("").as_posix() for p in (tmp_path / "voc").rglob("*.xml")) \
+        == sorted(n.rsplit(".", 1)[0] for n in names)
     doc.undo_stack.undo()
     assert doc.annotations() == [] and not doc.has_category("target")
 

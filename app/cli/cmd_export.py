@@ -1,44 +1,80 @@
-"""`dasr-annotator export PHOTOS --coco OUT.json`: the project's annotations as COCO detection JSON.
+"""`dasr-annotator export PHOTOS --format coco|yolo|voc|cvat|labelme --out PATH`: the project's
+annotations in a label format (`engine/store/formats/`). `--coco OUT.json` is `--format coco
+--out OUT.json`. COCO and CVAT write one file; YOLO, VOC and labelme a folder of label files.
+A format without room for scores or provenance (YOLO, VOC) says so in one line on stderr.
 
-(Importing is `dasr-annotator label PHOTOS --import-coco IN.json`.)
+(Importing is `dasr-annotator label PHOTOS --import FILE_OR_DIR --format ...`.)
 """
 from __future__ import annotations
 
 import json
 import sys
 
+from dasr_annotator.engine.store.formats import FORMATS
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("photos", metavar="PHOTOS", help="photo folder with annotations")
-    parser.add_argument("--coco", metavar="OUT.json", required=True, help="file to write")
+    parser.add_argument("--format", choices=tuple(FORMATS), help="label format to write (default coco)")
+    parser.add_argument("--out", metavar="PATH",
+                        help="file (coco, cvat) or folder (yolo, voc, labelme) to write")
+    parser.add_argument("--coco", metavar="OUT.json", help="the same as --format coco --out OUT.json")
     parser.add_argument("--all-images", action="store_true",
-                        help="list every image of the folder, not only the annotated ones")
+                        help="list every image of the folder, not only the annotated ones "
+                             "(empty label files for the others: negatives for training)")
+    parser.add_argument("--copy-images", action="store_true",
+                        help="yolo: copy the photos into OUT/images beside OUT/labels")
     parser.add_argument("--json", action="store_true", help="print a summary as JSON on stdout")
+
+
+def _target(args) -> tuple[str, str]:
+    """(format, out path) from the options, or raise ValueError saying what is wrong."""
+    if args.coco:
+        if args.out or (args.format or "coco") != "coco":
+            raise ValueError("--coco OUT.json is --format coco --out OUT.json; give one or the other")
+        return "coco", args.coco
+    if not args.out:
+        raise ValueError("say where to write: --out PATH (with --format coco|yolo|voc|cvat|labelme)")
+    name = args.format or "coco"
+    if args.copy_images and name != "yolo":
+        raise ValueError("--copy-images is for --format yolo")
+    return name, args.out
 
 
 def run(args) -> int:
     from dasr_annotator.app.cli.cmd_search import announce_state
     from dasr_annotator.engine.project.project import Project
-    from dasr_annotator.engine.store.coco import export_coco
     from dasr_annotator.engine.store.storage import ProjectFileError
 
     try:
+        name, out = _target(args)
+    except ValueError as exc:
+        print(f"dasr-annotator export: {exc}", file=sys.stderr)
+        return 2
+    fmt = FORMATS[name]
+    options = {"copy_images": True} if args.copy_images else {}
+    try:
         project = Project.open(args.photos)
         announce_state(project)
-        report = export_coco(project, args.coco, all_images=args.all_images)
+        report = fmt.export(project, out, all_images=args.all_images, **options)
     except FileNotFoundError as exc:
         print(f"dasr-annotator export: {exc}", file=sys.stderr)
         return 2
     except ProjectFileError as exc:
         print(f"dasr-annotator export: {exc.message}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an out folder that cannot be made, a photo that cannot be copied
+        print(f"dasr-annotator export: cannot write {exc.filename or out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     for item in report.skipped:
         print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
-    summary = {"file": args.coco, "images": report.images, "annotations": report.annotations,
-               "categories": report.categories, "skipped": report.skipped}
+    if report.not_carried:
+        print(f"note: {report.not_carried}", file=sys.stderr)
+    summary = {"file": out, "format": name, "images": report.images, "annotations": report.annotations,
+               "categories": report.categories, "skipped": report.skipped, "not_carried": report.not_carried}
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
-        print(f"wrote {args.coco}: {report.images} images, {report.annotations} annotations, "
+        print(f"wrote {out} ({fmt.title}): {report.images} images, {report.annotations} annotations, "
               f"{report.categories} categories")
     return 0

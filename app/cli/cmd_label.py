@@ -2,7 +2,7 @@
 
     label PHOTOS --query IMAGE --box X,Y,W,H --category NAME (--accept-top N | --accept-above S)
     label PHOTOS --queries FILE --category NAME (--accept-top N | --accept-above S) [--fusion max|mean]
-    label PHOTOS --import-coco IN.json
+    label PHOTOS --import FILE_OR_DIR --format coco|yolo|voc|cvat|labelme   (--import-coco IN.json: COCO)
 
 `--queries FILE` is a JSON list of examples `{"id", "image", "box": [x, y, w, h], "negative": false}`
 ("negative" optional) that together form ONE query: several positive boxes of the instance, from
@@ -15,6 +15,11 @@ The positive boxes are recorded too (source "manual"); hits are recorded with so
 their score and the id of the query, which the store keeps with its positive and negative boxes.
 A box that matches an existing annotation of the category (IoU >= 0.9) is reported as a
 duplicate and not added.
+
+`--import` brings in the labels of a label file or folder (`engine/store/formats/`): checked whole
+first (a box outside its photo, a negative size, an unknown photo or an unreadable file refuses
+it, each reason naming the file and line), then added with source "import", duplicates of
+existing labels skipped and reported.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dasr_annotator.app.cli.cmd_search import UsageError, announce_state, open_searcher, query_image
-from dasr_annotator.engine.store.coco import finite_number
+from dasr_annotator.engine.store.formats import FORMATS
+from dasr_annotator.engine.store.formats.common import check_image, finite_number
 from dasr_annotator.engine.types import Box
 
 DUPLICATE_IOU = 0.9
@@ -71,7 +77,10 @@ def add_arguments(parser) -> None:
                         help="how several positives score a region: the best match (default) or the average")
     parser.add_argument("--no-refine", action="store_true",
                         help="place hit boxes on the stored maps only (16-px steps of the network input): faster, coarser")
-    parser.add_argument("--import-coco", metavar="IN.json", help="bring in the annotations of a COCO file instead")
+    parser.add_argument("--import", dest="import_path", metavar="FILE_OR_DIR",
+                        help="bring in the labels of a file or folder in --format instead")
+    parser.add_argument("--format", choices=tuple(FORMATS), help="the label format of --import")
+    parser.add_argument("--import-coco", metavar="IN.json", help="the same as --import IN.json --format coco")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print what was added as JSON on stdout")
 
@@ -85,22 +94,34 @@ def run(args) -> int:
         print(f"dasr-annotator label: {exc}", file=sys.stderr)
         return 2
     announce_state(project)
-    if args.import_coco:
+    if args.import_coco or args.import_path:
+        flag = "--import-coco" if args.import_coco else "--import"
         if (args.query or args.box or args.queries or args.category or args.fusion
                 or args.accept_top is not None or args.accept_above is not None):
-            print("dasr-annotator label: --import-coco takes no query options", file=sys.stderr)
+            print(f"dasr-annotator label: {flag} takes no query options", file=sys.stderr)
             return 2
-        return run_import(args, project)
+        if args.import_coco and (args.import_path or (args.format or "coco") != "coco"):
+            print("dasr-annotator label: --import-coco IN.json is --import IN.json --format coco; give one",
+                  file=sys.stderr)
+            return 2
+        if args.import_path and not args.format:
+            print(f"dasr-annotator label: say the format of {args.import_path}: --format "
+                  + "|".join(FORMATS), file=sys.stderr)
+            return 2
+        return run_import(args, project, args.format or "coco", args.import_coco or args.import_path)
+    if args.format:
+        print("dasr-annotator label: --format goes with --import FILE_OR_DIR", file=sys.stderr)
+        return 2
     return run_query(args, project)
 
 
-def run_import(args, project) -> int:
-    from dasr_annotator.engine.store.coco import CocoError, import_coco
+def run_import(args, project, name: str, path: str) -> int:
+    from dasr_annotator.engine.store.formats.common import LabelFileError
     from dasr_annotator.engine.store.storage import ProjectFileError
 
     try:
-        report = import_coco(project, args.import_coco)
-    except CocoError as exc:
+        report = FORMATS[name].import_labels(project, path)
+    except LabelFileError as exc:
         print(f"dasr-annotator label: {exc}", file=sys.stderr)
         return 2
     except ProjectFileError as exc:
@@ -112,7 +133,7 @@ def run_import(args, project) -> int:
     for s in report.skipped:
         print(f"skipped annotation {s['annotation']}: {s['reason']}", file=sys.stderr)
     if args.json:
-        print(json.dumps(report.as_json(), indent=1))
+        print(json.dumps({"file": path, "format": name, **report.as_json()}, indent=1))
     else:
         print(f"imported {report.added} annotations ({len(report.duplicates)} duplicates skipped"
               + (f"; new categories: {', '.join(report.categories_added)}" if report.categories_added else "") + ")")
@@ -164,7 +185,7 @@ def check_usage(args) -> None:
         raise UsageError("give either --query with --box, or --queries FILE, not both")
     if not ((args.queries or (args.query and args.box)) and args.category and args.category.strip()):
         raise UsageError("give --query IMAGE, --box X,Y,W,H (or --queries FILE) and --category NAME "
-                         "(or --import-coco FILE)")
+                         "(or --import FILE_OR_DIR --format FORMAT)")
     if args.accept_top is None and args.accept_above is None:
         raise UsageError("say which hits to accept: --accept-top N or --accept-above SCORE")
     if args.accept_top is not None and args.accept_top < 0:
@@ -243,7 +264,6 @@ def read_examples(path: str, project) -> list[Example]:
 def _checked_example(item, where: str, project, reasons: list[str]) -> Example | None:
     """`item` as an Example, or None with what is wrong appended to `reasons`."""
     from dasr_annotator.engine.search.searcher import BoxError, checked_box
-    from dasr_annotator.engine.store.imageio import ImageError, image_size
 
     if not isinstance(item, dict):
         reasons.append(f"{where} must be an object with {', '.join(REQUIRED_KEYS)} (and optionally negative)")
@@ -271,24 +291,15 @@ def _checked_example(item, where: str, project, reasons: list[str]) -> Example |
         reasons.append(f"{where}: " + "; ".join(problems))
         return None
     where = f"{where} ({example_id!r})"
-    rel = project.relative(image)
-    if rel is None:
-        reasons.append(f"{where}: {image!r} lies outside the photo folder {project.photos}")
+    checked = check_image(project, image, (None, None), where, reasons)
+    if checked is None:
         return None
     try:
-        width, height = image_size(project.path_of(rel))
-    except ImageError as exc:
-        reasons.append(f"{where}: {image!r}: {exc.reason}")
-        return None
-    except ValueError:  # a NUL byte, or a name the file system cannot encode
-        reasons.append(f"{where}: {image!r} is not a usable file name")
-        return None
-    try:
-        inside = checked_box(Box(*values), width, height)
+        inside = checked_box(Box(*values), checked.width, checked.height)
     except BoxError as exc:
         reasons.append(f"{where}: {exc}")
         return None
-    return Example(str(example_id), rel, inside, bool(negative))
+    return Example(str(example_id), checked.rel, inside, bool(negative))
 
 
 # ---- ranking -----------------------------------------------------------------------------------

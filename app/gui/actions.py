@@ -8,6 +8,7 @@ from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QAction, QIcon, QKeySequence
 
 from dasr_annotator import resources
+from dasr_annotator.engine.store.formats import FORMATS
 
 MENUS = ("File", "Edit", "View", "Search", "Help")
 
@@ -16,18 +17,25 @@ MENUS = ("File", "Edit", "View", "Search", "Help")
 class ActionSpec:
     name: str
     text: str
-    menu: str | None  # None: keyboard only (still listed in the shortcut sheet)
+    menu: str | None  # "File", or "File/Import" for a submenu; None: keyboard only (still in the shortcut sheet)
     keys: tuple[str, ...] = ()
     icon: str | None = None  # resources/icons/<icon>.svg
     tip: str = ""
     also: str = ""  # keys handled elsewhere, for the shortcut sheet (e.g. arrows in a list)
 
 
+_MENU_TEXT = {"coco": "&COCO JSON…", "yolo": "&YOLO folder…", "voc": "Pascal &VOC folder…", "cvat": "CV&AT XML…",
+              "labelme": "&labelme folder…"}
+
 ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("open_folder", "&Open folder…", "File", ("Ctrl+O",), "open", "Open a photo folder"),
     ActionSpec("save", "&Save", "File", ("Ctrl+S",), "save", "Save the labels now (they autosave on every change)"),
-    ActionSpec("import_coco", "&Import COCO…", "File", (), "import", "Add the labels of a COCO JSON file"),
-    ActionSpec("export_coco", "&Export COCO…", "File", ("Ctrl+E",), "export", "Write the labels as COCO JSON"),
+    # File > Import and File > Export: one entry per label format (engine/store/formats)
+    *(ActionSpec(f"import_{f.name}", _MENU_TEXT[f.name], "File/Import", (), "import",
+                 f"Add the labels of a {f.title} {f.import_from}") for f in FORMATS.values()),
+    *(ActionSpec(f"export_{f.name}", _MENU_TEXT[f.name], "File/Export", ("Ctrl+E",) if f.name == "coco" else (),
+                 "export", f"Write the labels as a {f.title} {f.export_to}"
+                 + (" (no scores or provenance)" if f.name in ("yolo", "voc") else "")) for f in FORMATS.values()),
     ActionSpec("settings", "Se&ttings…", "File", ("Ctrl+,",), "settings", "Device, backbone and search settings"),
     ActionSpec("quit", "&Quit", "File", ("Ctrl+Q",), None, "Close the annotator"),
     ActionSpec("undo", "&Undo", "Edit", ("Ctrl+Z",), "undo", "Undo the last edit"),
@@ -91,7 +99,8 @@ def shortcut_rows() -> list[tuple[str, str, str]]:
         if spec.also:
             keys.append(spec.also)
         if keys:
-            rows.append((spec.menu or "", spec.text.replace("&", "").rstrip("…"), ", ".join(keys)))
+            menu = (spec.menu or "").replace("/", " > ")
+            rows.append((menu, spec.text.replace("&", "").rstrip("…"), ", ".join(keys)))
     rows.append(("Labels", "Pick category 1–9", "1 … 9"))
     rows.append(("Canvas", "Nudge the selected box", "arrows (Shift: 10 px)"))
     rows.append(("Canvas", "Pan", "Space+drag, middle or right drag"))

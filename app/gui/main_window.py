@@ -22,6 +22,7 @@ from dasr_annotator.app.gui.controller import Controller
 from dasr_annotator.app.gui.document import Change, Document
 from dasr_annotator.app.gui.project_actions import ProjectActions
 from dasr_annotator.app.gui.review import Review
+from dasr_annotator.engine.store.formats import FORMATS
 from dasr_annotator.widgets import dialogs
 from dasr_annotator.widgets.canvas import ImageCanvas
 from dasr_annotator.widgets.file_list import FileListModel, FileListView
@@ -114,6 +115,9 @@ class MainWindow(QMainWindow):
         menus = {name: self.menuBar().addMenu(f"&{name}") for name in action_table.MENUS}
         for spec in action_table.ACTIONS:
             if spec.menu:
+                if spec.menu not in menus:  # "File/Import": a submenu where its first action stands
+                    parent, title = spec.menu.rsplit("/", 1)
+                    menus[spec.menu] = menus[parent].addMenu(f"&{title}")
                 menus[spec.menu].addAction(self.action[spec.name])
             else:
                 self.addAction(self.action[spec.name])
@@ -189,6 +193,10 @@ class MainWindow(QMainWindow):
 
     def ask_save_path(self, title: str, name: str, filter_: str) -> str | None:
         return QFileDialog.getSaveFileName(self, title, name, filter_)[0] or None
+
+    def ask_label_folder(self, title: str, start: str) -> str | None:
+        """A folder to export label files into, or to import them from."""
+        return QFileDialog.getExistingDirectory(self, title, start) or None
 
     def confirm(self, title: str, text: str) -> bool:
         return dialogs.confirm(self, title, text)
@@ -394,7 +402,8 @@ class MainWindow(QMainWindow):
 
     def _update_enabled(self, *_) -> None:
         has_doc = self.document is not None
-        for name in ("save", "import_coco", "export_coco", "find_more", "delete", "label_box"):
+        labels_io = [f"{way}_{name}" for way in ("import", "export") for name in FORMATS]
+        for name in ("save", *labels_io, "find_more", "delete", "label_box"):
             self.action[name].setEnabled(has_doc)
         self.action["undo"].setEnabled(has_doc and self.document.undo_stack.canUndo())
         self.action["redo"].setEnabled(has_doc and self.document.undo_stack.canRedo())

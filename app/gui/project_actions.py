@@ -1,5 +1,6 @@
-"""Project-level operations of the window: COCO export and import, settings that may need a
-re-index, and what indexing tells the user (progress, skipped photos, pauses, rebuilds)."""
+"""Project-level operations of the window: label export and import in every format (File >
+Export, File > Import), settings that may need a re-index, and what indexing tells the user
+(progress, skipped photos, pauses, rebuilds)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -8,6 +9,8 @@ from PySide6.QtCore import QObject
 
 from dasr_annotator.app.gui import settings as app_settings
 from dasr_annotator.app.gui.workers import describe_error
+from dasr_annotator.engine.store.formats import FORMATS
+from dasr_annotator.engine.store.formats.common import LabelFileError
 from dasr_annotator.widgets import dialogs
 
 if TYPE_CHECKING:
@@ -19,8 +22,9 @@ class ProjectActions(QObject):
         super().__init__(window)
         self.window = window
         w, a, c = window, window.action, window.controller
-        a["export_coco"].triggered.connect(self.export_coco)
-        a["import_coco"].triggered.connect(self.import_coco)
+        for name in FORMATS:
+            a[f"export_{name}"].triggered.connect(lambda _=False, name=name: self.export_labels(name))
+            a[f"import_{name}"].triggered.connect(lambda _=False, name=name: self.import_labels(name))
         a["settings"].triggered.connect(self.edit_settings)
         c.indexingStarted.connect(lambda: w.progress.start("Indexing…"))
         c.indexingProgress.connect(lambda done, total, eta: w.progress.set_progress(
@@ -29,42 +33,48 @@ class ProjectActions(QObject):
         c.indexingStopped.connect(self._indexing_stopped)
         c.incompatibleIndex.connect(self._incompatible_index)
 
-    # ---- COCO --------------------------------------------------------------------------------
-    def export_coco(self) -> None:
+    # ---- label files ---------------------------------------------------------------------------
+    def export_labels(self, name: str) -> None:
+        """Write the labels in the format `name` (engine/store/formats) to a file or folder."""
         w = self.window
         if w.project is None or w.document is None:
             return
-        path = w.ask_save_path("Export COCO", str(w.project.photos / "annotations.coco.json"), "COCO JSON (*.json)")
+        fmt = FORMATS[name]
+        title = f"Export {fmt.title}"
+        start = str(w.project.photos.parent / fmt.default_name) if fmt.export_to == "folder" \
+            else str(w.project.photos / fmt.default_name)
+        path = (w.ask_label_folder(title, start) if fmt.export_to == "folder"
+                else w.ask_save_path(title, start, f"{fmt.title} ({fmt.pattern})"))
         if not path:
             return
-        from dasr_annotator.engine.store.coco import export_coco
-
         try:
             w.document.save()
-            report = export_coco(w.project, path)
+            report = fmt.export(w.project, path)
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the user
             w.show_error("Export failed", describe_error(exc))
             return
         skipped = f"; {len(report.skipped)} skipped (unreadable images)" if report.skipped else ""
+        lost = f" Note: {report.not_carried}." if report.not_carried else ""
         w.show_info(f"Exported {report.annotations} labels on {report.images} photos in {report.categories} "
-                    f"categories to {path}{skipped}.")
+                    f"categories to {path}{skipped}.{lost}")
 
-    def import_coco(self) -> None:
-        """Add a COCO file's labels; the import is one undo step."""
+    def import_labels(self, name: str) -> None:
+        """Add the labels of a file or folder in the format `name`; the import is one undo step."""
         w = self.window
         if w.project is None or w.document is None:
             return
-        path = w.ask_open_path("Import COCO", "COCO JSON (*.json)")
+        fmt = FORMATS[name]
+        title = f"Import {fmt.title}"
+        path = (w.ask_label_folder(title, str(w.project.photos.parent)) if fmt.import_from == "folder"
+                else w.ask_open_path(title, f"{fmt.title} ({fmt.pattern})"))
         if not path:
             return
-        from dasr_annotator.engine.store.coco import CocoError, import_coco
-
         doc = w.document
         before = {a.id for a in doc.annotations()}
         known = {c.name for c in doc.categories}
         try:
-            report = import_coco(w.project, path)
-        except CocoError as exc:
+            report = fmt.import_labels(w.project, path)
+        except LabelFileError as exc:
             w.show_error("Import failed", str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the user

@@ -8,77 +8,38 @@ would read as "no objects here", which nobody has checked).
 Import is all or nothing: every image, category and annotation is checked first and the file is
 refused with the reasons if anything is wrong. Image paths must stay inside the photo folder.
 An annotation that matches an existing one (same image and category, IoU >= 0.9) is skipped and
-reported, never merged or overwritten.
+reported, never merged or overwritten. The checks and the commit are the ones every format
+shares (`formats/common.py`).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from dasr_annotator.engine.store.collection import write_json
-from dasr_annotator.engine.store.imageio import ImageError, image_size
+from dasr_annotator.engine.store.formats.common import (
+    DUPLICATE_IOU, MAX_REASONS, SIZE_TOLERANCE, ExportReport, ImportReport, Label, LabelFileError, add_labels,
+    category_ids, check_box, check_image, finite_number, gather,
+)
 from dasr_annotator.engine.store.storage import ProjectFileError, read_json
 from dasr_annotator.engine.types import Box
 
-DUPLICATE_IOU = 0.9
-SIZE_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding in other tools); clipped
-MAX_REASONS = 20
+__all__ = ["CocoError", "DUPLICATE_IOU", "ExportReport", "ImportReport", "MAX_REASONS", "SIZE_TOLERANCE",
+           "export_coco", "finite_number", "import_coco"]
 
-
-class CocoError(ValueError):
-    """A COCO file that cannot be imported; `reasons` lists what is wrong."""
-
-    def __init__(self, path, reasons: list[str]):
-        shown = reasons[:MAX_REASONS]
-        more = f"\n  ... and {len(reasons) - MAX_REASONS} more" if len(reasons) > MAX_REASONS else ""
-        super().__init__(f"{path}: not imported:\n  " + "\n  ".join(shown) + more)
-        self.reasons = reasons
-
-
-@dataclass
-class ExportReport:
-    images: int
-    annotations: int
-    categories: int
-    skipped: list[dict] = field(default_factory=list)  # [{"file", "reason"}] images that could not be read
-
-
-@dataclass
-class ImportReport:
-    added: int
-    duplicates: list[dict] = field(default_factory=list)  # [{"image", "category", "box", "existing"}]
-    categories_added: list[str] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)  # [{"annotation", "reason"}] e.g. crowd regions
-
-    def as_json(self) -> dict:
-        return {"added": self.added, "duplicates": self.duplicates, "categories_added": self.categories_added,
-                "skipped": self.skipped}
+TITLE = "COCO"
+CocoError = LabelFileError  # the name callers have always caught
 
 
 def export_coco(project, out_path: str | Path, all_images: bool = False) -> ExportReport:
-    store = project.annotations
-    by_image: dict[str, list] = {}
-    for ann in store.list():
-        by_image.setdefault(ann.image, []).append(ann)
-    names = sorted(set(project.scan()) | set(by_image)) if all_images else sorted(by_image)
-    categories = store.categories
-    category_id = {c.name: i for i, c in enumerate(categories, start=1)}
-    images, annotations, skipped = [], [], []
-    for name in names:
-        try:
-            width, height = image_size(project.path_of(name))
-        except ImageError as exc:
-            skipped.append({"file": name, "reason": exc.reason})
-            continue
+    exported, skipped = gather(project, all_images)
+    categories = project.annotations.categories
+    category_id = category_ids(project, start=1)
+    images, annotations = [], []
+    for image in exported:
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": name, "width": width, "height": height})
-        for ann in by_image.get(name, []):
-            box = ann.box.clipped(width, height)
-            if box.area <= 0:
-                skipped.append({"file": name, "reason": f"annotation {ann.id} lies outside the image"})
-                continue
+        images.append({"id": image_id, "file_name": image.name, "width": image.width, "height": image.height})
+        for ann, box in image.labels:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id[ann.category],
                 "bbox": [round(v, 2) for v in box.as_list()], "area": round(box.area, 2), "iscrowd": 0,
@@ -106,7 +67,7 @@ def import_coco(project, in_path: str | Path) -> ImportReport:
     images, image_reasons = _checked_images(project, data)
     categories, category_reasons = _checked_categories(data)
     reasons = image_reasons + category_reasons
-    entries, skipped = [], []
+    labels, skipped = [], []
     annotations = data.get("annotations")
     if not isinstance(annotations, list):
         reasons.append("'annotations' must be a list")
@@ -133,33 +94,11 @@ def import_coco(project, in_path: str | Path) -> ImportReport:
             reasons.append(f"{where}: score {score!r} is not a number")
             continue
         query_id = attributes.get("query_id")
-        entries.append((image["rel"], category, box, None if score is None else finite_number(score),
-                        None if query_id is None else str(query_id)))
+        labels.append(Label(image.rel, category, box, None if score is None else finite_number(score),
+                            None if query_id is None else str(query_id)))
     if reasons:
         raise CocoError(in_path, reasons)
-
-    store = project.annotations
-    known = {c.name for c in store.categories}
-    report = ImportReport(0, skipped=skipped)
-    added = []
-    try:
-        for rel, category, box, score, query_id in entries:
-            existing = store.find_duplicate(rel, category, box, DUPLICATE_IOU)
-            if existing is not None:
-                report.duplicates.append({"image": rel, "category": category, "box": box.as_list(),
-                                          "existing": existing.id})
-                continue
-            added.append(store.add(rel, category, box, score=score, query_id=query_id, source="import"))
-        report.added = len(added)
-        report.categories_added = [c.name for c in store.categories if c.name not in known]
-        store.save()
-    except BaseException:  # all or nothing, in memory as on disk
-        for ann in added:
-            store.remove(ann.id)
-        for name in [c.name for c in store.categories if c.name not in known]:
-            store.remove_category(name)
-        raise
-    return report
+    return add_labels(project, labels, skipped)
 
 
 def _key(value):
@@ -168,7 +107,7 @@ def _key(value):
 
 
 def _checked_images(project, data: dict) -> tuple[dict, list[str]]:
-    """{image id: {"rel", "width", "height"}} and what is wrong."""
+    """{image id: CheckedImage} and what is wrong."""
     out, reasons = {}, []
     images = data.get("images")
     if not isinstance(images, list):
@@ -182,27 +121,13 @@ def _checked_images(project, data: dict) -> tuple[dict, list[str]]:
         if not isinstance(name, str) or not name.strip():
             reasons.append(f"{where} needs a 'file_name'")
             continue
-        rel = project.relative(name)
-        if rel is None:
-            reasons.append(f"{where}: {name!r} lies outside the photo folder {project.photos}")
-            continue
-        try:
-            width, height = image_size(project.path_of(rel))
-        except ImageError as exc:
-            reasons.append(f"{where}: {name!r}: {exc.reason}")
-            continue
-        except ValueError:  # a NUL byte, or a name the file system cannot encode
-            reasons.append(f"{where}: {name!r} is not a usable file name")
-            continue
-        stated = (im.get("width"), im.get("height"))
-        if stated != (None, None) and tuple(stated) != (width, height):
-            reasons.append(f"{where}: {name!r} is {width} x {height} here (EXIF orientation applied) but "
-                           f"{stated[0]} x {stated[1]} in the file; boxes would land in the wrong place")
+        image = check_image(project, name, (im.get("width"), im.get("height")), where, reasons)
+        if image is None:
             continue
         if _key(im["id"]) in out:
             reasons.append(f"{where}: id {im['id']!r} is used twice")
             continue
-        out[_key(im["id"])] = {"rel": rel, "width": width, "height": height}
+        out[_key(im["id"])] = image
     return out, reasons
 
 
@@ -225,31 +150,13 @@ def _checked_categories(data: dict) -> tuple[dict, list[str]]:
     return out, reasons
 
 
-def finite_number(value) -> float | None:
-    """`value` as a finite float, or None (booleans, text, NaN, infinities, ints past float range)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _checked_bbox(bbox, image: dict | None, where: str, reasons: list[str]) -> Box | None:
+def _checked_bbox(bbox, image, where: str, reasons: list[str]) -> Box | None:
     values = [finite_number(v) for v in bbox] if isinstance(bbox, list) else []
     if len(values) != 4 or None in values:
         reasons.append(f"{where}: 'bbox' must be [x, y, width, height] numbers, not {bbox!r}")
         return None
-    box = Box(*values)
-    if box.w <= 0 or box.h <= 0:
-        reasons.append(f"{where}: bbox {bbox} has no area")
-        return None
-    if image is None:
-        return None
-    w, h, tol = image["width"], image["height"], SIZE_TOLERANCE
-    inside = box.clipped(w, h)
-    if box.x < -tol or box.y < -tol or box.x2 > w + tol or box.y2 > h + tol or inside.area <= 0:
-        reasons.append(f"{where}: bbox {bbox} does not fit in {image['rel']} ({w} x {h})")
-        return None
-    return inside
+    return check_box(Box(*values), image, where, f"bbox {bbox}", reasons)
+
+
+export = export_coco  # the names every format module has (formats/__init__.py)
+import_labels = import_coco
