@@ -417,3 +417,51 @@ def _size(path):
 
     return image_size(path)
 
+
+
+def _damaged_labels_folder(tmp_path):
+    """A folder whose labels file is damaged, its backup (the previous save, one label) good."""
+    from dasr_annotator.engine.project.project import Project
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    store = Project.open(photos).annotations
+    store.add("a.jpg", "mug", Box(2, 2, 20, 20))
+    store.save()
+    store.add("b.jpg", "mug", Box(4, 4, 10, 12))
+    store.save()
+    labels = photos / ".dasr" / "annotations.json"
+    labels.write_bytes(labels.read_bytes()[:40])
+    return photos, labels
+
+
+def test_damaged_labels_are_offered_the_backup(qtbot, tmp_path, window_on):
+    photos, labels = _damaged_labels_folder(tmp_path)
+    damaged, backup = labels.read_bytes(), labels.with_name("annotations.json.bak").read_bytes()
+    asked = []
+    window = window_on(None)
+    window.confirm = lambda title, text: asked.append((title, text)) or True
+    window.open_folder(photos)
+    qtbot.waitUntil(lambda: window.document is not None, timeout=30_000)
+    [(title, text)] = asked
+    assert "backup" in title and "annotations.json.bak" in text and "1 label)" in text and "invalid JSON" in text
+    assert [(a.image, a.category) for a in window.document.annotations()] == [("a.jpg", "mug")]
+    assert labels.read_bytes() == backup and labels.with_name("annotations.json.damaged").read_bytes() == damaged
+    assert "Restored 1 labels" in window.message_bar.text()
+    assert window.action["export_coco"].isEnabled()
+
+
+def test_declining_the_backup_leaves_the_damaged_labels_alone(qtbot, tmp_path, window_on):
+    photos, labels = _damaged_labels_folder(tmp_path)
+    damaged = labels.read_bytes()
+    window = window_on(None)
+    asked = []
+    window.confirm = lambda title, text: asked.append(title) or False
+    with qtbot.waitSignal(window.controller.projectOpened, timeout=30_000):
+        window.open_folder(photos)
+    assert len(asked) == 1 and window.document is None
+    assert window.message_bar.level == "error" and "Labels not loaded" in window.message_bar.text()
+    assert "was not restored" in window.message_bar.text()
+    assert not window.action["export_coco"].isEnabled() and not window.action["import_coco"].isEnabled()
+    window.close()
+    assert labels.read_bytes() == damaged and not labels.with_name("annotations.json.damaged").exists()
