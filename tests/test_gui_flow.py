@@ -586,7 +586,7 @@ def test_cancel_button_stops_indexing_and_it_resumes_next_time(qtbot, tmp_path, 
     window = window_on(photos)
     qtbot.waitUntil(lambda: window.controller.is_indexing and window.progress.bar.value() >= 1, timeout=INDEX_TIMEOUT_MS)
     assert window.progress.cancel.isVisible()
-    with qtbot.waitSignal(window.controller.indexingStopped, timeout=INDEX_TIMEOUT_MS) as stopped:
+    with qtbot.waitSignal(window.controller.indexingStopped, timeout=60_000) as stopped:  # at the next photo
         qtbot.mouseClick(window.progress.cancel, Qt.LeftButton)
     assert stopped.args == ["cancelled"] and not window.controller.is_indexing
     assert "cancelled" in window.progress.task.text() and not window.progress.cancel.isVisible()
