@@ -1,6 +1,9 @@
 """The real window on real photos, driven like a person would: open a folder, wait for indexing,
 draw a box, find similar, triage with keys, undo/redo, export COCO. Offscreen, embedded backbone
-(fast mode), isolated settings (conftest)."""
+(fast mode), isolated settings (conftest). The gestures (drawing, dragging a box, keys, the slider,
+buttons, the settings dialog) are driven with real events; where a test is about what the engine
+answers rather than the gesture (feedback re-ranking scores, a stale re-localisation), it sets the
+document up directly and says so."""
 from __future__ import annotations
 
 import json
@@ -237,6 +240,8 @@ def test_search_while_indexing_uses_the_images_done_so_far(qtbot, tmp_path, dev_
 
 
 def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_folder, window_on):
+    """Labelled marks, feedback re-ranking, stale re-localisations and "find more", with the
+    decisions set on the document (the keys that make them: the tests above and below)."""
     photos, truth = fresh_copy(indexed_folder, tmp_path)
     window = window_on(photos)
     with qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS) as indexed:
