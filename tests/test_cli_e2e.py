@@ -260,3 +260,138 @@ def test_indexing_stores_relocation_maps_and_hits_are_drawn_on_the_instance(inde
     # (tests/test_relocate.py shows the gain on farther-apart frames; here both find most)
     assert located["windows"] >= located["regions"] and located["windows"] >= 5, located
     assert [p.stat().st_mtime_ns for p in maps] == stamps  # read, not made again
+
+
+# ---- the JSON contract (outside tools read these keys: keep them exactly) -----------------------
+INDEX_KEYS = {"images", "indexed", "reused", "removed", "regions", "skipped"}
+SEARCH_KEYS, QUERY_KEYS = {"queries"}, {"id", "hits"}
+HIT_KEYS, ELLIPSE_KEYS = {"image", "score", "box", "ellipse"}, {"cx", "cy", "a", "b", "angle"}
+LABEL_KEYS = {"category", "query_id", "added", "duplicates"}
+ANNOTATION_KEYS = {"id", "image", "category", "box", "score", "query_id", "source"}
+LABEL_DUPLICATE_KEYS = {"image", "box", "existing"}
+IMPORT_KEYS = {"added", "duplicates", "categories_added", "skipped"}
+IMPORT_DUPLICATE_KEYS = {"image", "category", "box", "existing"}
+EXPORT_KEYS = {"file", "images", "annotations", "categories", "skipped"}
+SKIPPED_FILE_KEYS = {"file", "reason"}
+
+
+def _box_of_numbers(box) -> bool:
+    return isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+
+
+@pytest.fixture
+def project_copy(indexed, tmp_path):
+    """The indexed folder copied with its state and without labels (mtimes kept: nothing to redo)."""
+    photos, frames, _ = indexed
+    copy = tmp_path / "photos"
+    shutil.copytree(photos, copy)
+    for path in (copy / ".dasr").glob("annotations.json*"):
+        path.unlink()
+    return copy, frames
+
+
+def test_every_json_output_keeps_its_keys(project_copy, tmp_path):
+    photos, frames = project_copy
+    rc, out, err = cli("index", photos, "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert set(report) == INDEX_KEYS and all(isinstance(report[k], int) for k in INDEX_KEYS - {"skipped"})
+
+    rel, box = frames["Box"][0]
+    box_arg = ",".join(map(str, box))
+    queries = tmp_path / "queries.json"
+    queries.write_text(json.dumps([{"id": "q1", "image": rel, "box": box}]))
+    for how in (("--query", rel, "--box", box_arg), ("--queries", queries)):
+        rc, out, err = cli("search", photos, *how, "--top", 2, "--json")
+        assert rc == 0, err
+        found = json.loads(out)
+        assert set(found) == SEARCH_KEYS and len(found["queries"]) == 1
+        [query] = found["queries"]
+        assert set(query) == QUERY_KEYS and len(query["hits"]) == 2
+        for hit in query["hits"]:
+            assert set(hit) == HIT_KEYS and set(hit["ellipse"]) == ELLIPSE_KEYS
+            assert isinstance(hit["image"], str) and isinstance(hit["score"], float) and _box_of_numbers(hit["box"])
+    assert json.loads(out)["queries"][0]["id"] == "q1"
+
+    label = ("label", photos, "--query", rel, "--box", box_arg, "--category", "box", "--accept-top", 2, "--json")
+    rc, out, err = cli(*label)
+    assert rc == 0, err
+    labelled = json.loads(out)
+    assert set(labelled) == LABEL_KEYS and labelled["category"] == "box" and isinstance(labelled["query_id"], str)
+    assert len(labelled["added"]) == 3 and all(set(a) == ANNOTATION_KEYS for a in labelled["added"])
+    assert all(_box_of_numbers(a["box"]) for a in labelled["added"]) and labelled["duplicates"] == []
+    rc, out, err = cli(*label)
+    again = json.loads(out)
+    assert rc == 0 and set(again) == LABEL_KEYS and again["added"] == [] and again["query_id"] is None
+    assert len(again["duplicates"]) == 3 and all(set(d) == LABEL_DUPLICATE_KEYS for d in again["duplicates"])
+
+    coco = tmp_path / "labels.json"
+    rc, out, err = cli("export", photos, "--coco", coco, "--json")
+    assert rc == 0, err
+    exported = json.loads(out)
+    assert set(exported) == EXPORT_KEYS and exported["file"] == str(coco)
+    assert (exported["images"], exported["annotations"], exported["categories"], exported["skipped"]) == (3, 3, 1, [])
+
+    rc, out, err = cli("label", photos, "--import-coco", coco, "--json")  # its own labels: all duplicates
+    assert rc == 0, err
+    imported = json.loads(out)
+    assert set(imported) == IMPORT_KEYS and imported["added"] == 0 and imported["categories_added"] == []
+    assert len(imported["duplicates"]) == 3 and all(set(d) == IMPORT_DUPLICATE_KEYS for d in imported["duplicates"])
+
+
+def test_export_skips_missing_photos_and_boxes_outside_with_reasons(project_copy, tmp_path):
+    from dasr_annotator.engine.project.project import Project
+    from dasr_annotator.engine.types import Box
+
+    photos, frames = project_copy
+    (gone, _), (kept, kept_box), (other, _) = frames["Dog"][:3]
+    store = Project.open(photos).annotations
+    store.add(gone, "dog", Box(10, 10, 40, 40))
+    inside = store.add(kept, "dog", Box.from_list(kept_box))
+    outside = store.add(other, "dog", Box(700, 400, 30, 30))  # the frames are 640 x 352
+    store.save()
+    (photos / gone).unlink()
+    coco_path = tmp_path / "out.json"
+    rc, out, err = cli("export", photos, "--coco", coco_path, "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert all(set(s) == SKIPPED_FILE_KEYS for s in report["skipped"])
+    reasons = {s["file"]: s["reason"] for s in report["skipped"]}
+    assert set(reasons) == {gone, other}
+    assert "No such file" in reasons[gone] or "missing" in reasons[gone] or "not found" in reasons[gone], reasons
+    assert reasons[other] == f"annotation {outside.id} lies outside the image"
+    assert f"skipped {gone}: " in err and f"skipped {other}: " in err
+    coco = json.loads(coco_path.read_text())
+    assert [a["attributes"]["id"] for a in coco["annotations"]] == [inside.id]
+    assert sorted(i["file_name"] for i in coco["images"]) == sorted([kept, other])  # the photo is there, its box not
+    assert (report["images"], report["annotations"]) == (2, 1)
+
+
+def test_export_then_import_round_trips_through_the_cli(project_copy, tmp_path):
+    photos, frames = project_copy
+    for category, name in (("box", "Box"), ("dog", "Dog")):
+        rel, box = frames[name][0]
+        rc, _, err = cli("label", photos, "--query", rel, "--box", ",".join(map(str, box)), "--category", category,
+                         "--accept-top", 2)
+        assert rc == 0, err
+    first = tmp_path / "first.json"
+    rc, _, err = cli("export", photos, "--coco", first)
+    assert rc == 0, err
+
+    fresh = tmp_path / "fresh"  # the same photos, no labels
+    shutil.copytree(photos, fresh, ignore=shutil.ignore_patterns(".dasr"))
+    rc, out, err = cli("label", fresh, "--import-coco", first, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["added"] == 6 and sorted(json.loads(out)["categories_added"]) == ["box", "dog"]
+    second = tmp_path / "second.json"
+    rc, _, err = cli("export", fresh, "--coco", second)
+    assert rc == 0, err
+
+    def content(path):
+        coco = json.loads(path.read_text())
+        names = {i["id"]: (i["file_name"], i["width"], i["height"]) for i in coco["images"]}
+        categories = {c["id"]: (c["name"], c["color"]) for c in coco["categories"]}
+        return sorted((names[a["image_id"]], categories[a["category_id"]], a["bbox"], a["attributes"]["score"])
+                      for a in coco["annotations"])
+
+    assert content(second) == content(first) and len(content(first)) == 6

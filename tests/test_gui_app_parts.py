@@ -46,11 +46,23 @@ def test_every_icon_and_the_style_sheet_ship(qapp):
     assert "QMainWindow" in resources.read_text("style.qss")
 
 
-def test_shortcut_sheet_lists_every_key():
-    listed = " ".join(keys for _, _, keys in actions.shortcut_rows())
+def test_shortcut_sheet_lists_every_key(qapp):
+    """Each action's own row lists each of its keys as a whole entry (not as part of another key:
+    "Ctrl+S" inside "Ctrl+Shift+S", "A" inside "Ctrl+Shift+A"), in the sheet the user sees."""
+    from dasr_annotator.widgets.dialogs import ShortcutSheet
+
+    sheet = ShortcutSheet(actions.shortcut_rows())
+    table = sheet.table
+    shown = {table.item(r, 1).text(): table.item(r, 2).text().split(", ") for r in range(table.rowCount())}
     for spec in actions.ACTIONS:
+        if not spec.keys:
+            continue
+        row = shown.get(spec.text.replace("&", "").rstrip("…"))
+        assert row is not None, f"no row for {spec.name}"
         for key in spec.keys:
-            assert QKeySequence(key).toString(QKeySequence.NativeText) in listed
+            assert QKeySequence(key).toString(QKeySequence.NativeText) in row, (spec.name, key, row)
+    assert shown["Pick category 1–9"] == ["1 … 9"]
+    sheet.deleteLater()
 
 
 def test_preferences_round_trip_and_reject_garbage(tmp_path):

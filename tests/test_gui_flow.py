@@ -1,6 +1,9 @@
 """The real window on real photos, driven like a person would: open a folder, wait for indexing,
 draw a box, find similar, triage with keys, undo/redo, export COCO. Offscreen, embedded backbone
-(fast mode), isolated settings (conftest)."""
+(fast mode), isolated settings (conftest). The gestures (drawing, dragging a box, keys, the slider,
+buttons, the settings dialog) are driven with real events; where a test is about what the engine
+answers rather than the gesture (feedback re-ranking scores, a stale re-localisation), it sets the
+document up directly and says so."""
 from __future__ import annotations
 
 import json
@@ -11,7 +14,7 @@ from PySide6.QtCore import QPointF, Qt
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QDockWidget
 
-from dasr_annotator.app.gui.controller import Relocated, SearchRequest
+from dasr_annotator.app.gui.controller import SearchRequest
 from dasr_annotator.app.gui.document import ACCEPTED, PENDING, REJECTED
 from dasr_annotator.app.gui.main_window import MainWindow
 from dasr_annotator.app.gui.settings import Preferences
@@ -238,6 +241,8 @@ def test_search_while_indexing_uses_the_images_done_so_far(qtbot, tmp_path, dev_
 
 
 def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_folder, window_on):
+    """Labelled marks, feedback re-ranking, stale re-localisations and "find more", with the
+    decisions set on the document (the keys that make them: the tests above and below)."""
     photos, truth = fresh_copy(indexed_folder, tmp_path)
     window = window_on(photos)
     with qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS) as indexed:
@@ -286,26 +291,6 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     for e in pending:
         if e.key in chunk.boxes:  # refined boxes replace the stored-map ones
             assert e.box == chunk.boxes[e.key] and e.hit.box == e.box
-    rejected = entries[1]
-    assert set(result.second_looks) <= {rejected.image}  # the rejected photo may get a new box ...
-    for box in result.second_looks.values():  # ... never on the rejected one
-        assert box_iou(box, rejected.box) < REJECTED_IOU
-    # A second look at the rejected photo arrives: a new undecided hit there, and a message.
-    elsewhere = Box(0, 0, 8, 8)
-    before = len(doc.hits.entries)
-    window.controller.hitsRelocated.emit(Relocated(doc.hits, {}, {rejected.image: elsewhere}))
-    again = [e for e in doc.hits.entries if e.image == rejected.image and e.status == PENDING]
-    assert len(doc.hits.entries) == before + 1 and [e.box for e in again] == [elsewhere]
-    assert "new box to review" in window.message_bar.text()
-    row = next(r for r in window.results.model.rows() if r.key == again[0].key)
-    model = window.results.model
-    assert row.look == 2 and "look 2" in model.data(model.index(model.row_of(row.key)), Qt.ToolTipRole)
-    # Undoing the rejection withdraws the look it led to: the photo waits once, not twice.
-    window.action["undo"].trigger()
-    waiting_there = [r for r in model.rows() if r.image == rejected.image]
-    assert [(r.key, r.look, r.status) for r in waiting_there] == [(rejected.key, 1, PENDING)]
-    window.action["redo"].trigger()
-    assert [r.status for r in model.rows() if r.image == rejected.image] == [REJECTED]
     # Newer decisions make a re-localisation still in flight stale: it is cancelled, not applied.
     received = []
     window.controller.hitsRelocated.connect(received.append)
@@ -334,19 +319,41 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     assert doc.hits.reranked == 1
 
 
-def test_the_latest_search_wins(qtbot, tmp_path, indexed_folder, window_on):
+def test_the_latest_search_wins(qtbot, tmp_path, indexed_folder, window_on, monkeypatch):
+    """Two searches with different queries, asked while the engine is busy (as behind an indexing
+    batch): the older one is cancelled before it runs, and the window shows the newer one's hits."""
+    import threading
+
+    from dasr_annotator.engine.search.searcher import Searcher
+
     photos, truth = fresh_copy(indexed_folder, tmp_path)
     window = window_on(photos)
     qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS).wait()
-    first, second = sorted(truth)[:2]
+    ran = []  # the searches the engine really ran: (excluded query image, hit images)
+    real_search = Searcher.search
+
+    def spy(self, *args, **kwargs):
+        hits = real_search(self, *args, **kwargs)
+        ran.append((kwargs.get("exclude_image"), [h.image for h in hits]))
+        return hits
+
+    monkeypatch.setattr(Searcher, "search", spy)
+    old = next(p for p in sorted(truth) if p.startswith("Box/"))
+    new = next(p for p in sorted(truth) if p.startswith("Dog/"))
+    busy = threading.Event()
+    window.controller._run("Hold the engine", lambda progress, cancel: busy.wait(30))
     outcomes = []
     window.controller.searchFinished.connect(outcomes.append)
-    window.controller.search(SearchRequest("old", [(first, truth[first])], exclude_image=first))
-    window.controller.search(SearchRequest("new", [(second, truth[second])], exclude_image=second))
+    window.controller.search(SearchRequest("old", [(old, truth[old])], exclude_image=old))
+    window.controller.search(SearchRequest("new", [(new, truth[new])], exclude_image=new))
+    busy.set()
     qtbot.waitUntil(lambda: not window.controller.is_searching, timeout=60_000)
     qtbot.wait(200)
+    assert [exclude for exclude, _ in ran] == [new]  # the old search never ran
+    [(_, images)] = ran
     assert [o.request.category for o in outcomes] == ["new"]
     assert window.document.hits.category == "new"
+    assert [r.image for r in window.results.model.rows()] == images and images[0].startswith("Dog/")
 
 
 def test_settings_change_reindexes_after_confirmation(qtbot, tmp_path, indexed_folder, window_on):
@@ -464,3 +471,224 @@ def _size(path):
 
     return image_size(path)
 
+
+
+def _damaged_labels_folder(tmp_path):
+    """A folder whose labels file is damaged, its backup (the previous save, one label) good."""
+    from dasr_annotator.engine.project.project import Project
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    store = Project.open(photos).annotations
+    store.add("a.jpg", "mug", Box(2, 2, 20, 20))
+    store.save()
+    store.add("b.jpg", "mug", Box(4, 4, 10, 12))
+    store.save()
+    labels = photos / ".dasr" / "annotations.json"
+    labels.write_bytes(labels.read_bytes()[:40])
+    return photos, labels
+
+
+def test_damaged_labels_are_offered_the_backup(qtbot, tmp_path, window_on):
+    photos, labels = _damaged_labels_folder(tmp_path)
+    damaged, backup = labels.read_bytes(), labels.with_name("annotations.json.bak").read_bytes()
+    asked = []
+    window = window_on(None)
+    window.confirm = lambda title, text: asked.append((title, text)) or True
+    window.open_folder(photos)
+    qtbot.waitUntil(lambda: window.document is not None, timeout=30_000)
+    [(title, text)] = asked
+    assert "backup" in title and "annotations.json.bak" in text and "1 label)" in text and "invalid JSON" in text
+    assert [(a.image, a.category) for a in window.document.annotations()] == [("a.jpg", "mug")]
+    assert labels.read_bytes() == backup and labels.with_name("annotations.json.damaged").read_bytes() == damaged
+    assert "Restored 1 labels" in window.message_bar.text()
+    assert window.action["export_coco"].isEnabled()
+
+
+def test_declining_the_backup_leaves_the_damaged_labels_alone(qtbot, tmp_path, window_on):
+    photos, labels = _damaged_labels_folder(tmp_path)
+    damaged = labels.read_bytes()
+    window = window_on(None)
+    asked = []
+    window.confirm = lambda title, text: asked.append(title) or False
+    with qtbot.waitSignal(window.controller.projectOpened, timeout=30_000):
+        window.open_folder(photos)
+    assert len(asked) == 1 and window.document is None
+    assert window.message_bar.level == "error" and "Labels not loaded" in window.message_bar.text()
+    assert "was not restored" in window.message_bar.text()
+    assert not window.action["export_coco"].isEnabled() and not window.action["import_coco"].isEnabled()
+    window.close()
+    assert labels.read_bytes() == damaged and not labels.with_name("annotations.json.damaged").exists()
+
+
+def _search_with_a_drawn_box(qtbot, window, truth, query_image, category):
+    """Draw the query box on the photo with the mouse, type the category, press Enter."""
+    wait_for_image(qtbot, window, query_image)
+    gt = truth[query_image]
+    drag_on_canvas(window.canvas, (gt.x, gt.y), (gt.x2, gt.y2))
+    window.activateWindow()
+    qtbot.waitActive(window)
+    window.category_box.lineEdit().setFocus()
+    QTest.keyClicks(window.category_box.lineEdit(), category)
+    with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:
+        QTest.keyClick(window.category_box.lineEdit(), Qt.Key_Return)
+    return searched.args[0].hits
+
+
+def _far_corner(box: Box, gt: Box, width: int, height: int) -> Box:
+    """`box` moved to the corner of the photo farthest from the instance `gt`."""
+    corners = [Box(x, y, box.w, box.h) for x in (0, width - box.w) for y in (0, height - box.h)]
+    return max(corners, key=lambda c: (c.center[0] - gt.center[0]) ** 2 + (c.center[1] - gt.center[1]) ** 2)
+
+
+def test_a_misplaced_box_dragged_rejected_comes_back_as_a_second_look(qtbot, tmp_path, indexed_folder, window_on):
+    """Drag a hit's box off the instance (undo and redo the drag), reject it, accept a good hit,
+    re-rank (Ctrl+R): the engine's re-localisation looks at the rejected photo again and the
+    window lists it as "look 2"; undoing the rejection withdraws that look."""
+    photos, truth = fresh_copy(indexed_folder, tmp_path)
+    window = window_on(photos)
+    qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS).wait()
+    query_image = sorted(p for p in truth if p.startswith("Box/"))[0]
+    hits = _search_with_a_drawn_box(qtbot, window, truth, query_image, "box")
+    doc = window.document
+    first, second = doc.hits.entries[0], doc.hits.entries[1]
+    assert first.image.startswith("Box/") and second.image.startswith("Box/"), [h.image for h in hits]
+    qtbot.waitUntil(lambda: window.current_image == first.image and window.canvas_image == first.image
+                    and window.canvas.selected_keys() == [f"hit:{first.key}"], timeout=10_000)
+
+    # Drag the hit's box (from its centre) to the far corner of the photo.
+    placed = first.box
+    target = _far_corner(placed, truth[first.image], *_size(photos / first.image))
+    drag_on_canvas(window.canvas, placed.center, target.center)
+    tolerance = 2.0 / window.canvas.zoom() + 1.0
+    moved = first.box
+    assert abs(moved.x - target.x) <= tolerance and abs(moved.y - target.y) <= tolerance
+    assert (moved.w, moved.h) == pytest.approx((placed.w, placed.h)) and box_iou(moved, truth[first.image]) == 0
+    assert window.canvas.overlay_box(f"hit:{first.key}") == moved
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier)
+    assert first.box == placed  # the whole drag is one undo step
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)
+    assert first.box == moved
+
+    # Reject the misplaced box, accept the next hit, re-rank: the engine looks again.
+    window.results.view.setFocus()
+    press(qtbot, window, Qt.Key_N)
+    assert first.status == REJECTED and window.results.current_key() == second.key
+    press(qtbot, window, Qt.Key_Y)
+    assert second.status == ACCEPTED
+    with qtbot.waitSignal(window.controller.hitsRelocated, timeout=60_000) as relocated:
+        press(qtbot, window, Qt.Key_R, Qt.ControlModifier)
+    result = relocated.args[0]
+    assert set(result.second_looks) == {first.image}, result.second_looks
+    look = result.second_looks[first.image]
+    assert box_iou(look, moved) < REJECTED_IOU  # never back onto the rejected box
+    model = window.results.model
+    again = [r for r in model.rows() if r.image == first.image and r.status == PENDING]
+    assert [(r.look, r.box) for r in again] == [(2, look)]
+    assert "look 2" in model.data(model.index(model.row_of(again[0].key)), Qt.ToolTipRole)
+    assert "new box to review" in window.message_bar.text()
+
+    # Undoing the rejection withdraws the look it led to: the photo waits once, not twice.
+    for _ in range(5):  # back through the re-ranking and the acceptance, to before the rejection
+        if first.status != REJECTED:
+            break
+        window.action["undo"].trigger()
+    assert [(r.key, r.look, r.status) for r in model.rows() if r.image == first.image] == [(first.key, 1, PENDING)]
+
+
+def test_threshold_accept_all_and_category_number_keys(qtbot, tmp_path, indexed_folder, window_on):
+    photos, truth = fresh_copy(indexed_folder, tmp_path)
+    window = window_on(photos)
+    qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS).wait()
+    doc = window.document
+    for name in ("cup", "dog", "person"):
+        doc.add_category(name)
+    window.canvas.setFocus()
+    for key, name in ((Qt.Key_2, "dog"), (Qt.Key_3, "person"), (Qt.Key_1, "cup")):
+        press(qtbot, window, key)
+        assert window.category() == name and window.categories.current() == name
+    press(qtbot, window, Qt.Key_9)  # no ninth category: nothing changes
+    assert window.category() == "cup"
+
+    query_image = sorted(p for p in truth if p.startswith("Dog/"))[0]
+    _search_with_a_drawn_box(qtbot, window, truth, query_image, "")
+    entries = doc.hits.entries
+    assert len(entries) >= 4 and doc.hits.category == "cup"
+    # Move the threshold with the keyboard on the slider; then Ctrl+Shift+A.
+    slider = window.results.slider
+    slider.setFocus()
+    before = window.results.threshold()
+    QTest.keyClick(slider, Qt.Key_PageUp)
+    threshold = window.results.threshold()
+    assert threshold > before and window.results.threshold_label.text() == f"{threshold:.3f}"
+    above = {e.key for e in entries if e.score >= threshold}
+    assert 0 < len(above) < len(entries), [e.score for e in entries]
+    press(qtbot, window, Qt.Key_A, Qt.ControlModifier | Qt.ShiftModifier)
+    assert {e.key for e in entries if e.status == ACCEPTED} == above
+    assert all(e.status == PENDING for e in entries if e.key not in above)
+    assert sorted(a.image for a in doc.annotations() if a.source == "search") == sorted(
+        e.image for e in entries if e.key in above)
+    press(qtbot, window, Qt.Key_Z, Qt.ControlModifier)  # one undo step
+    assert all(e.status == PENDING for e in entries)
+
+
+def test_cancel_button_stops_indexing_and_it_resumes_next_time(qtbot, tmp_path, dev_data, dev_manifest, window_on):
+    photos = tmp_path / "photos"
+    truth = copy_photos(dev_data, dev_manifest, photos)
+    window = window_on(photos)
+    qtbot.waitUntil(lambda: window.controller.is_indexing and window.progress.bar.value() >= 1, timeout=INDEX_TIMEOUT_MS)
+    assert window.progress.cancel.isVisible()
+    with qtbot.waitSignal(window.controller.indexingStopped, timeout=60_000) as stopped:  # at the next photo
+        qtbot.mouseClick(window.progress.cancel, Qt.LeftButton)
+    assert stopped.args == ["cancelled"] and not window.controller.is_indexing
+    assert "cancelled" in window.progress.task.text() and not window.progress.cancel.isVisible()
+    window.close()
+    again = window_on(photos)
+    with qtbot.waitSignal(again.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS) as finished:
+        pass
+    report = finished.args[0]
+    assert report.images == len(truth) and report.indexed < len(truth) and report.reused >= 1
+
+
+def test_settings_dialog_and_declining_a_rebuild(qtbot, tmp_path, indexed_folder, window_on):
+    """File > Settings through its widgets: a new image size asks for a rebuild; declined, the
+    index stays as it was and the preference is kept for later."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QDialogButtonBox, QSpinBox
+
+    from dasr_annotator.app.gui import settings as app_settings
+    from dasr_annotator.widgets.dialogs import SettingsDialog
+
+    photos, _ = fresh_copy(indexed_folder, tmp_path)
+    window = window_on(photos)
+    qtbot.waitSignal(window.controller.indexingFinished, timeout=INDEX_TIMEOUT_MS).wait()
+    manifest = window.project.manifest_path.read_bytes()
+    asked = []
+    window.confirm = lambda title, text: asked.append(title) or False
+    seen = []
+
+    def fill_in():
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, SettingsDialog):
+            QTimer.singleShot(50, fill_in)
+            return
+        spins = dialog.findChildren(QSpinBox)
+        side = next(s for s in spins if s.value() == window.prefs.max_side)
+        top_k = next(s for s in spins if s.value() == window.prefs.top_k)
+        for spin, value in ((side, "256"), (top_k, "40")):
+            spin.setFocus()
+            spin.selectAll()
+            QTest.keyClicks(spin, value)
+        seen.append((side.value(), top_k.value()))
+        ok = dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.Ok)
+        qtbot.mouseClick(ok, Qt.LeftButton)
+
+    QTimer.singleShot(50, fill_in)
+    window.action["settings"].trigger()  # modal: returns once the dialog is closed
+    assert seen == [(256, 40)] and asked == ["Re-index the folder?"]
+    assert (window.prefs.max_side, window.prefs.top_k) == (256, 40)
+    assert app_settings.load_preferences().max_side == 256  # saved
+    qtbot.wait(300)
+    assert not window.controller.is_indexing
+    assert window.project.manifest_path.read_bytes() == manifest
+    assert window.project.manifest()["extractor"]["max_side"] != 256

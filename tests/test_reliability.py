@@ -161,6 +161,27 @@ DAMAGE = {
     "lock-is-a-folder": _lock_is_a_folder,
 }
 
+# What `index` must do with each: repair it reusing the regions of `reused` photos (a good backup,
+# the shards or the catalog are used, nothing is extracted again needlessly), and say so where a
+# note is given; or refuse with a message naming the damaged file and --rebuild.
+REUSED_ALL, REUSED_NONE = 3, 0
+EXPECTED = {
+    "manifest-damaged-backup-good": ("repaired", REUSED_ALL, ""),
+    "manifest-and-backup-damaged": ("refused", "manifest.json", "backup manifest.json.bak is unusable too"),
+    "manifest-from-a-future-version": ("refused", "manifest.json", "format 99"),
+    "catalog-and-backup-damaged": ("repaired", REUSED_ALL, "recovered from the region shards"),
+    "index-file-truncated": ("repaired", REUSED_ALL, ""),
+    "index-metadata-truncated": ("repaired", REUSED_ALL, ""),
+    "region-shards-truncated": ("repaired", REUSED_NONE, "extracted again"),
+    "foreign-files": ("repaired", REUSED_ALL, ""),
+    "folder-named-like-a-shard": ("repaired", REUSED_ALL, ""),
+    "lock-is-a-folder": ("repaired", REUSED_ALL, ""),
+}
+
+
+def test_every_damage_case_has_an_expected_outcome():
+    assert set(EXPECTED) == set(DAMAGE)
+
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_state_is_explained_labels_survive_and_rebuild_repairs(small_indexed, tmp_path, capsys, damage):
@@ -172,13 +193,20 @@ def test_damaged_state_is_explained_labels_survive_and_rebuild_repairs(small_ind
     search = ["search", photos, "--query", "00.jpg", "--box", "2,2,40,40", "--json"]
 
     rc, out, err = run_cli(capsys, "index", photos, "--json")
-    assert rc in (0, 2), err
-    if rc == 0:
-        assert json.loads(out)["images"] == 3
+    outcome, *details = EXPECTED[damage]
+    if outcome == "repaired":
+        reused, note = details
+        assert rc == 0, err
+        report = json.loads(out)
+        assert (report["images"], report["reused"], report["indexed"]) == (3, reused, 3 - reused), report
+        assert note in err
         rc, out, err = run_cli(capsys, *search)
-        assert rc == 0, f"index said all is well, search failed: {err}"
+        assert rc == 0 and json.loads(out)["queries"][0]["hits"], f"index said all is well, search failed: {err}"
     else:
+        damaged_file, why = details
+        assert rc == 2, (out, err)
         assert err.startswith("dasr-annotator index:") and "--rebuild" in err, err
+        assert damaged_file in err and why in err, err
         rc, out, err = run_cli(capsys, *search)
         assert rc != 0 and err.strip(), "search on damaged state must say why it cannot run"
     assert (state / "annotations.json").read_bytes() == labels

@@ -178,7 +178,10 @@ def test_concurrent_writers_use_distinct_temp_files(tmp_path):
         thread.join()
     assert errors == []
     final = read_json(path, fallback_to_backup=False)
-    assert final["i"] == 14 or set(final) == {"worker", "i"}
+    # each worker renames its writes in order, so the last rename of all is some worker's last write
+    assert final["i"] == 14 and final["worker"] in range(6), final
+    previous = read_json(backup_path(path), fallback_to_backup=False)  # the backup is a whole write too
+    assert set(previous) == {"worker", "i"} and previous["worker"] in range(6) and 0 <= previous["i"] <= 14
     assert _leftovers(tmp_path, {"shared.json", "shared.json.bak"}) == []
 
 

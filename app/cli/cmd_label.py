@@ -3,6 +3,11 @@
     label PHOTOS --query IMAGE --box X,Y,W,H --category NAME (--accept-top N | --accept-above S)
     label PHOTOS --queries FILE --category NAME (--accept-top N | --accept-above S) [--fusion max|mean]
     label PHOTOS --import FILE_OR_DIR --format coco|yolo|voc|cvat|labelme   (--import-coco IN.json: COCO)
+    label PHOTOS --restore-backup
+
+A damaged labels file (`annotations.json`) is refused with what is wrong; when its backup
+(`annotations.json.bak`, the previous save) is good, `--restore-backup` puts it back and keeps the
+damaged file as `annotations.json.damaged`.
 
 `--queries FILE` is a JSON list of examples `{"id", "image", "box": [x, y, w, h], "negative": false}`
 ("negative" optional) that together form ONE query: several positive boxes of the instance, from
@@ -33,6 +38,7 @@ import numpy as np
 from dasr_annotator.app.cli.cmd_search import UsageError, announce_state, open_searcher, query_image
 from dasr_annotator.engine.store.formats import FORMATS
 from dasr_annotator.engine.store.formats.common import check_image, finite_number
+from dasr_annotator.engine.store.storage import ProjectFileError
 from dasr_annotator.engine.types import Box
 
 DUPLICATE_IOU = 0.9
@@ -81,6 +87,9 @@ def add_arguments(parser) -> None:
                         help="bring in the labels of a file or folder in --format instead")
     parser.add_argument("--format", choices=tuple(FORMATS), help="the label format of --import")
     parser.add_argument("--import-coco", metavar="IN.json", help="the same as --import IN.json --format coco")
+    parser.add_argument("--restore-backup", action="store_true",
+                        help="put back the previous save of a damaged labels file (annotations.json.bak); "
+                             "the damaged file is kept as annotations.json.damaged")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--json", action="store_true", help="print what was added as JSON on stdout")
 
@@ -94,10 +103,21 @@ def run(args) -> int:
         print(f"dasr-annotator label: {exc}", file=sys.stderr)
         return 2
     announce_state(project)
+    query_options = (args.query or args.box or args.queries or args.category or args.fusion
+                     or args.accept_top is not None or args.accept_above is not None)
+    if args.restore_backup:
+        if query_options or args.import_coco or args.import_path or args.format:
+            print("dasr-annotator label: --restore-backup takes no other options", file=sys.stderr)
+            return 2
+        return run_restore(args, project)
+    try:
+        project.annotations  # noqa: B018 - a damaged labels file is refused before any work
+    except ProjectFileError as exc:
+        print(f"dasr-annotator label: {exc.message}", file=sys.stderr)
+        return 2
     if args.import_coco or args.import_path:
         flag = "--import-coco" if args.import_coco else "--import"
-        if (args.query or args.box or args.queries or args.category or args.fusion
-                or args.accept_top is not None or args.accept_above is not None):
+        if query_options:
             print(f"dasr-annotator label: {flag} takes no query options", file=sys.stderr)
             return 2
         if args.import_coco and (args.import_path or (args.format or "coco") != "coco"):
@@ -115,9 +135,26 @@ def run(args) -> int:
     return run_query(args, project)
 
 
+def run_restore(args, project) -> int:
+    from dasr_annotator.engine.store.storage import backup_path, damaged_copy_path
+
+    path = project.annotations_path
+    try:
+        restored = project.restore_labels_backup()
+    except ProjectFileError as exc:
+        print(f"dasr-annotator label: {exc.message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"restored": str(path), "from": str(backup_path(path)),
+                          "damaged_copy": str(damaged_copy_path(path)), "annotations": restored}, indent=1))
+    else:
+        print(f"restored {path.name} from {backup_path(path).name}: {restored} annotations "
+              f"(the damaged file is kept as {damaged_copy_path(path)})")
+    return 0
+
+
 def run_import(args, project, name: str, path: str) -> int:
     from dasr_annotator.engine.store.formats.common import LabelFileError
-    from dasr_annotator.engine.store.storage import ProjectFileError
 
     try:
         report = FORMATS[name].import_labels(project, path)
@@ -147,7 +184,6 @@ def run_query(args, project) -> int:
     from dasr_annotator.engine.project.project import IncompatibleIndex, NoIndex
     from dasr_annotator.engine.search.searcher import BoxError
     from dasr_annotator.engine.store.imageio import ImageError
-    from dasr_annotator.engine.store.storage import ProjectFileError
 
     try:
         check_usage(args)
@@ -236,7 +272,7 @@ def read_examples(path: str, project) -> list[Example]:
     """The examples of a --queries file, every box checked against its image; raises UsageError
     listing what is wrong (missing keys, wrong types, bad boxes, unknown images, paths outside
     the photo folder, no positive example)."""
-    from dasr_annotator.engine.store.storage import ProjectFileError, read_json
+    from dasr_annotator.engine.store.storage import read_json
 
     try:
         data = read_json(path, fallback_to_backup=False, expect=list)
@@ -349,7 +385,6 @@ def rescored(searcher, hits: list, positives: np.ndarray, negatives: np.ndarray 
 def record(project, category: str, query: LabelQuery, labels: list, as_json: bool) -> int:
     """Add `labels` [(image, box, score, source)] that are not duplicates, under one new query
     record; save and report."""
-    from dasr_annotator.engine.store.storage import ProjectFileError
 
     store = project.annotations
     fresh, duplicates = [], []

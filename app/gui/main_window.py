@@ -23,6 +23,7 @@ from dasr_annotator.app.gui.document import Change, Document
 from dasr_annotator.app.gui.project_actions import ProjectActions
 from dasr_annotator.app.gui.review import Review
 from dasr_annotator.engine.store.formats import FORMATS
+from dasr_annotator.engine.store.storage import DamagedFile, ProjectFileError, damaged_copy_path
 from dasr_annotator.widgets import dialogs
 from dasr_annotator.widgets.canvas import ImageCanvas
 from dasr_annotator.widgets.file_list import FileListModel, FileListView
@@ -234,12 +235,14 @@ class MainWindow(QMainWindow):
     def _project_opened(self, project, files: list[str]) -> None:
         app_settings.remember_folder(str(project.photos))
         self._detach_document()
-        self.document = Document(project.annotations, self)
-        self.document.changed.connect(self._document_changed)
-        self.document.savedChanged.connect(self._show_saved)
-        self.document.saveFailed.connect(self._save_failed)
-        self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
-        self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
+        store = self._load_labels(project)
+        if store is not None:
+            self.document = Document(store, self)
+            self.document.changed.connect(self._document_changed)
+            self.document.savedChanged.connect(self._show_saved)
+            self.document.saveFailed.connect(self._save_failed)
+            self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
+            self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
         self.review.attach(self.document)
         self.file_model.set_images(files)
         self.current_image = self.canvas_image = None
@@ -248,10 +251,45 @@ class MainWindow(QMainWindow):
         if not files:
             self.canvas_hint.setText(f"No photos found in {project.photos}.")
         self.statusBar().showMessage(project.state_note, 8000)
-        self._document_changed(Change("reset"))
-        self._show_saved(True)
+        if self.document is not None:
+            self._document_changed(Change("reset"))
+            self._show_saved(True)
+        self._update_enabled()
         if files:
             self.file_view.setCurrentIndex(self.file_model.index(0))
+
+    def _load_labels(self, project):
+        """The project's labels; a damaged labels file with a good backup is offered for restore.
+        Declined, or without a usable backup, labelling stays off and the file is left as it is
+        (None): nothing the user labelled is overwritten."""
+        try:
+            return project.annotations
+        except DamagedFile as exc:
+            if exc.backup is not None:
+                listed = exc.backup_data.get("annotations")
+                count = len(listed) if isinstance(listed, list) else 0
+                if self.confirm("Restore the labels from their backup?",
+                                f"The labels file of this folder is damaged:\n{exc.problem}\n\n"
+                                f"Its backup {exc.backup.name} (the previous save: {count} label"
+                                f"{'s' if count != 1 else ''}) is good. Restore it? The damaged file is kept as "
+                                f"{damaged_copy_path(exc.path).name}."):
+                    try:
+                        restored = project.restore_labels_backup()
+                        store = project.annotations
+                    except ProjectFileError as again:
+                        self.show_error("Labels not restored", again.message)
+                        return None
+                    self.show_info(f"Restored {restored} labels from {exc.backup.name}; the damaged file is kept "
+                                   f"as {damaged_copy_path(exc.path).name}.")
+                    return store
+                why = f"Its backup {exc.backup.name} was not restored"
+            else:
+                why = "There is no usable backup"
+            self.show_error("Labels not loaded", f"{exc.problem}. {why}; the file was left as it is and labelling "
+                            "is off until it is repaired or moved away (then open the folder again).")
+        except ProjectFileError as exc:
+            self.show_error("Labels not loaded", f"{exc.message}. Labelling is off until the file is repaired.")
+        return None
 
     # ---- images ------------------------------------------------------------------------------
     def show_image(self, rel: str) -> None:
@@ -316,6 +354,8 @@ class MainWindow(QMainWindow):
         self._update_enabled()
 
     def update_file_counts(self) -> None:
+        if self.document is None:
+            return
         labels, pending = {}, {}
         for ann in self.document.annotations():
             labels[ann.image] = labels.get(ann.image, 0) + 1

@@ -32,7 +32,8 @@ from dasr_annotator.engine.search import index as faiss_index
 from dasr_annotator.engine.store.annotations import AnnotationStore
 from dasr_annotator.engine.store.collection import (NPZ_ERRORS, REBUILD_HINT, STATE_FOLDER, FileEntry, RegionStore,
                                                     content_hash, fingerprint, scan_images, write_json)
-from dasr_annotator.engine.store.storage import (ProjectFileError, atomic_write_bytes, is_writable_dir, read_json,
+from dasr_annotator.engine.store.storage import (DamagedFile, ProjectFileError, atomic_write_bytes, damaged_copy_path,
+                                                 is_writable_dir, read_json, require_intact, restore_backup,
                                                  user_cache_dir)
 from dasr_annotator.engine.types import CancelFn, ProgressFn, never_cancel, no_progress
 
@@ -148,10 +149,48 @@ class Project:
         return p.as_posix()
 
     @property
+    def annotations_path(self) -> Path:
+        return self.state_dir / "annotations.json"
+
+    @property
     def annotations(self) -> AnnotationStore:
+        """The project's labels. A damaged labels file is never replaced by its backup behind the
+        user's back (the latest labels may be lost with it): DamagedFile says so, and names the
+        good backup that `restore_labels_backup` puts back."""
         if self._annotations is None:
-            self._annotations = AnnotationStore.load(self.state_dir / "annotations.json")
+            path = self.annotations_path
+            try:
+                require_intact(path, expect=dict)
+            except DamagedFile as exc:
+                if exc.backup is not None:
+                    listed = exc.backup_data.get("annotations")
+                    labels = len(listed) if isinstance(listed, list) else 0
+                    hint = (f"its backup {exc.backup.name} is good ({labels} label{'s' if labels != 1 else ''}, "
+                            f"saved {_modified(exc.backup)}): restore it with `dasr-annotator label PHOTOS "
+                            f"--restore-backup` (the damaged file is kept as {damaged_copy_path(path).name})")
+                else:
+                    hint = ("there is no usable backup; repair the file, or move it away to start again "
+                            "with no labels")
+                exc.message = f"{exc.problem}; {hint}"
+                exc.args = (exc.message,)
+                raise
+            self._annotations = AnnotationStore.load(path)
         return self._annotations
+
+    def restore_labels_backup(self) -> int:
+        """Put the labels' good backup back (the damaged file is kept as `.damaged`); returns the
+        number of labels restored. Raises ProjectFileError when the labels file is not damaged
+        (nothing to restore: its backup is older) or has no usable backup."""
+        path = self.annotations_path
+        try:
+            require_intact(path, expect=dict)
+        except DamagedFile as exc:
+            if exc.backup is None:
+                raise ProjectFileError(f"{exc.problem}; there is no usable backup to restore") from None
+            restore_backup(path, keep_damaged=True)
+            self._annotations = None
+            return len(self.annotations.list())
+        raise ProjectFileError(f"{path} is not damaged; nothing was restored (its backup is an older version)")
 
     # ---- indexing -----------------------------------------------------------------------------
     def check_compatible(self, config: dict, weights: str | None) -> None:
@@ -373,6 +412,14 @@ def cache_state_dir(photos: Path) -> Path:
     """The cache-side state folder of `photos` (keyed by its absolute path)."""
     key = hashlib.sha256(os.fsencode(str(photos))).hexdigest()[:16]
     return user_cache_dir() / "projects" / f"{photos.name or 'root'}-{key}"
+
+
+def _modified(path: Path) -> str:
+    """When `path` was last written, local time, to the minute."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    except OSError:
+        return "at an unknown time"
 
 
 def _writable(folder: Path) -> bool:

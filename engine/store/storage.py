@@ -23,6 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 BACKUP_SUFFIX = ".bak"
+DAMAGED_SUFFIX = ".damaged"
 CACHE_ENV = "DASR_ANNOTATOR_CACHE"
 APP_DIR_NAME = "dasr-annotator"
 
@@ -131,13 +132,54 @@ def read_json_with_recovery(path: str | os.PathLike, *, expect: type | None = No
         return data, f"{main_error.message}; using the previous version from {backup.name}"
 
 
-def restore_backup(path: str | os.PathLike) -> None:
-    """Put the `.bak` generation back as the main file (atomically; the damaged one is dropped)."""
+class DamagedFile(ProjectFileError):
+    """A file that exists but cannot be used (`problem` says why). `backup` is its backup
+    generation when that one is good (with `backup_data` parsed), else None."""
+
+    def __init__(self, message: str, path: Path, problem: str, backup: Path | None, backup_data: Any = None):
+        super().__init__(message)
+        self.path, self.problem, self.backup, self.backup_data = path, problem, backup, backup_data
+
+
+def require_intact(path: str | os.PathLike, *, expect: type | None = None) -> None:
+    """Raise DamagedFile when `path` exists but does not parse; a missing file passes.
+
+    For files whose silent replacement by the backup would hide lost work (the labels): the
+    caller tells the user, and offers `restore_backup` when `DamagedFile.backup` is set."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        _parse(path, expect)
+    except ProjectFileError as exc:
+        backup = backup_path(path)
+        try:
+            data = _parse(backup, expect)
+        except ProjectFileError:
+            raise DamagedFile(exc.message, path, exc.message, None) from None
+        raise DamagedFile(exc.message, path, exc.message, backup, data) from None
+
+
+def damaged_copy_path(path: str | os.PathLike) -> Path:
+    """Where `restore_backup(..., keep_damaged=True)` keeps the damaged file."""
+    path = Path(path)
+    return path.with_name(path.name + DAMAGED_SUFFIX)
+
+
+def restore_backup(path: str | os.PathLike, keep_damaged: bool = False) -> None:
+    """Put the `.bak` generation back as the main file (atomically). The damaged main file is
+    dropped, or with `keep_damaged` kept as `NAME.damaged` (what it holds may still be salvaged)."""
     path = Path(path)
     try:
         data = backup_path(path).read_bytes()
     except OSError as exc:
         raise ProjectFileError(f"cannot restore {path} from its backup: {_describe(exc)}") from exc
+    if keep_damaged and path.is_file():
+        try:
+            damaged = path.read_bytes()
+        except OSError as exc:
+            raise ProjectFileError(f"cannot keep a copy of the damaged {path}: {_describe(exc)}") from exc
+        atomic_write_bytes(damaged_copy_path(path), damaged, backup=False)
     atomic_write_bytes(path, data, backup=False)
 
 
