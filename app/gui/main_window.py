@@ -452,6 +452,7 @@ class MainWindow(QMainWindow):
 
     def _sheet_closed(self, *_) -> None:
         self._sheet = None
+        self.activateWindow()  # the keys go back to the photo
 
     def _update_enabled(self, *_) -> None:
         has_doc = self.document is not None

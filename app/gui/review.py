@@ -42,7 +42,11 @@ class Review(QObject):
         self._shown: HitSession | None = None  # the review the results strip shows
         self._reranked_at = float("-inf")  # when a re-rank last moved the selection
         w, a = window, window.action
-        self._enter = [QShortcut(QKeySequence(k), w, activated=self.enter) for k in ("Return", "Enter")]
+        # Enter belongs to the photo and the results strip only: a window-wide Enter took the key
+        # from every editor (a label's category typed in the table ran a search instead, and
+        # changed the document under the open editor).
+        self._enter = [QShortcut(QKeySequence(k), widget, activated=self.enter, context=Qt.WidgetShortcut)
+                       for k in ("Return", "Enter") for widget in (w.canvas, w.results.view)]
         a["find_similar"].triggered.connect(self.find_similar)
         a["find_more"].triggered.connect(self.find_more)
         a["label_box"].triggered.connect(self.label_draft)
