@@ -357,13 +357,25 @@ def test_messages_and_photo_changes_keep_the_zoom(qtbot, review):
 
 
 # ---- 9, 10, 11 ----------------------------------------------------------------------------
-def test_opening_never_says_open_a_folder(qtbot, photos, monkeypatch):
-    monkeypatch.setattr(Controller, "start_indexing", lambda self, rebuild=False: None)
+def test_photos_show_as_soon_as_listed_and_the_hint_never_contradicts(qtbot, photos, monkeypatch):
+    """The engine is still starting (it never answers here: a cold torch import), yet the
+    photos are listed and the first one is shown."""
+    opened = []
+    monkeypatch.setattr(Controller, "open_folder", lambda self, folder: opened.append(folder))
     window = MainWindow(photos, prefs=Preferences(device="cpu"))
     qtbot.addWidget(window)
+    window.show()
     assert "Opening" in window.canvas_hint.text()
-    qtbot.waitUntil(lambda: window.document is not None, timeout=30_000)
+    qtbot.waitUntil(lambda: window.file_model.rowCount() == 8, timeout=10_000)
+    qtbot.waitUntil(lambda: window.canvas_image == "p0.png" and window.canvas.image_size == SIZE, timeout=10_000)
+    assert window.stack.currentWidget() is window.canvas and opened and window.document is None
+    key(window, Qt.Key_D, widget=window.canvas)  # browsing works before the project is open
+    qtbot.waitUntil(lambda: window.canvas_image == "p1.png", timeout=10_000)
     window.close()
+
+
+def test_the_project_opening_keeps_the_photo_shown(qtbot, review):
+    assert review.current_image == "p0.png" and review.file_model.rowCount() == 8
 
 
 def test_side_panels_give_way_on_a_small_window(qtbot, review):

@@ -8,9 +8,10 @@ replace.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, QTimer
+from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget,
@@ -22,6 +23,7 @@ from dasr_annotator.app.gui.controller import Controller
 from dasr_annotator.app.gui.document import Change, Document
 from dasr_annotator.app.gui.project_actions import ProjectActions
 from dasr_annotator.app.gui.review import Review
+from dasr_annotator.engine.store.collection import scan_images
 from dasr_annotator.widgets import dialogs
 from dasr_annotator.widgets.canvas import ImageCanvas
 from dasr_annotator.widgets.file_list import FileListModel, FileListView
@@ -38,6 +40,23 @@ PHOTO_SHARE = 0.55  # on a narrow window the side panels shrink until the photo 
 SIDE_PANEL_MIN = 150
 
 
+class FolderLister(QObject):
+    """Lists a folder's photos on a thread of its own: a directory walk, no engine, so the photos
+    show while the engine (torch, faiss: a minute on a cold disk) is still starting."""
+
+    listed = Signal(str, list)  # folder, photo paths relative to it
+
+    def start(self, folder: Path) -> None:
+        def walk():
+            try:
+                files = scan_images(folder).files
+            except OSError:
+                return  # opening the project reports it
+            self.listed.emit(str(folder), files)
+
+        threading.Thread(target=walk, name="list-photos", daemon=True).start()
+
+
 class MainWindow(QMainWindow):
     def __init__(self, photos: Path | None = None, parent=None, prefs: app_settings.Preferences | None = None):
         super().__init__(parent)
@@ -48,6 +67,8 @@ class MainWindow(QMainWindow):
         self.document: Document | None = None
         self.current_image: str | None = None
         self.canvas_image: str | None = None  # the photo the canvas shows (lags while loading)
+        self._opening: Path | None = None  # the folder being opened, listed before its project opens
+        self._lister = FolderLister(self)
         self.action = action_table.create_actions(self)
         self._build_widgets()
         self._build_menus_and_toolbar()
@@ -171,7 +192,8 @@ class MainWindow(QMainWindow):
         c.images_loader.failed.connect(self._image_failed)
         self.progress.cancelRequested.connect(c.cancel_indexing)
         self.file_model.thumbnailWanted.connect(
-            lambda rel: self.project and c.images_loader.request(("thumb", rel), self.project.path_of(rel), THUMB_MAX_SIDE))
+            lambda rel: self._photo_path(rel) and c.images_loader.request(("thumb", rel), self._photo_path(rel), THUMB_MAX_SIDE))
+        self._lister.listed.connect(self._folder_listed)
         self.file_view.selectionModel().currentChanged.connect(
             lambda index, _: index.isValid() and self.show_image(self.file_model.paths()[index.row()]))
         self.canvas.zoomChanged.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
@@ -230,7 +252,24 @@ class MainWindow(QMainWindow):
         self.controller.images_loader.clear()  # thumbnails of the previous folder
         self.setWindowTitle(f"dasr-annotator — {photos}")
         self.progress.start("Opening the folder…", cancellable=False)
+        self._opening = Path(photos).expanduser().resolve()
+        self.file_model.set_images([])
+        self.current_image = self.canvas_image = None
+        self._lister.start(self._opening)
         self.controller.open_folder(photos)
+
+    def _photo_path(self, rel: str) -> Path | None:
+        if self.project is not None and self.document is not None:
+            return self.project.path_of(rel)
+        return self._opening / rel if self._opening is not None else None
+
+    def _folder_listed(self, folder: str, files: list[str]) -> None:
+        """The photos are listed: show them (and the first one) while the project opens."""
+        if self.document is not None or self._opening is None or Path(folder) != self._opening or not files:
+            return
+        self.file_model.set_images(files)
+        self.stack.setCurrentWidget(self.canvas)
+        self.file_view.setCurrentIndex(self.file_model.index(0))
 
     def _project_opened(self, project, files: list[str]) -> None:
         app_settings.remember_folder(str(project.photos))
@@ -242,28 +281,31 @@ class MainWindow(QMainWindow):
         self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
         self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
         self.review.attach(self.document)
-        self.file_model.set_images(files)
-        self.current_image = self.canvas_image = None
-        self.canvas.set_image(None)
-        self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
+        listed = self._opening == project.photos and self.file_model.paths() == files
+        if not listed:  # (photos listed early stay as they are, the one shown too)
+            self.file_model.set_images(files)
+            self.current_image = self.canvas_image = None
+            self.canvas.set_image(None)
+            self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
         if not files:
             self.canvas_hint.setText(f"No photos found in {project.photos}.")
         self.statusBar().showMessage(project.state_note, 8000)
         self._document_changed(Change("reset"))
         self._show_saved(True)
-        if files:
+        if files and self.current_image is None:
             self.file_view.setCurrentIndex(self.file_model.index(0))
 
     # ---- images ------------------------------------------------------------------------------
     def show_image(self, rel: str) -> None:
-        if rel == self.current_image or self.project is None:
+        path = self._photo_path(rel)
+        if rel == self.current_image or path is None:
             return
         self.current_image = rel
         self.review.clear_draft()
         row = self.file_model.row_of(rel)
         if row >= 0 and self.file_view.currentIndex().row() != row:
             self.file_view.setCurrentIndex(self.file_model.index(row))
-        self.controller.images_loader.request(("canvas", rel), self.project.path_of(rel), DISPLAY_MAX_SIDE, priority=10)
+        self.controller.images_loader.request(("canvas", rel), path, DISPLAY_MAX_SIDE, priority=10)
         self.refresh_image_views()
 
     def step_image(self, step: int) -> None:
