@@ -426,3 +426,20 @@ def test_accepted_hits_below_the_threshold_are_not_dimmed(qtbot, review):
     key(w, Qt.Key_Y)
     assert w.results.model.rows()[1].status == ACCEPTED
     assert fill(1) == "#262626"  # accepted below the threshold: drawn at full strength
+
+
+def test_coco_export_says_it_lists_labelled_photos_and_offers_all(qtbot, review, tmp_path):
+    import json
+
+    w = review
+    w.document.add_annotation("p0.png", "dog", Box(10, 10, 50, 50))
+    questions = []
+    w.confirm = lambda title, text: questions.append(text) or True
+    out = tmp_path / "all.json"
+    w.ask_save_path = lambda *args: str(out)
+    key(w, Qt.Key_E, Qt.ControlModifier, widget=w.canvas)
+    assert "1 labelled photos" in questions[0]
+    assert len(json.loads(out.read_text())["images"]) == 8
+    w.confirm = lambda *args: False
+    key(w, Qt.Key_E, Qt.ControlModifier, widget=w.canvas)
+    assert len(json.loads(out.read_text())["images"]) == 1

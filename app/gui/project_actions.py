@@ -39,9 +39,13 @@ class ProjectActions(QObject):
             return
         from dasr_annotator.engine.store.coco import export_coco
 
+        labelled, photos = len(w.document.labelled_images()), w.file_model.rowCount()
+        everything = labelled < photos and w.confirm(
+            "Export COCO", f"The file lists the {labelled} labelled photos. Also list the {photos - labelled} photos "
+            "without labels (as images with no annotations)?")
         try:
             w.document.save()
-            report = export_coco(w.project, path)
+            report = export_coco(w.project, path, all_images=everything)
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the user
             w.show_error("Export failed", describe_error(exc))
             return
