@@ -11,7 +11,7 @@ from PySide6.QtGui import QColor, QImage
 from PySide6.QtTest import QTest
 from PySide6.QtWidgets import QApplication, QComboBox, QDockWidget
 
-from dasr_annotator.app.gui.controller import CandidateRegions, Controller, SearchOutcome, SearchRequest
+from dasr_annotator.app.gui.controller import CandidateRegions, Controller, Relocated, SearchOutcome, SearchRequest
 from dasr_annotator.app.gui.document import ACCEPTED, PENDING, PENDING_COLOR, REJECTED, _color_distance
 from dasr_annotator.app.gui.main_window import MainWindow
 from dasr_annotator.app.gui.settings import Preferences
@@ -57,14 +57,19 @@ def review(qtbot, photos, monkeypatch):
     QApplication.processEvents()
 
 
-def deliver(window, category, scores, vectors=None, boxes=None, positives=None, images=None):
-    """The controller's answer to a search: one hit (and one region) per photo."""
+def deliver(window, category, scores, vectors=None, boxes=None, positives=None, images=None, more=()):
+    """The controller's answer to a search: one hit (and one region) per photo, and the regions
+    `more` ((image, box, vector): other regions of the hit photos)."""
     images = images or [f"p{i + 1}.png" for i in range(len(scores))]
     boxes = boxes or [Box(100, 80, 60, 50)] * len(scores)
-    vectors = np.stack(vectors) if vectors is not None else np.stack([unit(s, 1 - s) for s in scores])
+    vectors = list(vectors) if vectors is not None else [unit(s, 1 - s) for s in scores]
     hits = [Hit(image, score, box, inscribed_ellipse(box)) for image, score, box in zip(images, scores, boxes)]
-    regions = CandidateRegions(vectors.astype(np.float32), list(images), np.array([b.as_list() for b in boxes], float),
-                               np.array([[b.center[0], b.center[1], b.w / 2, b.h / 2, 0.0] for b in boxes]))
+    region_images = list(images) + [m[0] for m in more]
+    region_boxes = list(boxes) + [m[1] for m in more]
+    vectors = np.stack(vectors + [m[2] for m in more])
+    regions = CandidateRegions(vectors.astype(np.float32), region_images,
+                               np.array([b.as_list() for b in region_boxes], float),
+                               np.array([[b.center[0], b.center[1], b.w / 2, b.h / 2, 0.0] for b in region_boxes]))
     request = SearchRequest(category, positives or [("p0.png", Box(10, 10, 60, 50))])
     outcome = SearchOutcome(request, hits, unit(1)[None], regions, len(window.file_model.paths()),
                             len(window.file_model.paths()))
@@ -155,11 +160,12 @@ def test_crash_flow_survives_resets_during_edits(qtbot, review):
 def test_rerank_goes_to_the_best_undecided_hit_and_keys_wait(qtbot, review):
     w = review
     w.prefs.feedback_every = 5
-    # Four true hits (like the query), one false one, then: p6 looks like the false one (falls
-    # to the bottom on re-ranking), p7 and p8 look like the query (rise to the top).
-    vectors = [unit(1)] * 4 + [unit(0, 1), unit(0, 1), unit(0.9, 0.1), unit(0.7, 0.3)]
-    scores = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6]
-    deliver(w, "dog", scores, vectors, images=[f"p{i % 7 + 1}.png" for i in range(8)])
+    # Four true hits (like the query), one false one, then: p6 looks like the false one (it falls
+    # to the bottom on re-ranking), p7 looks like the query (it rises to the top).
+    vectors = [unit(1)] * 4 + [unit(0, 1), unit(0, 1), unit(0.9, 0.1)]
+    scores = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65]
+    elsewhere = Box(30, 30, 40, 40)  # another region of p7, like the query
+    deliver(w, "dog", scores, vectors, more=[("p7.png", elsewhere, unit(1))])
     for _ in range(4):
         key(w, Qt.Key_Y)
     key(w, Qt.Key_N)  # the fifth decision: an automatic re-rank
@@ -176,6 +182,15 @@ def test_rerank_goes_to_the_best_undecided_hit_and_keys_wait(qtbot, review):
     qtbot.wait(700)  # ... once the annotator had time to see it, it is.
     key(w, Qt.Key_N)
     assert hits.entry(pending[0].key).status == REJECTED
+    # A second look at the rejected photo ranks above the next hit: the review goes on there.
+    assert hits.entry(pending[0].key).image == "p7.png"
+    key(w, Qt.Key_R, Qt.ControlModifier)
+    nxt = w.results.current_key()
+    assert nxt == [r for r in w.results.model.rows() if r.status == PENDING][0].key
+    w.controller.hitsRelocated.emit(Relocated(hits, {}, {"p7.png": elsewhere}))
+    look = [e for e in hits.entries if e.look == 2]
+    assert look and look[0].score > hits.entry(nxt).score
+    assert w.results.current_key() == look[0].key
 
 
 # ---- 3: each query's review is kept -------------------------------------------------------

@@ -300,6 +300,8 @@ class Review(QObject):
             return  # a newer search replaced those hits
         moved = self.doc.move_pending_boxes(result.boxes)
         again = 0
+        current = self.window.results.current_key()
+        at_best = current is not None and current == self.best_undecided()
         if result.second_looks and hits.outcome is not None:
             accepted, rejected = decided_boxes(hits, ACCEPTED), decided_boxes(hits, REJECTED)
             images = list(result.second_looks)
@@ -307,6 +309,10 @@ class Review(QObject):
             again = self.doc.add_second_looks(
                 [Hit(image, scored[i].score, box, inscribed_ellipse(box))
                  for i, (image, box) in enumerate(result.second_looks.items()) if i in scored])
+            best = self.best_undecided()
+            if again and at_best and best != current:  # a new look ranks above: the review goes on there
+                self.window.results.select_key(best)
+                self._reranked_at = time.monotonic()
         parts = []
         if moved:
             parts.append(f"Moved {moved} hit box{'es' if moved != 1 else ''} to match the accepted ones.")
