@@ -156,6 +156,8 @@ def test_label_by_example_end_to_end(qtbot, tmp_path, dev_data, dev_manifest, wi
     hits = searched.args[0].hits
     assert hits and all(h.image != query_image for h in hits)
     assert [r.image for r in window.results.model.rows()] == [h.image for h in hits]
+    assert window.document.annotations() == []  # the query box is searched with, not labelled ...
+    press(qtbot, window, Qt.Key_Return, Qt.ControlModifier)  # ... until the annotator keeps it
     query_label = [a for a in window.document.annotations() if a.source == "manual"]
     assert [(a.image, a.category) for a in query_label] == [(query_image, "box")]
     assert window.results.current_key() == window.document.hits.entries[0].key
@@ -306,7 +308,9 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     with qtbot.waitSignal(window.controller.searchFinished, timeout=60_000) as searched:
         window.action["find_more"].trigger()
     request = searched.args[0].request
-    assert sorted(request.positives) == sorted((a.image, a.box) for a in doc.annotations() if a.category == "thing")
+    query = (query_image, truth[query_image])  # searched with, not confirmed as a label: still an example
+    assert sorted(request.positives) == sorted([(a.image, a.box) for a in doc.annotations() if a.category == "thing"]
+                                               + [query])
     assert request.negatives == [(entries[1].image, entries[1].box)]
     assert doc.hits.query_id in {q.id for q in doc.store.queries}
 

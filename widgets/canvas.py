@@ -4,6 +4,10 @@ Scene coordinates are ORIGINAL image pixels (a reduced display image is scaled u
 every box that leaves the canvas is already in the engine's coordinates. The canvas owns no
 annotations: the window hands it `Overlay`s to show and it reports what the user did with them
 (`boxDrawn`, `boxEdited` with one drag id per gesture, `selectionChanged`).
+
+The view belongs to the annotator: once they zoom or pan, new photos keep that zoom, and nothing
+but their own actions (or `frame`, asked for when a hit is shown) moves it. Until then each photo
+is fitted to the window.
 """
 from __future__ import annotations
 
@@ -16,12 +20,17 @@ from PySide6.QtWidgets import QGraphicsPixmapItem, QGraphicsScene, QGraphicsView
 
 from dasr_annotator.engine.types import Box, Ellipse
 from dasr_annotator.widgets.overlays import (
-                                             HANDLE_PX, MOVE, BoxItem, BoxStyle, EllipseItem, box_from_corners, dragged_box, grip_at,
-                                             )
+    HANDLE_PX, MOVE, BoxItem, BoxStyle, EllipseItem, box_from_corners, dragged_box, grip_at,
+)
 
 ZOOM_STEP = 1.25
 ZOOM_RANGE = (0.02, 50.0)
-MIN_DRAW_PX = 4  # a smaller drag is a click, not a box
+CLICK_PX = 2  # a drag this short on screen is a click: it draws nothing and says nothing
+MIN_DRAW_PX = 4  # a box narrower than this on screen is not drawn
+MIN_BOX_SIDE = 8  # photo pixels: a smaller box is refused (`boxTooSmall`), never searched
+FRAME_MIN_PX = 64  # a shown hit smaller than this on screen is framed (zoomed to) ...
+FRAME_SHARE = 0.25  # ... so that it spans this share of the view ...
+FRAME_MAX_ZOOM = 8.0  # ... never magnified more than this
 _CURSORS = {"nw": Qt.SizeFDiagCursor, "se": Qt.SizeFDiagCursor, "ne": Qt.SizeBDiagCursor,
             "sw": Qt.SizeBDiagCursor, "n": Qt.SizeVerCursor, "s": Qt.SizeVerCursor,
             "e": Qt.SizeHorCursor, "w": Qt.SizeHorCursor, MOVE: Qt.SizeAllCursor}
@@ -39,6 +48,7 @@ class Overlay:
 
 class ImageCanvas(QGraphicsView):
     boxDrawn = Signal(object)  # Box, original pixels
+    boxTooSmall = Signal(object)  # Box: a drag that made a box too small to use
     boxEdited = Signal(str, object, object)  # key, new Box, drag id (one per gesture)
     selectionChanged = Signal(list)  # selected keys
     zoomChanged = Signal(float)
@@ -46,6 +56,9 @@ class ImageCanvas(QGraphicsView):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.setScene(QGraphicsScene(self))
+        # A handful of boxes needs no spatial index, and without one a box whose bounds change
+        # with the zoom can never leave a stale entry behind.
+        self.scene().setItemIndexMethod(QGraphicsScene.NoIndex)
         self.setRenderHints(QPainter.Antialiasing | QPainter.SmoothPixmapTransform)
         self.setTransformationAnchor(QGraphicsView.AnchorUnderMouse)
         self.setDragMode(QGraphicsView.NoDrag)
@@ -61,13 +74,16 @@ class ImageCanvas(QGraphicsView):
         self._selected: list[str] = []
         self._gesture: dict | None = None  # the drag in progress
         self._drag_ids = itertools.count(1)
-        self._fit_mode = True
+        self._fit_mode = True  # the photo is fitted to the view (refitted when the view resizes)
+        self._user_view = False  # the annotator zoomed or panned: keep their view across photos
+        self._refit_after_gesture = False
         self._space_down = False
 
     # ---- content -----------------------------------------------------------------------------
     def set_image(self, image: QImage | None, original_size: tuple[int, int] | None = None) -> None:
-        """Show `image`, scaled so that the scene is `original_size` pixels; None clears."""
-        self._gesture = None
+        """Show `image`, scaled so that the scene is `original_size` pixels; None clears. The
+        annotator's zoom is kept; a view they never changed fits the new photo."""
+        self._end_gesture()
         if image is None or image.isNull():
             self._pixmap.setPixmap(QPixmap())
             self.image_size = None
@@ -78,7 +94,14 @@ class ImageCanvas(QGraphicsView):
         self._pixmap.setPixmap(QPixmap.fromImage(image))
         self._pixmap.setScale(width / image.width())
         self.scene().setSceneRect(QRectF(0, 0, width, height))
-        self.fit()
+        if not self._user_view:
+            self._fit_view()
+
+    def _end_gesture(self) -> None:
+        """Drop a drag in progress (the photo changed under it)."""
+        gesture, self._gesture = self._gesture, None
+        if gesture is not None and gesture.get("kind") == "draw" and gesture["item"].scene() is not None:
+            self.scene().removeItem(gesture["item"])
 
     def set_overlays(self, overlays: list[Overlay]) -> None:
         """Show exactly these boxes (items are reused by key, so a drag survives a refresh)."""
@@ -91,6 +114,7 @@ class ImageCanvas(QGraphicsView):
             item = self._items.get(overlay.key)
             if item is None:
                 item = self._items[overlay.key] = BoxItem(overlay.key, overlay.box, overlay.style, overlay.editable)
+                item.set_view_scale(self.zoom())
                 self.scene().addItem(item)
             else:
                 item.editable = overlay.editable
@@ -125,8 +149,25 @@ class ImageCanvas(QGraphicsView):
         keys = [k for k in keys if k in self._items]
         self._apply_selection(keys, emit=keys != self._selected)
         if center and keys:
-            box = self._items[keys[0]].box
-            self.ensureVisible(QRectF(box.x, box.y, box.w, box.h), 40, 40)
+            self.frame(self._items[keys[0]].box)
+
+    def frame(self, box: Box) -> None:
+        """Bring `box` into view. A view the annotator set keeps its zoom and only scrolls; a
+        fitted photo is zoomed to a box too small to check at that size, with context around."""
+        if self.image_size is None:
+            return
+        rect = QRectF(box.x, box.y, box.w, box.h)
+        side = max(box.w, box.h, 1.0)
+        if not self._user_view and side * self.zoom() < FRAME_MIN_PX:
+            view = self.viewport().size()
+            factor = min(FRAME_SHARE * min(view.width(), view.height()) / side, FRAME_MAX_ZOOM)
+            if factor > self.zoom():
+                self._fit_mode = False
+                self.scale(factor / self.zoom(), factor / self.zoom())
+                self._zoom_changed()
+            self.centerOn(rect.center())
+            return
+        self.ensureVisible(rect, 40, 40)
 
     def _apply_selection(self, keys: list[str], emit: bool) -> None:
         self._selected = keys
@@ -140,11 +181,19 @@ class ImageCanvas(QGraphicsView):
         return self.transform().m11()
 
     def set_zoom(self, factor: float) -> None:
+        """The annotator's zoom: kept for the next photos until they fit again."""
         factor = min(max(factor, ZOOM_RANGE[0]), ZOOM_RANGE[1])
         self._fit_mode = False
+        self._user_view = True
         ratio = factor / self.zoom()
         self.scale(ratio, ratio)  # scale() keeps the point under the mouse in place
-        self.zoomChanged.emit(factor)
+        self._zoom_changed()
+
+    def _zoom_changed(self) -> None:
+        scale = self.zoom()
+        for item in self._items.values():
+            item.set_view_scale(scale)
+        self.zoomChanged.emit(scale)
 
     def zoom_in(self) -> None:
         self.set_zoom(self.zoom() * ZOOM_STEP)
@@ -156,16 +205,24 @@ class ImageCanvas(QGraphicsView):
         self.set_zoom(1.0)
 
     def fit(self) -> None:
+        """Fit the photo (the annotator's choice: later photos are fitted too)."""
+        self._user_view = False
+        self._fit_view()
+
+    def _fit_view(self) -> None:
         if self.image_size is None:
             return
         self.fitInView(self.sceneRect(), Qt.KeepAspectRatio)
         self._fit_mode = True
-        self.zoomChanged.emit(self.zoom())
+        self._zoom_changed()
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         if self._fit_mode:
-            self.fit()
+            if self._gesture is not None:  # never move the photo under a drag in progress
+                self._refit_after_gesture = True
+            else:
+                self._fit_view()
 
     def wheelEvent(self, event) -> None:
         if event.modifiers() & Qt.ControlModifier:
@@ -190,7 +247,7 @@ class ImageCanvas(QGraphicsView):
         for key in self._selected:
             item = self._items[key]
             if item.editable:
-                grip = grip_at(item.box, x, y, tol)
+                grip = grip_at(item.box, x, y, tol, item.handle_outside())
                 if grip is not None:
                     return key, grip
         inside = [i for i in self._items.values() if i.editable and i.box.contains_point(x, y)]
@@ -228,6 +285,7 @@ class ImageCanvas(QGraphicsView):
             self._update_cursor(self.mapToScene(event.position().toPoint()))
             return super().mouseMoveEvent(event)
         if gesture["kind"] == "pan":
+            self._user_view = True
             delta = event.position() - gesture["last"]
             gesture["last"] = event.position()
             self.horizontalScrollBar().setValue(self.horizontalScrollBar().value() - int(delta.x()))
@@ -255,8 +313,17 @@ class ImageCanvas(QGraphicsView):
         elif gesture["kind"] == "draw":
             box = gesture["item"].box
             self.scene().removeItem(gesture["item"])
-            if min(box.w, box.h) * self.zoom() >= MIN_DRAW_PX:
+            zoom = self.zoom()
+            if max(box.w, box.h) * zoom < CLICK_PX:
+                pass  # a click on the photo: it only cleared the selection
+            elif min(box.w, box.h) * zoom < MIN_DRAW_PX or min(box.w, box.h) < MIN_BOX_SIDE:
+                self.boxTooSmall.emit(box)
+            else:
                 self.boxDrawn.emit(box)
+        if self._refit_after_gesture:
+            self._refit_after_gesture = False
+            if self._fit_mode:
+                self._fit_view()
 
     def _update_cursor(self, point: QPointF) -> None:
         target = self._grip_under(point) if self.image_size else None

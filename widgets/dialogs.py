@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QColorDialog, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QInputDialog, QLabel,
+    QCheckBox, QColorDialog, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QInputDialog, QLabel,
     QMessageBox, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout, QHeaderView, QAbstractItemView,
 )
 
@@ -64,7 +64,8 @@ class SettingsDialog(QDialog):
     LABELS = {"backbone": "Backbone", "device": "Device", "mode": "Extraction mode",
               "max_side": "Image size for indexing (px)", "top_k": "Hits per search",
               "overlap_iou": "Overlap that counts as already labelled (IoU)",
-              "feedback_every": "Re-rank after this many decisions (0: never)"}
+              "feedback_every": "Re-rank after this many decisions (0: never)",
+              "label_queries": "Keep every query box as a label at once"}
 
     def __init__(self, values: dict, choices: dict[str, tuple], device_note: str = "", parent=None):
         super().__init__(parent)
@@ -76,6 +77,9 @@ class SettingsDialog(QDialog):
                 editor = QComboBox()
                 editor.addItems([str(c) for c in choices[name]])
                 editor.setCurrentText(str(value))
+            elif isinstance(value, bool):
+                editor = QCheckBox()
+                editor.setChecked(value)
             elif isinstance(value, float):
                 editor = QDoubleSpinBox()
                 editor.setRange(0.05, 1.0)
@@ -103,6 +107,8 @@ class SettingsDialog(QDialog):
         for name, editor in self._editors.items():
             if isinstance(editor, QComboBox):
                 out[name] = editor.currentText()
+            elif isinstance(editor, QCheckBox):
+                out[name] = editor.isChecked()
             else:
                 out[name] = editor.value()
         return out

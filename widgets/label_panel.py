@@ -199,7 +199,15 @@ class CategoryDelegate(QStyledItemDelegate):
         editor = QComboBox(parent)
         editor.setEditable(True)
         editor.addItems(index.model().categories)
+        # Enter in the line edit commits a typed name too (the view's own Enter handling does not
+        # see keys the combo box passes to its line edit). The commit only emits a request; the
+        # document edit that resets the model runs after this key press is over (queued).
+        editor.lineEdit().returnPressed.connect(lambda: self._commit(editor))
         return editor
+
+    def _commit(self, editor) -> None:
+        self.commitData.emit(editor)
+        self.closeEditor.emit(editor, QStyledItemDelegate.NoHint)
 
     def setEditorData(self, editor, index) -> None:
         editor.setCurrentText(index.data(Qt.EditRole))

@@ -1,7 +1,10 @@
-"""A dismissible strip above the photo for errors and notes: visible, never blocking."""
+"""A dismissible strip above the photo for errors and notes: visible, never blocking.
+
+It floats over the top of its parent instead of taking room in a layout, so showing or hiding a
+message never resizes the photo under it (which would re-fit it under the mouse)."""
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QEvent, Qt, QTimer
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QToolButton
 
 LEVELS = ("info", "warning", "error")
@@ -26,7 +29,24 @@ class MessageBar(QFrame):
         self._timer = QTimer(self, singleShot=True)
         self._timer.timeout.connect(self.hide)
         self.level = "info"
+        if parent is not None:
+            parent.installEventFilter(self)
         self.hide()
+
+    def eventFilter(self, watched, event) -> bool:
+        if watched is self.parentWidget() and event.type() == QEvent.Resize and self.isVisible():
+            self.place()
+        return False
+
+    def place(self) -> None:
+        """Span the top of the parent, as tall as the text needs."""
+        parent = self.parentWidget()
+        if parent is None:
+            return
+        width = parent.width()
+        height = self.layout().totalHeightForWidth(width) if self.layout().hasHeightForWidth() else -1
+        self.setGeometry(0, 0, width, max(height, self.sizeHint().height()))
+        self.raise_()
 
     def show_message(self, text: str, level: str = "info", timeout_ms: int = 0) -> None:
         """Show `text`; info messages may time out, errors stay until dismissed."""
@@ -36,6 +56,7 @@ class MessageBar(QFrame):
         self.style().polish(self)
         self.label.setText(text)
         self.show()
+        self.place()
         if timeout_ms:
             self._timer.start(timeout_ms)
         else:

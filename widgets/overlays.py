@@ -18,20 +18,33 @@ from dasr_annotator.engine.types import Box, Ellipse
 HANDLES = ("nw", "n", "ne", "e", "se", "s", "sw", "w")
 MOVE = "move"
 HANDLE_PX = 8  # handle size on screen, whatever the zoom
+SMALL_BOX_PX = 3 * HANDLE_PX  # a box this small on screen gets its handles outside it
 
 
 # ---- geometry -------------------------------------------------------------------------------
-def handle_positions(box: Box) -> dict[str, tuple[float, float]]:
+def handle_positions(box: Box, outside: float = 0.0) -> dict[str, tuple[float, float]]:
+    """Where each handle sits: on the box's corners and edge midpoints, or pushed `outside` the
+    box by that distance (small boxes, so the handles never cover what they frame)."""
     cx, cy = box.center
-    return {"nw": (box.x, box.y), "n": (cx, box.y), "ne": (box.x2, box.y), "e": (box.x2, cy),
-            "se": (box.x2, box.y2), "s": (cx, box.y2), "sw": (box.x, box.y2), "w": (box.x, cy)}
+    x1, y1, x2, y2 = box.x - outside, box.y - outside, box.x2 + outside, box.y2 + outside
+    return {"nw": (x1, y1), "n": (cx, y1), "ne": (x2, y1), "e": (x2, cy),
+            "se": (x2, y2), "s": (cx, y2), "sw": (x1, y2), "w": (x1, cy)}
 
 
-def grip_at(box: Box, x: float, y: float, tolerance: float) -> str | None:
-    """The handle within `tolerance` of (x, y) (corners first), else MOVE inside the box, else None."""
+def handle_offset(box: Box, scale: float) -> float:
+    """How far (scene pixels) the handles of `box` sit outside it at view scale `scale`."""
+    scale = max(scale, 1e-6)
+    return HANDLE_PX / scale if min(box.w, box.h) * scale < SMALL_BOX_PX else 0.0
+
+
+def grip_at(box: Box, x: float, y: float, tolerance: float, outside: float = 0.0) -> str | None:
+    """The handle within `tolerance` of (x, y) (corners first), else MOVE inside the box, else None.
+    Handles pushed `outside` the box leave its whole inside to MOVE."""
+    if outside and box.contains_point(x, y):
+        return MOVE
     # (distance, is an edge handle): at equal distance a corner wins.
     distance, _, name = min((max(abs(hx - x), abs(hy - y)), len(name) == 1, name)
-                            for name, (hx, hy) in handle_positions(box).items())
+                            for name, (hx, hy) in handle_positions(box, outside).items())
     if distance <= tolerance:
         return name
     return MOVE if box.contains_point(x, y) else None
@@ -84,17 +97,36 @@ class BoxStyle:
 
 
 class Caption(QGraphicsSimpleTextItem):
-    """A box's label: screen-sized text on a dark plate, readable on any photo."""
+    """A box's label: screen-sized text on a dark plate, readable on any photo. It sits just
+    above the box (outside it, so a small box stays visible), or inside when there is no room."""
 
     def __init__(self, parent: QGraphicsItem):
         super().__init__(parent)
         self.setFlag(QGraphicsItem.ItemIgnoresTransformations, True)
+        self._above = True
+
+    def set_above(self, above: bool) -> None:
+        if above != self._above:
+            self.prepareGeometryChange()
+            self._above = above
+
+    def plate_height(self) -> float:
+        return super().boundingRect().height() + 2
+
+    def _shift(self) -> float:
+        return -self.plate_height() - 2 if self._above else 0.0
 
     def boundingRect(self) -> QRectF:
-        return super().boundingRect().adjusted(-3, -1, 3, 1)
+        return super().boundingRect().adjusted(-3, -1, 3, 1).translated(0, self._shift())
+
+    def shape(self):
+        path = QPainterPath()
+        path.addRect(self.boundingRect())
+        return path
 
     def paint(self, painter, option, widget=None) -> None:
         painter.fillRect(self.boundingRect(), QColor(0, 0, 0, 170))
+        painter.translate(0, self._shift())
         super().paint(painter, option, widget)
 
 
@@ -105,8 +137,21 @@ class BoxItem(QGraphicsItem):
         super().__init__()
         self.key, self.box, self.style, self.editable = key, box, style, editable
         self.selected = False
+        self._scale = 1.0  # the view's zoom; boundingRect depends on it (handles are screen-sized)
         self._caption = Caption(self)
         self.set_style(style)
+
+    def set_view_scale(self, scale: float) -> None:
+        """The view zoomed: the handle margin (in scene pixels) changes, so the scene's index
+        must hear of it before boundingRect does (a stale index is undefined behaviour in Qt)."""
+        scale = max(float(scale), 1e-6)
+        if scale != self._scale:
+            self.prepareGeometryChange()
+            self._scale = scale
+            self._place_caption()
+
+    def handle_outside(self) -> float:
+        return handle_offset(self.box, self._scale)
 
     def set_box(self, box: Box) -> None:
         if box != self.box:
@@ -130,14 +175,12 @@ class BoxItem(QGraphicsItem):
             self.update()
 
     def _place_caption(self) -> None:
-        self._caption.setPos(self.box.x, self.box.y)  # inside the top-left corner
-
-    def _view_scale(self) -> float:
-        views = self.scene().views() if self.scene() else []
-        return views[0].transform().m11() if views else 1.0
+        # Above the box when the photo has room for it there, else inside the top-left corner.
+        self._caption.set_above(self.box.y * self._scale >= self._caption.plate_height() + 2)
+        self._caption.setPos(self.box.x, self.box.y)
 
     def boundingRect(self) -> QRectF:
-        pad = HANDLE_PX / max(self._view_scale(), 1e-6)
+        pad = 2 * HANDLE_PX / self._scale  # handles, also when pushed outside a small box
         return QRectF(self.box.x, self.box.y, self.box.w, self.box.h).adjusted(-pad, -pad, pad, pad)
 
     def paint(self, painter, option, widget=None) -> None:  # noqa: ARG002 - Qt signature
@@ -155,12 +198,12 @@ class BoxItem(QGraphicsItem):
             self._paint_handles(painter, color)
 
     def _paint_handles(self, painter, color: QColor) -> None:
-        half = HANDLE_PX / 2 / max(self._view_scale(), 1e-6)
+        half = HANDLE_PX / 2 / self._scale
         outline = QPen(QColor("#000000"), 1)
         outline.setCosmetic(True)
         painter.setPen(outline)
         painter.setBrush(QBrush(color))
-        for hx, hy in handle_positions(self.box).values():
+        for hx, hy in handle_positions(self.box, self.handle_outside()).values():
             painter.drawRect(QRectF(hx - half, hy - half, 2 * half, 2 * half))
 
 

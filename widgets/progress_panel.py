@@ -38,6 +38,10 @@ class ProgressPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         for widget in (self.task, self.bar, self.eta, self.cancel, self.device):
             layout.addWidget(widget)
+        for widget in (self.bar, self.cancel):  # the status bar never changes height (the photo would move)
+            policy = widget.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            widget.setSizePolicy(policy)
         self.finish("")
 
     def start(self, text: str, cancellable: bool = True) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QPixmap
 from PySide6.QtWidgets import (
-    QAbstractItemView, QCheckBox, QHBoxLayout, QLabel, QListView, QSlider, QStyle, QStyledItemDelegate,
+    QAbstractItemView, QCheckBox, QComboBox, QHBoxLayout, QLabel, QListView, QSlider, QStyle, QStyledItemDelegate,
     QToolButton, QVBoxLayout, QWidget,
 )
 
@@ -126,7 +126,7 @@ class HitDelegate(QStyledItemDelegate):
         painter.save()
         rect = option.rect.adjusted(3, 3, -3, -3)
         selected = bool(option.state & QStyle.State_Selected)
-        faded = row.status == "rejected" or row.score < self.model.threshold
+        faded = row.status == "rejected" or (row.status == "pending" and row.score < self.model.threshold)
         painter.setOpacity(0.45 if faded and not selected else 1.0)
         painter.fillRect(rect, QColor("#35507a") if selected else QColor("#262626"))
         crop_rect = QRect(rect.left() + 5, rect.top() + 5, CROP_PX, CROP_PX)
@@ -164,6 +164,7 @@ class ResultPanel(QWidget):
     currentChanged = Signal(object)  # hit key or None
     thresholdChanged = Signal(float)
     hideLabelledChanged = Signal(bool)
+    queryChosen = Signal(int)  # index of the query whose review to show
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -171,6 +172,12 @@ class ResultPanel(QWidget):
         self.summary = QLabel(HINT)
         self.summary.setWordWrap(True)
         self.summary.setObjectName("resultSummary")
+        self.queries = QComboBox()
+        self.queries.setObjectName("queryHistory")
+        self.queries.setToolTip("Every query's review is kept: pick one to go back to it where you left it")
+        self.queries.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.queries.setMinimumContentsLength(18)
+        self.queries.activated.connect(self.queryChosen)
         self.view = QListView()
         self.view.setModel(self.model)
         self.view.setItemDelegate(HitDelegate(self.model, self.view))
@@ -202,7 +209,11 @@ class ResultPanel(QWidget):
         controls.addLayout(self._accept_all_layout)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.summary)
+        top = QHBoxLayout()
+        top.addWidget(self.summary, 1)
+        top.addWidget(QLabel("Query"))
+        top.addWidget(self.queries)
+        layout.addLayout(top)
         layout.addLayout(controls)
         layout.addWidget(self.view, 1)
         self._range = (0.0, 1.0)
@@ -222,11 +233,26 @@ class ResultPanel(QWidget):
         if current is not None and self.model.row_of(current) >= 0:
             self.select_key(current)
 
-    def set_range(self, low: float, high: float) -> None:
-        """The scores the slider spans (set once per search, so the threshold stays put)."""
+    def set_range(self, low: float, high: float, threshold: float | None = None) -> None:
+        """The scores the slider spans (set once per review, so the threshold stays put), and
+        the threshold (the middle of the range unless given)."""
         self._range = (low, high) if high > low else (low - 0.5, low + 0.5)
-        self.slider.setValue(SLIDER_STEPS // 2)
+        self.slider.blockSignals(True)
+        if threshold is None:
+            self.slider.setValue(SLIDER_STEPS // 2)
+        else:
+            self.set_threshold(threshold)
+        self.slider.blockSignals(False)
         self._slider_moved(self.slider.value())
+
+    def set_queries(self, titles: list[str], current: int) -> None:
+        """The queries whose reviews are kept, and the one shown."""
+        self.queries.blockSignals(True)
+        self.queries.clear()
+        self.queries.addItems(titles)
+        self.queries.setCurrentIndex(current)
+        self.queries.setEnabled(len(titles) > 1)
+        self.queries.blockSignals(False)
 
     def threshold(self) -> float:
         low, high = self._range

@@ -34,7 +34,7 @@ def _ensure_category(doc: "Document", name: str) -> bool:
     """Create `name` if missing; True when this call created it (so undo removes it again)."""
     if doc.has_category(name):
         return False
-    doc.store.add_category(name)
+    doc.store.add_category(name, doc.free_color())
     return True
 
 
@@ -173,7 +173,7 @@ class AddCategory(QUndoCommand):
         self.doc, self.name, self.color = doc, name, color
 
     def redo(self):
-        self.color = self.doc.store.add_category(self.name, self.color).color  # keep the picked colour
+        self.color = self.doc.store.add_category(self.name, self.color or self.doc.free_color()).color
         self.doc.notify(_change("categories"))
 
     def undo(self):
@@ -223,10 +223,18 @@ class RemoveCategory(QUndoCommand):
         self.color = doc.store.category(name).color
         self.annotations = doc.store.list(category=name)
         self.hits: list[tuple] = []
+        self.shown = doc.hits  # the review on screen when the category went
+        self.sessions: list[tuple[int, "HitSession"]] = []
 
     def redo(self):
         self.doc.store.remove_category(self.name, drop_annotations=True)
         self.hits = _detach_hits(self.doc, {a.id for a in self.annotations})
+        # The category's reviews go with it (its results strip and pending boxes too).
+        self.sessions = [(i, s) for i, s in enumerate(self.doc.sessions) if s.category == self.name]
+        for _, session in self.sessions:
+            self.doc.drop_session(session)
+        if self.doc.hits is not None and self.doc.hits.category == self.name:
+            self.doc.set_hits(None)
         self._notify()
 
     def undo(self):
@@ -234,6 +242,10 @@ class RemoveCategory(QUndoCommand):
         for ann in self.annotations:
             _restore(self.doc, ann)
         _reattach_hits(self.hits)
+        for index, session in self.sessions:
+            self.doc.sessions.insert(index, session)
+        if self.shown is not self.doc.hits:
+            self.doc.set_hits(self.shown)
         self._notify()
 
     def _notify(self):
@@ -320,3 +332,19 @@ class SetHitBox(QUndoCommand):
     def _apply(self, box: Box):
         self.entry.box = box
         self.doc.notify(_change("hits", {self.entry.image}, [str(self.entry.key)]))
+
+
+class ShowHits(QUndoCommand):
+    """A query's results replace the review on screen; undo brings the earlier review back and
+    forgets this one (its results strip and pending boxes go)."""
+
+    def __init__(self, doc: "Document", old: "HitSession | None", new: "HitSession", text: str):
+        super().__init__(text)
+        self.doc, self.old, self.new = doc, old, new
+
+    def redo(self):
+        self.doc.set_hits(self.new)
+
+    def undo(self):
+        self.doc.drop_session(self.new)
+        self.doc.set_hits(self.old if self.old in self.doc.sessions else None)

@@ -17,13 +17,17 @@ from PySide6.QtGui import QUndoStack
 from dasr_annotator.app.gui import commands
 from dasr_annotator.engine.dasr.relocate import inscribed_ellipse
 from dasr_annotator.engine.search.feedback import hide_done
-from dasr_annotator.engine.store.annotations import AnnotationStore, Category
+from dasr_annotator.engine.store.annotations import PALETTE, AnnotationStore, Category
 from dasr_annotator.engine.store.storage import ProjectFileError
 from dasr_annotator.engine.types import Annotation, Box, Hit
 
 log = logging.getLogger(__name__)
 
 PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
+PENDING_COLOR = "#f0a020"  # undecided hits on the photo; no category is given a colour near it
+REJECTED_COLOR = "#f85149"
+RESERVED_COLORS = (PENDING_COLOR, REJECTED_COLOR, "#ffffff")  # hits and the query box
+CONTAINED = 0.8  # a label this much inside a hit's box (or the box inside it) marks it labelled
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,10 @@ class HitSession:
     entries: list[HitEntry] = field(default_factory=list)
     note: str = ""  # e.g. "searched 40 of 120 images; the rest are still being indexed"
     reranked: int = 0  # how many times feedback re-ordered the hits
+    outcome: object = None  # the controller's SearchOutcome (what re-ranking needs)
+    position: int | None = None  # the hit the annotator was at when they left this review
+    threshold: float | None = None  # the score threshold they set for it
+    title: str = ""  # how the query is named in the list of reviews
 
     @classmethod
     def from_hits(cls, hits: list[Hit], category: str, query_id: str | None = None, note: str = "") -> "HitSession":
@@ -90,6 +98,7 @@ class Document(QObject):
         self.store = store
         self.undo_stack = QUndoStack(self)
         self.hits: HitSession | None = None
+        self.sessions: list[HitSession] = []  # every query's review, oldest first, to go back to
         self._saved = True
         self._autosave = QTimer(self, singleShot=True, interval=autosave_ms)
         self._autosave.timeout.connect(self.save)
@@ -128,7 +137,9 @@ class Document(QObject):
 
     def labelled_hit_keys(self, min_iou: float = 0.5) -> set[int]:
         """Undecided or rejected hits whose image already has a label of the search's category
-        overlapping the hit's box (labels the current hits created do not count)."""
+        overlapping the hit's box (labels the current hits created do not count). A label the
+        annotator resized to fit the object more tightly (or loosely) still counts: it lies
+        almost wholly inside the hit's box, or the box inside it."""
         if self.hits is None:
             return set()
         own = {e.annotation_id for e in self.hits.entries}
@@ -136,7 +147,11 @@ class Document(QObject):
         entries = [e for e in self.hits.entries if e.status != ACCEPTED]
         hits = [Hit(e.image, e.score, e.box, e.hit.ellipse) for e in entries]
         done = hide_done(hits, labels, self.hits.category, min_iou)
-        return {e.key for e, labelled in zip(entries, done) if labelled}
+        by_image: dict[str, list[Box]] = {}
+        for ann in labels:
+            by_image.setdefault(ann.image, []).append(ann.box)
+        return {e.key for e, labelled in zip(entries, done)
+                if labelled or any(_contained(e.box, box) for box in by_image.get(e.image, ()))}
 
     @property
     def is_saved(self) -> bool:
@@ -189,13 +204,49 @@ class Document(QObject):
         """Remove a category and the annotations that use it (one undo step)."""
         self.undo_stack.push(commands.RemoveCategory(self, name))
 
+    def free_color(self) -> str | None:
+        """The colour a new category gets: the palette's next unused one, never one near the
+        colours of hits and of the query box (a category drawn in hit orange would pass for hits)."""
+        used = {c.color.lower() for c in self.store.categories}
+        usable = [c for c in PALETTE if all(_color_distance(c, r) > 90 for r in RESERVED_COLORS)]
+        free = [c for c in usable if c not in used]
+        return free[0] if free else usable[len(used) % len(usable)]
+
     # ---- hits --------------------------------------------------------------------------------
     def set_hits(self, session: HitSession | None) -> None:
-        """Show a new search's results. Not an edit: it is not undone, and saves nothing."""
+        """Show a review (a query's hits, kept in `sessions` to go back to). Not an edit."""
         old = self.hits
+        if session is not None and session not in self.sessions:
+            self.sessions.append(session)
         self.hits = session
         touched = {e.image for s in (old, session) if s is not None for e in s.entries}
         self.changed.emit(Change("hits", frozenset(touched)))
+
+    def show_search(self, session: HitSession, text: str) -> None:
+        """A new query's results arrive: one undo step, so undoing the query takes its results
+        strip and pending boxes away again (and shows the review that was there before)."""
+        self.inherit_decisions(session)
+        self.undo_stack.push(commands.ShowHits(self, self.hits, session, text))
+
+    def drop_session(self, session: HitSession) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+
+    def inherit_decisions(self, session: HitSession, min_iou: float = 0.5) -> int:
+        """Hits the annotator rejected in an earlier review of the same category stay rejected
+        in a new one (same photo, same place); returns how many."""
+        rejected: dict[str, list[Box]] = {}
+        for earlier in self.sessions:
+            if earlier is not session and earlier.category == session.category:
+                for entry in earlier.entries:
+                    if entry.status == REJECTED:
+                        rejected.setdefault(entry.image, []).append(entry.box)
+        count = 0
+        for entry in session.entries:
+            if entry.status == PENDING and any(_iou(entry.box, box) >= min_iou for box in rejected.get(entry.image, ())):
+                entry.status = REJECTED
+                count += 1
+        return count
 
     def decide_hits(self, keys: list[int], decision: str) -> None:
         """Accept (each hit becomes an annotation), reject, or reset hits to pending."""
@@ -336,6 +387,7 @@ class Document(QObject):
         self.store = store
         self.undo_stack.clear()
         self.hits = None
+        self.sessions = []
         self._set_saved(not store.dirty)
         self.changed.emit(Change("reset"))
 
@@ -350,3 +402,27 @@ class Document(QObject):
         if saved != self._saved:
             self._saved = saved
             self.savedChanged.emit(saved)
+
+
+def _iou(a: Box, b: Box) -> float:
+    inter = _intersection(a, b)
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _intersection(a: Box, b: Box) -> float:
+    w = min(a.x2, b.x2) - max(a.x, b.x)
+    h = min(a.y2, b.y2) - max(a.y, b.y)
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def _contained(a: Box, b: Box) -> bool:
+    """One box lies (almost) wholly inside the other."""
+    smaller = min(a.area, b.area)
+    return smaller > 0 and _intersection(a, b) / smaller >= CONTAINED
+
+
+def _color_distance(a: str, b: str) -> float:
+    ra, ga, ba = (int(a[i:i + 2], 16) for i in (1, 3, 5))
+    rb, gb, bb = (int(b[i:i + 2], 16) for i in (1, 3, 5))
+    return ((ra - rb) ** 2 + (ga - gb) ** 2 + (ba - bb) ** 2) ** 0.5

@@ -8,9 +8,10 @@ replace.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox, QDockWidget, QFileDialog, QLabel, QMainWindow, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget,
@@ -22,6 +23,7 @@ from dasr_annotator.app.gui.controller import Controller
 from dasr_annotator.app.gui.document import Change, Document
 from dasr_annotator.app.gui.project_actions import ProjectActions
 from dasr_annotator.app.gui.review import Review
+from dasr_annotator.engine.store.collection import scan_images
 from dasr_annotator.engine.store.formats import FORMATS
 from dasr_annotator.engine.store.storage import DamagedFile, ProjectFileError, damaged_copy_path
 from dasr_annotator.widgets import dialogs
@@ -36,6 +38,25 @@ log = logging.getLogger(__name__)
 
 DISPLAY_MAX_SIDE = 2048  # the canvas shows photos reduced to this; boxes stay in original pixels
 THUMB_MAX_SIDE = 112
+PHOTO_SHARE = 0.55  # on a narrow window the side panels shrink until the photo gets this much
+SIDE_PANEL_MIN = 150
+
+
+class FolderLister(QObject):
+    """Lists a folder's photos on a thread of its own: a directory walk, no engine, so the photos
+    show while the engine (torch, faiss: a minute on a cold disk) is still starting."""
+
+    listed = Signal(str, list)  # folder, photo paths relative to it
+
+    def start(self, folder: Path) -> None:
+        def walk():
+            try:
+                files = scan_images(folder).files
+            except OSError:
+                return  # opening the project reports it
+            self.listed.emit(str(folder), files)
+
+        threading.Thread(target=walk, name="list-photos", daemon=True).start()
 
 
 class MainWindow(QMainWindow):
@@ -48,6 +69,8 @@ class MainWindow(QMainWindow):
         self.document: Document | None = None
         self.current_image: str | None = None
         self.canvas_image: str | None = None  # the photo the canvas shows (lags while loading)
+        self._opening: Path | None = None  # the folder being opened, listed before its project opens
+        self._lister = FolderLister(self)
         self.action = action_table.create_actions(self)
         self._build_widgets()
         self._build_menus_and_toolbar()
@@ -62,7 +85,6 @@ class MainWindow(QMainWindow):
     # ---- construction ------------------------------------------------------------------------
     def _build_widgets(self) -> None:
         self.canvas = ImageCanvas()
-        self.message_bar = MessageBar()
         self.canvas_hint = QLabel("Open a photo folder (Ctrl+O) to start.")
         self.canvas_hint.setObjectName("canvasHint")
         self.canvas_hint.setAlignment(Qt.AlignCenter)
@@ -73,9 +95,10 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        layout.addWidget(self.message_bar)
         layout.addWidget(self.stack, 1)
+        self.message_bar = MessageBar(central)  # floats over the photo: never resizes it
         self.setCentralWidget(central)
+        self._sheet = None  # the shortcut sheet, while it is open
 
         self.file_model = FileListModel(self)
         self.file_view = FileListView()
@@ -83,6 +106,9 @@ class MainWindow(QMainWindow):
         self.categories = CategoryPanel()
         self.labels = AnnotationTable()
         self.results = ResultPanel()
+        self.file_view.setMinimumWidth(SIDE_PANEL_MIN)
+        self.labels.setMinimumWidth(SIDE_PANEL_MIN)
+        self.categories.setMinimumWidth(SIDE_PANEL_MIN)
         self._add_dock("images", "Images", self.file_view, Qt.LeftDockWidgetArea)
         self._add_dock("categories", "Categories", self.categories, Qt.RightDockWidgetArea)
         self._add_dock("labels", "Labels on this photo", self.labels, Qt.RightDockWidgetArea)
@@ -152,8 +178,8 @@ class MainWindow(QMainWindow):
         a["open_folder"].triggered.connect(self._choose_folder)
         a["save"].triggered.connect(self.save)
         a["quit"].triggered.connect(self.close)
-        a["undo"].triggered.connect(lambda: self.document and self.document.undo_stack.undo())
-        a["redo"].triggered.connect(lambda: self.document and self.document.undo_stack.redo())
+        a["undo"].triggered.connect(lambda: self.undo_redo(undo=True))
+        a["redo"].triggered.connect(lambda: self.undo_redo(undo=False))
         a["delete"].triggered.connect(self.delete_selected)
         a["prev_image"].triggered.connect(lambda: self.step_image(-1))
         a["next_image"].triggered.connect(lambda: self.step_image(1))
@@ -171,7 +197,8 @@ class MainWindow(QMainWindow):
         c.images_loader.failed.connect(self._image_failed)
         self.progress.cancelRequested.connect(c.cancel_indexing)
         self.file_model.thumbnailWanted.connect(
-            lambda rel: self.project and c.images_loader.request(("thumb", rel), self.project.path_of(rel), THUMB_MAX_SIDE))
+            lambda rel: self._photo_path(rel) and c.images_loader.request(("thumb", rel), self._photo_path(rel), THUMB_MAX_SIDE))
+        self._lister.listed.connect(self._folder_listed)
         self.file_view.selectionModel().currentChanged.connect(
             lambda index, _: index.isValid() and self.show_image(self.file_model.paths()[index.row()]))
         self.canvas.zoomChanged.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
@@ -180,8 +207,10 @@ class MainWindow(QMainWindow):
         self.categories.renameRequested.connect(lambda old, new: self.edit(lambda d: d.rename_category(old, new)))
         self.categories.colorRequested.connect(lambda name, color: self.edit(lambda d: d.set_category_color(name, color)))
         self.categories.deleteRequested.connect(lambda name: self.edit(lambda d: d.remove_category(name)))
+        # Queued: the edit resets the table's model, which must not happen inside the editor's
+        # own commit (the editor would be destroyed under the event that is finishing it).
         self.labels.model_.categoryEdited.connect(
-            lambda ann_id, name: self.edit(lambda d: d.set_annotation_category([ann_id], name)))
+            lambda ann_id, name: self.edit(lambda d: d.set_annotation_category([ann_id], name)), Qt.QueuedConnection)
         self.labels.selectedIdsChanged.connect(lambda ids: self.canvas.select([f"ann:{i}" for i in ids]))
         self.canvas.selectionChanged.connect(self._canvas_selection)
 
@@ -227,10 +256,29 @@ class MainWindow(QMainWindow):
     def open_folder(self, photos: Path) -> None:
         self._detach_document()
         self._update_enabled()
+        self.canvas_hint.setText(f"Opening {photos}…")  # never "open a folder" while one opens
+        self.stack.setCurrentWidget(self.canvas_hint)
         self.controller.images_loader.clear()  # thumbnails of the previous folder
         self.setWindowTitle(f"dasr-annotator — {photos}")
         self.progress.start("Opening the folder…", cancellable=False)
+        self._opening = Path(photos).expanduser().resolve()
+        self.file_model.set_images([])
+        self.current_image = self.canvas_image = None
+        self._lister.start(self._opening)
         self.controller.open_folder(photos)
+
+    def _photo_path(self, rel: str) -> Path | None:
+        if self.project is not None and self.document is not None:
+            return self.project.path_of(rel)
+        return self._opening / rel if self._opening is not None else None
+
+    def _folder_listed(self, folder: str, files: list[str]) -> None:
+        """The photos are listed: show them (and the first one) while the project opens."""
+        if self.document is not None or self._opening is None or Path(folder) != self._opening or not files:
+            return
+        self.file_model.set_images(files)
+        self.stack.setCurrentWidget(self.canvas)
+        self.file_view.setCurrentIndex(self.file_model.index(0))
 
     def _project_opened(self, project, files: list[str]) -> None:
         app_settings.remember_folder(str(project.photos))
@@ -244,10 +292,12 @@ class MainWindow(QMainWindow):
             self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
             self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
         self.review.attach(self.document)
-        self.file_model.set_images(files)
-        self.current_image = self.canvas_image = None
-        self.canvas.set_image(None)
-        self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
+        listed = self._opening == project.photos and self.file_model.paths() == files
+        if not listed:  # (photos listed early stay as they are, the one shown too)
+            self.file_model.set_images(files)
+            self.current_image = self.canvas_image = None
+            self.canvas.set_image(None)
+            self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
         if not files:
             self.canvas_hint.setText(f"No photos found in {project.photos}.")
         self.statusBar().showMessage(project.state_note, 8000)
@@ -255,7 +305,7 @@ class MainWindow(QMainWindow):
             self._document_changed(Change("reset"))
             self._show_saved(True)
         self._update_enabled()
-        if files:
+        if files and self.current_image is None:
             self.file_view.setCurrentIndex(self.file_model.index(0))
 
     def _load_labels(self, project):
@@ -293,14 +343,15 @@ class MainWindow(QMainWindow):
 
     # ---- images ------------------------------------------------------------------------------
     def show_image(self, rel: str) -> None:
-        if rel == self.current_image or self.project is None:
+        path = self._photo_path(rel)
+        if rel == self.current_image or path is None:
             return
         self.current_image = rel
         self.review.clear_draft()
         row = self.file_model.row_of(rel)
         if row >= 0 and self.file_view.currentIndex().row() != row:
             self.file_view.setCurrentIndex(self.file_model.index(row))
-        self.controller.images_loader.request(("canvas", rel), self.project.path_of(rel), DISPLAY_MAX_SIDE, priority=10)
+        self.controller.images_loader.request(("canvas", rel), path, DISPLAY_MAX_SIDE, priority=10)
         self.refresh_image_views()
 
     def step_image(self, step: int) -> None:
@@ -340,18 +391,38 @@ class MainWindow(QMainWindow):
                 counts[ann.category] = counts.get(ann.category, 0) + 1
             current = self.category() or (doc.categories[0].name if doc.categories else "")
             rows = [CategoryRow(c.name, c.color, counts.get(c.name, 0)) for c in doc.categories]
+            names = [c.name for c in doc.categories]
+            current = self._follow_category(current, names)
             self.categories.set_categories(rows, current)
             if change.kind != "annotations":
-                self.category_box.blockSignals(True)
-                self.category_box.clear()
-                self.category_box.addItems([c.name for c in doc.categories])
-                self.category_box.setEditText(current)
-                self.category_box.blockSignals(False)
+                self._known_categories = names
+                box = self.category_box
+                if [box.itemText(i) for i in range(box.count())] != names:
+                    box.blockSignals(True)
+                    box.clear()
+                    box.addItems(names)
+                    box.blockSignals(False)
+                if box.currentText() != current:
+                    box.blockSignals(True)
+                    box.setEditText(current)
+                    box.blockSignals(False)
         self.update_file_counts()
         if change.kind == "reset" or not change.images or self.current_image in change.images:
             self.refresh_image_views()
         self.review.refresh_results()
         self._update_enabled()
+
+    def _follow_category(self, current: str, names: list[str]) -> str:
+        """The category box's name after a category edit: a renamed category is followed to its
+        new name (also on undo and redo), a deleted one is left for the first one there is; a
+        name typed but never used stays as typed."""
+        known = getattr(self, "_known_categories", [])
+        if current in names or current not in known:
+            return current
+        added = [n for n in names if n not in known]
+        if len(added) == 1 and len(names) == len(known):
+            return added[0]
+        return names[0] if names else ""
 
     def update_file_counts(self) -> None:
         if self.document is None:
@@ -359,10 +430,8 @@ class MainWindow(QMainWindow):
         labels, pending = {}, {}
         for ann in self.document.annotations():
             labels[ann.image] = labels.get(ann.image, 0) + 1
-        if self.document.hits is not None:
-            for entry in self.document.hits.entries:
-                if entry.status == "pending":
-                    pending[entry.image] = pending.get(entry.image, 0) + 1
+        for entry in self.review.waiting():
+            pending[entry.image] = pending.get(entry.image, 0) + 1
         self.file_model.set_counts(labels, pending)
 
     def refresh_image_views(self) -> None:
@@ -408,6 +477,28 @@ class MainWindow(QMainWindow):
         ids = [k[4:] for k in self.canvas.selected_keys() if k.startswith("ann:")] or self.labels.selected_ids()
         self.edit(lambda d: d.remove_annotations(ids))
 
+    def undo_redo(self, undo: bool) -> None:
+        """Undo or redo one step, say what it was, and show the photo it changed."""
+        doc = self.document
+        if doc is None:
+            return
+        stack = doc.undo_stack
+        text = stack.undoText() if undo else stack.redoText()
+        if not text:
+            return
+        touched: list[str] = []
+        collect = lambda change: touched.extend(sorted(change.images))  # noqa: E731
+        doc.changed.connect(collect)
+        try:
+            stack.undo() if undo else stack.redo()
+        finally:
+            doc.changed.disconnect(collect)
+        self.statusBar().showMessage(f"{'Undone' if undo else 'Redone'}: {text}", 5000)
+        known = set(self.file_model.paths())
+        images = [i for i in dict.fromkeys(touched) if i in known]
+        if images and self.current_image not in images and len(images) <= 3:
+            self.show_image(images[0])
+
     def save(self) -> None:
         if self.document is not None and self.document.save():
             self.statusBar().showMessage(f"Labels saved to {self.document.store.path}", 4000)
@@ -436,9 +527,22 @@ class MainWindow(QMainWindow):
         self.saved_label.style().polish(self.saved_label)
 
     def show_shortcuts(self) -> None:
-        sheet = dialogs.ShortcutSheet(action_table.shortcut_rows(), self)
+        """F1: the shortcut sheet; F1 again (or Escape in it) closes it."""
+        if self._sheet is not None:
+            self._sheet.close()
+            return
+        sheet = self._sheet = dialogs.ShortcutSheet(action_table.shortcut_rows(), self)
         sheet.setAttribute(Qt.WA_DeleteOnClose)
+        sheet.destroyed.connect(self._sheet_closed)
+        for keys in ("F1", "?"):
+            QShortcut(QKeySequence(keys), sheet, activated=sheet.close)
         sheet.show()
+        sheet.raise_()
+        sheet.activateWindow()  # Escape reaches the sheet, not the photo behind it
+
+    def _sheet_closed(self, *_) -> None:
+        self._sheet = None
+        self.activateWindow()  # the keys go back to the photo
 
     def _update_enabled(self, *_) -> None:
         has_doc = self.document is not None
@@ -465,6 +569,27 @@ class MainWindow(QMainWindow):
         if saved is not None:
             self.restoreGeometry(saved[0])
             self.restoreState(saved[1], app_settings.LAYOUT_VERSION)
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        QTimer.singleShot(0, self._give_way_to_photo)  # once the docks have their new sizes
+
+    def _give_way_to_photo(self) -> None:
+        """On a narrow window the side panels shrink (to their minimum) before the photo does."""
+        docks = [d for d in (self.findChild(QDockWidget, "dock_images"), self.findChild(QDockWidget, "dock_categories"))
+                 if d is not None and d.isVisible() and not d.isFloating()]
+        if not docks or self.centralWidget() is None:
+            return
+        wanted = int(self.width() * PHOTO_SHARE)
+        short = wanted - self.centralWidget().width()
+        if short <= 0:
+            return
+        widths = [d.width() for d in docks]
+        spare = sum(max(w - SIDE_PANEL_MIN, 0) for w in widths)
+        if spare <= 0:
+            return
+        cut = min(short, spare) / spare
+        self.resizeDocks(docks, [int(w - max(w - SIDE_PANEL_MIN, 0) * cut) for w in widths], Qt.Horizontal)
 
     def closeEvent(self, event) -> None:
         app_settings.save_layout(self.saveGeometry(), self.saveState(app_settings.LAYOUT_VERSION))

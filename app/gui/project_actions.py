@@ -47,9 +47,13 @@ class ProjectActions(QObject):
                 else w.ask_save_path(title, start, f"{fmt.title} ({fmt.pattern})"))
         if not path:
             return
+        labelled, photos = len(w.document.labelled_images()), w.file_model.rowCount()
+        everything = labelled < photos and w.confirm(
+            title, f"The export lists the {labelled} labelled photos. Also list the {photos - labelled} photos "
+            "without labels (as images with no annotations: negatives for training)?")
         try:
             w.document.save()
-            report = fmt.export(w.project, path)
+            report = fmt.export(w.project, path, all_images=everything)
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the user
             w.show_error("Export failed", describe_error(exc))
             return

@@ -4,18 +4,21 @@ re-ranks the undecided hits every few decisions.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PySide6.QtCore import QObject
+from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QKeySequence, QShortcut
 
 from dasr_annotator.app.gui.controller import SearchOutcome, SearchRequest
-from dasr_annotator.app.gui.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
+from dasr_annotator.app.gui.document import (
+    ACCEPTED, PENDING, PENDING_COLOR, REJECTED, REJECTED_COLOR, Document, HitSession,
+)
 from dasr_annotator.engine.dasr.relocate import MAX_LOOKS, inscribed_ellipse
 from dasr_annotator.engine.search import feedback
 from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
-from dasr_annotator.widgets.canvas import DRAFT_STYLE, Overlay
+from dasr_annotator.widgets.canvas import DRAFT_STYLE, MIN_BOX_SIDE, Overlay
 from dasr_annotator.widgets.overlays import BoxStyle
 from dasr_annotator.widgets.result_grid import HINT, HitRow
 
@@ -23,8 +26,9 @@ if TYPE_CHECKING:
     from dasr_annotator.app.gui.main_window import MainWindow
 
 CROP_SIDE = 160
-PENDING_COLOR = "#f0a020"
-REJECTED_COLOR = "#f85149"
+QUERY_STYLE = BoxStyle("#ffffff", "query (not a label: Ctrl+Enter keeps it)", dashed=True)
+WEAK_SCORE = 0.5  # a query whose best hit scores below this matched nothing distinctive
+RERANK_PAUSE_S = 0.6  # after a re-rank moves the selection, keys wait this long (look first)
 
 
 class Review(QObject):
@@ -33,11 +37,16 @@ class Review(QObject):
         self.window = window
         self.doc: Document | None = None
         self.draft: Box | None = None  # the box drawn on the current photo, not yet used
-        self.outcome: SearchOutcome | None = None
         self.decisions = 0  # since the last re-ranking
-        self._outcome_query: str | None = None  # the query id of the session `outcome` belongs to
+        self.query: tuple[str, Box, str] | None = None  # (image, box, category) searched, not yet a label
+        self._shown: HitSession | None = None  # the review the results strip shows
+        self._reranked_at = float("-inf")  # when a re-rank last moved the selection
         w, a = window, window.action
-        self._enter = [QShortcut(QKeySequence(k), w, activated=self.enter) for k in ("Return", "Enter")]
+        # Enter belongs to the photo and the results strip only: a window-wide Enter took the key
+        # from every editor (a label's category typed in the table ran a search instead, and
+        # changed the document under the open editor).
+        self._enter = [QShortcut(QKeySequence(k), widget, activated=self.enter, context=Qt.WidgetShortcut)
+                       for k in ("Return", "Enter") for widget in (w.canvas, w.results.view)]
         a["find_similar"].triggered.connect(self.find_similar)
         a["find_more"].triggered.connect(self.find_more)
         a["label_box"].triggered.connect(self.label_draft)
@@ -47,11 +56,16 @@ class Review(QObject):
         a["prev_hit"].triggered.connect(lambda: w.results.move(-1))
         a["accept_above"].triggered.connect(self.accept_above)
         a["rerank"].triggered.connect(lambda: self.rerank(automatic=False))
-        w.category_box.lineEdit().returnPressed.connect(self._category_entered)
+        # Queued: the search may add a category, which refills the combo box whose line edit is
+        # still delivering this key press.
+        w.category_box.lineEdit().returnPressed.connect(self._category_entered, Qt.QueuedConnection)
         w.canvas.boxDrawn.connect(self._box_drawn)
+        w.canvas.boxTooSmall.connect(self._box_too_small)
         w.canvas.boxEdited.connect(self._box_edited)
         w.results.currentChanged.connect(self._hit_selected)
         w.results.hideLabelledChanged.connect(lambda _: self.refresh_results())
+        w.results.thresholdChanged.connect(lambda _: self._threshold_moved())
+        w.results.queryChosen.connect(self._query_chosen)
         w.results.model.cropWanted.connect(self._crop_wanted)
         w.controller.searchStarted.connect(lambda what: w.statusBar().showMessage(f"Searching for {what}…"))
         w.controller.searchFinished.connect(self._search_finished)
@@ -59,9 +73,15 @@ class Review(QObject):
         w.controller.hitsRefined.connect(self._refined)
 
     def attach(self, doc: Document | None) -> None:
-        self.doc, self.draft, self.outcome, self.decisions = doc, None, None, 0
+        self.doc, self.draft, self.decisions, self.query, self._shown = doc, None, 0, None, None
         self.window.results.model.clear_crops()
         self.refresh_results()
+
+    @property
+    def outcome(self) -> SearchOutcome | None:
+        """The search behind the review on screen (re-ranking needs its regions)."""
+        hits = self.doc.hits if self.doc is not None else None
+        return hits.outcome if hits is not None else None
 
     # ---- the drawn box -----------------------------------------------------------------------
     def clear_draft(self) -> None:
@@ -72,6 +92,10 @@ class Review(QObject):
         self.window.refresh_image_views()
         self.window.canvas.select(["draft"])
         self.window.statusBar().showMessage("Enter: find similar · Ctrl+Enter: label it without searching", 6000)
+
+    def _box_too_small(self, box: Box) -> None:
+        self.window.show_info(f"That box is {box.w:.0f}×{box.h:.0f} px: too small to search with or to label "
+                              f"(at least {MIN_BOX_SIDE} px a side). Zoom in (Ctrl+wheel) to draw small objects.")
 
     def _box_edited(self, key: str, box: Box, drag_id) -> None:
         if key == "draft":
@@ -89,20 +113,33 @@ class Review(QObject):
         return category or None
 
     def label_draft(self) -> str | None:
-        """Add the drawn box as a label of the current category; returns its id."""
-        category = self._category_or_ask() if self.draft is not None else None
-        if category is None or self.doc is None:
+        """Ctrl+Enter: add the drawn box as a label of the current category, or, with none drawn,
+        keep the box the last search was made with; returns the new label's id."""
+        if self.doc is None:
+            return None
+        if self.draft is None:
+            if self.query is None:
+                self.window.show_info("Draw a box first: Ctrl+Enter adds it as a label.")
+                return None
+            image, box, category = self.query
+            self.query = None
+            ann_id = self.doc.add_annotation(image, category, box)
+            self.window.show_info(f"The query box is a {category} label now.", 4000)
+            return ann_id
+        category = self._category_or_ask()
+        if category is None:
             return None
         box, self.draft = self.draft, None
         return self.doc.add_annotation(self.window.current_image, category, box)
 
     # ---- searching ---------------------------------------------------------------------------
     def enter(self) -> None:
-        """Enter: search with a drawn box; otherwise accept the current hit."""
-        if self.draft is not None or not self._current_entries():
+        """Enter searches with the drawn box, and does nothing else (Y and N decide hits)."""
+        if self.draft is not None:
             self.find_similar()
-        else:
-            self.decide(ACCEPTED)
+        elif self.doc is not None:
+            self.window.show_info("Enter searches with a drawn box: drag around an object first. "
+                                  "Y accepts the selected hit, N rejects it.", 5000)
 
     def _category_entered(self) -> None:
         """Enter in the category box: search with the drawn box, if any; else back to the photo."""
@@ -117,8 +154,16 @@ class Review(QObject):
         image = w.current_image
         if self.draft is not None:
             box = self.draft
-            if self.label_draft() is None:
+            category = self._category_or_ask()
+            if category is None:
                 return
+            self.draft = None
+            if w.prefs.label_queries:  # the setting: every query box is a label at once
+                self.doc.add_annotation(image, category, box)
+                self.query = None
+            else:
+                self.query = (image, box, category)
+            w.refresh_image_views()
         else:
             selected = [k[4:] for k in w.canvas.selected_keys() if k.startswith("ann:")]
             if not selected:
@@ -135,6 +180,8 @@ class Review(QObject):
         if category is None or self.doc is None:
             return
         examples = [(a.image, a.box) for a in self.doc.annotations() if a.category == category]
+        if self.query is not None and self.query[2] == category and self.query[:2] not in examples:
+            examples.append(self.query[:2])  # the box searched with, even before it is a label
         if not examples:
             self.window.show_info(f"There are no {category!r} labels yet: draw one and press Enter.")
             return
@@ -152,29 +199,34 @@ class Review(QObject):
         if self.doc is None:
             return
         query_id = self.doc.record_query(request.category, request.positives, request.negatives) if request.positives else None
-        note, missing = "", outcome.total_images - outcome.searched_images
+        notes, missing = [], outcome.total_images - outcome.searched_images
         if missing > 0:
             why = "are still being indexed" if w.controller.is_indexing else "are not indexed (indexing was stopped)"
-            note = f"Searched the {outcome.searched_images} photos indexed so far; {missing} {why}."
-        self.outcome, self.decisions, self._outcome_query = outcome, 0, query_id
-        session = HitSession.from_hits(outcome.hits, request.category, query_id, note)
-        self.doc.set_hits(session)
+            notes.append(f"Searched the {outcome.searched_images} photos indexed so far; {missing} {why}.")
+        best = max((h.score for h in outcome.hits), default=None)
+        if best is not None and best < WEAK_SCORE:
+            notes.append(f"All hits are weak (best score {best:.2f}): the query box may hold too little of the "
+                         "object. Check them closely, or draw a tighter box around a clearer view.")
+        self.decisions = 0
+        session = HitSession.from_hits(outcome.hits, request.category, query_id, " ".join(notes))
+        session.outcome = outcome
+        examples = len(request.positives)
+        session.title = f"{request.category} · {examples} example{'s' if examples != 1 else ''}"
+        self.doc.show_search(session, f"Search for {request.category}")
         if outcome.hits:
-            scores = [h.score for h in outcome.hits]
-            w.results.set_range(min(scores), max(scores))
-            first = next((e for e in session.entries if e.status == PENDING), session.entries[0])
-            w.results.select_key(first.key)
             w.results.view.setFocus()
         w.statusBar().showMessage(f"{len(outcome.hits)} hits for {request.category}", 5000)
-        if note:
-            w.show_info(note)
+        if self.query is not None and self.query[0] == (request.positives[0][0] if request.positives else None):
+            notes.append(f"The box searched with is not a label: Ctrl+Enter keeps it as a {self.query[2]} label.")
+        if notes:  # weak hits stay on screen until dismissed: they need the annotator's eyes
+            w.show_info(" ".join(notes), 0 if best is not None and best < WEAK_SCORE else 10000)
         self.refine_pending()
 
     def refine_pending(self, keys=None) -> None:
         """Refine the boxes of the undecided hits (`keys`: these only), in the order shown
         (controller.refine); accepted boxes serve as further examples, rejected ones are avoided."""
         hits = self.doc.hits if self.doc is not None else None
-        if hits is None or self.outcome is None or hits.query_id != self._outcome_query:
+        if hits is None or self.outcome is None:
             return
         order = {row.key: i for i, row in enumerate(self.window.results.model.rows())}
         pending = sorted((e for e in hits.entries if e.status == PENDING and (keys is None or e.key in keys)),
@@ -204,6 +256,13 @@ class Review(QObject):
         entries = self._current_entries()
         if not entries:
             return
+        if time.monotonic() - self._reranked_at < RERANK_PAUSE_S:
+            # The list was just re-ordered under the annotator's finger: this key press was
+            # meant for the hit they saw before, not for the one now selected.
+            row = self.window.results.model.row_of(entries[0].key)
+            self.window.statusBar().showMessage(f"Re-ranked: hit #{row + 1} is the best undecided one now. "
+                                                "Look, then decide.", 4000)
+            return
         last = self.window.results.model.row_of(entries[-1].key)
         self.window.edit(lambda d: d.decide_hits([e.key for e in entries], decision))
         self.decisions += len(entries)
@@ -231,7 +290,7 @@ class Review(QObject):
         """Re-order the undecided hits with the accepted ones as more examples and the rejected
         ones as counter-examples (numpy over the hit images' regions: instant, no engine)."""
         hits = self.doc.hits if self.doc is not None else None
-        if hits is None or self.outcome is None or hits.query_id != self._outcome_query:
+        if hits is None or hits.outcome is None:
             return
         pending = {e.key: e.image for e in hits.entries if e.status == PENDING}
         decided = [e for e in hits.entries if e.status != PENDING]
@@ -247,8 +306,11 @@ class Review(QObject):
         self.doc.rerank_hits(updates)
         self.window.show_info(f"Re-ranked the {len(updates)} undecided hits using {len(accepted)} accepted and "
                               f"{len(rejected)} rejected as examples.", 5000)
-        if current is not None:
-            self.window.results.select_key(current)
+        best = self.best_undecided()
+        if best is not None:  # the review goes on at the best undecided hit, wherever it moved
+            self.window.results.select_key(best)
+            if automatic and best != current:
+                self._reranked_at = time.monotonic()
         if accepted and self.outcome.windows is not None:  # the accepted boxes also place the rest
             waiting = {e.key: e.hit for e in hits.entries if e.status == PENDING}
             boxes_rejected, look_again = rejected_boxes(hits)
@@ -265,13 +327,19 @@ class Review(QObject):
         # the undecided hits are refined with the accepted examples instead (below)
         moved = 0 if refining else self.doc.move_pending_boxes(result.boxes)
         again = 0
-        if result.second_looks and self.outcome is not None and hits.query_id == self._outcome_query:
+        current = self.window.results.current_key()
+        at_best = current is not None and current == self.best_undecided()
+        if result.second_looks and hits.outcome is not None:
             accepted, rejected = decided_boxes(hits, ACCEPTED), decided_boxes(hits, REJECTED)
             images = list(result.second_looks)
             scored = feedback_ranking(self.outcome, accepted, rejected, dict(enumerate(images)))
             again = self.doc.add_second_looks(
                 [Hit(image, scored[i].score, box, inscribed_ellipse(box))
                  for i, (image, box) in enumerate(result.second_looks.items()) if i in scored])
+            best = self.best_undecided()
+            if again and at_best and best != current:  # a new look ranks above: the review goes on there
+                self.window.results.select_key(best)
+                self._reranked_at = time.monotonic()
         parts = []
         if moved:
             parts.append(f"Moved {moved} hit box{'es' if moved != 1 else ''} to match the accepted ones.")
@@ -319,10 +387,26 @@ class Review(QObject):
         if project is not None:
             self.window.controller.images_loader.request(("crop", image, box), project.path_of(image), CROP_SIDE, crop=box)
 
+    def best_undecided(self) -> int | None:
+        """The key of the first undecided hit in the list as shown (the review's next step)."""
+        return next((r.key for r in self.window.results.model.rows() if r.status == PENDING), None)
+
+    def waiting(self) -> list:
+        """The undecided hits that mark their photos as waiting for review: those at or above
+        the threshold that are not labelled already (the rest of a long ranked list is noise)."""
+        hits = self.doc.hits if self.doc is not None else None
+        if hits is None:
+            return []
+        threshold = self.window.results.threshold()
+        labelled = self.doc.labelled_hit_keys(self.window.prefs.overlap_iou)
+        return [e for e in hits.entries if e.status == PENDING and e.score >= threshold and e.key not in labelled]
+
     def overlays(self, image: str, annotations: list[Annotation], colors: dict[str, str]) -> list[Overlay]:
-        """What the canvas shows on `image`: labels, this image's hits, the drawn box."""
+        """What the canvas shows on `image`: labels, this image's hits (the current one, and the
+        undecided ones that wait for review), the drawn box and the unconfirmed query box."""
         current = self.window.results.current_key()
         hits = self.doc.hits if self.doc is not None else None
+        waiting = {e.key for e in self.waiting()}
         ellipses = {}
         out = []
         if hits is not None:
@@ -334,7 +418,7 @@ class Review(QObject):
                     if is_current:
                         ellipses[entry.annotation_id] = entry.hit.ellipse
                     continue
-                if entry.status == REJECTED and not is_current:
+                if not is_current and (entry.status == REJECTED or entry.key not in waiting):
                     continue
                 color = REJECTED_COLOR if entry.status == REJECTED else PENDING_COLOR
                 label = f"{hits.category}? {entry.score:.2f}" + (" (rejected)" if entry.status == REJECTED else "")
@@ -343,12 +427,44 @@ class Review(QObject):
         for ann in annotations:
             style = BoxStyle(colors.get(ann.category, "#ffffff"), ann.category)
             out.insert(0, Overlay(f"ann:{ann.id}", ann.box, style, ellipse=ellipses.get(ann.id)))
+        if self.query is not None and self.query[0] == image:
+            out.append(Overlay("query", self.query[1], QUERY_STYLE, editable=False))
         if self.draft is not None and image == self.window.current_image:
             out.append(Overlay("draft", self.draft, DRAFT_STYLE))
         return out
 
+    def _threshold_moved(self) -> None:
+        if self.doc is not None and self.doc.hits is not None:
+            self.doc.hits.threshold = self.window.results.threshold()
+            self.window.update_file_counts()
+            self.window.refresh_image_views()
+
+    def _query_chosen(self, index: int) -> None:
+        """Back to an earlier query's review (or forward again), as the annotator left it."""
+        if self.doc is not None and 0 <= index < len(self.doc.sessions) and self.doc.sessions[index] is not self.doc.hits:
+            self.doc.set_hits(self.doc.sessions[index])
+
+    def _switch_review(self, hits: HitSession | None) -> None:
+        """The results strip changes to another review: remember where the annotator was in the
+        one they leave, and put them back where they were in the one they return to."""
+        w, old = self.window, self._shown
+        if old is not None:
+            old.position = w.results.current_key()
+            old.threshold = w.results.threshold()
+        self._shown, self.decisions = hits, 0
+        if hits is None or not hits.entries:
+            return
+        scores = [e.hit.score for e in hits.entries]
+        w.results.set_range(min(scores), max(scores), hits.threshold)
+        hits.threshold = w.results.threshold()
+
     def refresh_results(self) -> None:
         w, hits = self.window, self.doc.hits if self.doc is not None else None
+        switched = hits is not self._shown
+        if switched:
+            self._switch_review(hits)
+        sessions = self.doc.sessions if self.doc is not None else []
+        w.results.set_queries([self._describe(s) for s in sessions], sessions.index(hits) if hits in sessions else -1)
         if hits is None:
             w.results.set_rows([], HINT)
             self.update_enabled()
@@ -370,7 +486,17 @@ class Review(QObject):
             parts.append(f"re-ranked {hits.reranked}× by feedback")
         summary = " · ".join(parts) + (f"<br>{hits.note}" if hits.note else "")
         w.results.set_rows(rows, summary)
+        if switched and rows:
+            keys = {r.key for r in rows}
+            target = hits.position if hits.position in keys else self.best_undecided()
+            w.results.select_key(target if target is not None else rows[0].key)
         self.update_enabled()
+
+    @staticmethod
+    def _describe(session: HitSession) -> str:
+        counts = session.counts()
+        return (f"{session.title or session.category}: {counts[ACCEPTED]} ✓ {counts[REJECTED]} ✗ "
+                f"{counts[PENDING]} to review")
 
     def update_enabled(self) -> None:
         has_hits = bool(self.doc is not None and self.doc.hits is not None and self.doc.hits.entries)

@@ -25,6 +25,7 @@ class Preferences:
     top_k: int = 100  # hits per search
     overlap_iou: float = 0.5  # a hit overlapping a same-category label this much counts as labelled
     feedback_every: int = 5  # re-rank the remaining hits after this many decisions (0: never)
+    label_queries: bool = False  # a box searched with becomes a label at once (else on Ctrl+Enter)
 
 
 _GROUP = "preferences"
@@ -56,6 +57,9 @@ def save_preferences(prefs: Preferences, settings: QSettings | None = None) -> N
 
 def _checked(name: str, raw, default, backbones: tuple[str, ...]):
     """`raw` converted to the default's type and inside its range/choices, else the default."""
+    if isinstance(default, bool):  # QSettings hands booleans back as "true"/"false" strings
+        text = str(raw).strip().lower()
+        return {"true": True, "1": True, "false": False, "0": False}.get(text, default)
     try:
         value = type(default)(raw)
     except (TypeError, ValueError):
