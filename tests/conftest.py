@@ -51,6 +51,15 @@ def dev_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def dev_hires_data() -> Path:
+    """The 1280x720 frames with small objects (../shared/data/dev-hires)."""
+    folder = DEV_DATA.parent / "dev-hires"
+    if not (folder / "manifest.json").exists():
+        missing_data(f"dev-hires data not found at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def dev_manifest(dev_data) -> dict:
     return json.loads((dev_data / "manifest.json").read_text())
 

@@ -1,0 +1,243 @@
+"""Coarse-to-fine hit boxes (engine/dasr/zoom.py, engine/search/refine.py).
+
+Geometry is checked exactly on synthetic arrays; placement on a real 1280x720 UAV frame whose
+small object (a truck, ~35 px) is moved and rescaled into new photos, so the true box is known
+exactly, saved with every EXIF orientation, larger and smaller than the network's max side.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from dasr_annotator.engine.dasr import zoom
+from dasr_annotator.engine.dasr.extractor import Extractor
+from dasr_annotator.engine.search import refine as refine_module
+from dasr_annotator.engine.search.refine import Refiner
+from dasr_annotator.engine.store.imageio import load_image
+from dasr_annotator.engine.types import Box, Cancelled, Hit
+
+# PIL's exif_transpose turns the stored pixels into what a person sees with these; the stored
+# pixels of a photo that should look like `seen` are therefore `seen` under the inverse.
+INVERSE_OF_EXIF = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                   6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+
+
+def iou(a: Box, b: Box) -> float:
+    return a.iou(b)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("image_size", [(640, 480), (1280, 720), (300, 200), (4032, 3024)])
+@pytest.mark.parametrize("decoded_scale", [1.0, 0.5])
+def test_a_crop_maps_its_pixels_and_boxes_back_to_original_pixels(image_size, decoded_scale):
+    """What the crop shows at (u, v) is the original pixel the crop says; boxes go back exactly."""
+    width, height = image_size
+    rng = np.random.default_rng(width)
+    dw, dh = round(width * decoded_scale), round(height * decoded_scale)
+    # a smooth ramp: a pixel's value says where it is, so a sampled value says where it came from
+    xs = np.linspace(0, 255, dw, dtype=np.float64)
+    ys = np.linspace(0, 255, dh, dtype=np.float64)
+    rgb = np.stack([np.broadcast_to(xs[None], (dh, dw)), np.broadcast_to(ys[:, None], (dh, dw)),
+                    np.zeros((dh, dw))], 2).round().astype(np.uint8)
+    for _ in range(6):
+        w, h = rng.uniform(8, width / 3), rng.uniform(8, height / 3)
+        x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        box = Box(x, y, w, h)
+        plan = zoom.plan_crop(box.center, (w, h), (width, height), stride=16)
+        assert plan.width % 16 == 0 and plan.height % 16 == 0
+        patch, crop = zoom.cut(rgb, decoded_scale, plan)
+        assert patch.shape == (plan.height, plan.width, 3)
+        back = crop.to_original(*crop.from_original(box))
+        assert max(abs(a - b) for a, b in zip(back.as_list(), box.clipped(width, height).as_list())) < 1e-6
+        # the box's centre, found in the crop, holds the ramp values of the original centre
+        u, v = (crop.from_original(box)[0] + crop.from_original(box)[2]) / 2, \
+               (crop.from_original(box)[1] + crop.from_original(box)[3]) / 2
+        cx, cy = box.center
+        got = patch[min(int(v), patch.shape[0] - 1), min(int(u), patch.shape[1] - 1)].astype(float)
+        want = np.array([cx / width * 255, cy / height * 255])
+        # one original pixel (or one decoded pixel at half scale) of ramp slope, plus rounding
+        tolerance = 255 * max(1 / decoded_scale / width, 1 / crop.zoom_x / width) + 2
+        assert abs(got[0] - want[0]) <= tolerance + 255 * 2 / width
+        assert abs(got[1] - want[1]) <= tolerance + 255 * 2 / height
+
+
+def test_the_zoom_spans_the_box_over_the_cells_asked_for_and_stops_at_the_cap():
+    assert zoom.zoom_for((96, 96), 16, 6) == pytest.approx(1.0)
+    assert zoom.zoom_for((192, 48), 16, 6) == pytest.approx(1.0)  # geometric mean of the sides
+    assert zoom.zoom_for((400, 300), 16, 6) < 0.3  # large objects are shrunk, not enlarged
+    assert zoom.zoom_for((4, 4), 16, 6) == zoom.MAX_ZOOM  # no more than the photo can give
+
+
+def test_crops_stay_inside_the_image_and_pad_only_what_the_image_lacks():
+    plan = zoom.plan_crop((5, 5), (40, 40), (1280, 720), 16)
+    assert plan.x0 == 0 and plan.y0 == 0  # moved inside rather than padded
+    tiny = np.full((30, 40, 3), 77, np.uint8)
+    plan = zoom.plan_crop((20, 15), (30, 20), (40, 30), 16)  # the crop is larger than the photo
+    patch, crop = zoom.cut(tiny, 1.0, plan)
+    assert patch.shape == (plan.height, plan.width, 3) and (patch == 77).all()
+    rows, cols = crop.valid_cells(16)
+    assert rows * 16 >= crop.content_height and cols * 16 >= crop.content_width
+    assert crop.content_width <= plan.width and crop.content_height <= plan.height
+
+
+# --------------------------------------------------------------------------- placement
+
+
+@pytest.fixture(scope="module")
+def truck(dev_hires_data):
+    """A dev-hires frame and its small truck's box (0-based pixels)."""
+    manifest = json.loads((dev_hires_data / "manifest.json").read_text())
+    inst = next(i for i in manifest["instances"] if i["name"].startswith("truck"))
+    im = inst["images"][len(inst["images"]) // 2]
+    x, y, w, h = im["box"]
+    rgb = np.asarray(Image.open(dev_hires_data / im["file"]).convert("RGB"))
+    return rgb, Box(x - 1, y - 1, w, h)
+
+
+@pytest.fixture(scope="module")
+def extractor(one_torch_thread):
+    return Extractor(device="cpu")
+
+
+def moved(rgb: np.ndarray, box: Box, scale: float, shift: tuple[float, float], size: tuple[int, int]):
+    """`rgb` scaled by `scale` and shifted by `shift` onto a (w, h) canvas; the box follows."""
+    m = np.array([[scale, 0, shift[0]], [0, scale, shift[1]]], np.float64)
+    out = cv2.warpAffine(rgb, m, size, flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT)
+    return out, Box(box.x * scale + shift[0], box.y * scale + shift[1], box.w * scale, box.h * scale)
+
+
+def save_oriented(seen: np.ndarray, path: Path, orientation: int) -> None:
+    """A JPEG that a viewer shows as `seen` once its EXIF orientation is applied."""
+    image = Image.fromarray(seen)
+    if orientation != 1:
+        image = image.transpose(INVERSE_OF_EXIF[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, quality=95, exif=exif)
+
+
+def refine_one(extractor, query_path: Path, query_box: Box, target_path: Path, refiner=None, **kw):
+    refiner = refiner or Refiner(extractor)
+    descriptor, windows = extractor.describe_query(load_image(query_path, max_side=extractor.max_side), query_box)
+    fmap = extractor.relocation_map(load_image(target_path, max_side=extractor.max_side))
+    coarse = Hit(target_path.name, 1.0, Box(0, 0, 1, 1), None)
+    example = refiner.example(query_path, query_box)
+    [hit] = refiner.refine([coarse], [example], windows, lambda _: fmap, lambda _: target_path, **kw)
+    return hit.box, refiner
+
+
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_a_small_object_is_boxed_in_its_oriented_pixels_for_every_exif_orientation(
+        truck, extractor, tmp_path, orientation):
+    rgb, box = truck
+    query = tmp_path / "query.png"
+    Image.fromarray(rgb).save(query)
+    seen, truth = moved(rgb, box, 1.15, (-90.0, 40.0), (1280, 720))
+    target = tmp_path / f"target-{orientation}.jpg"
+    save_oriented(seen, target, orientation)
+    loaded = load_image(target)
+    assert (loaded.width, loaded.height) == (1280, 720)  # as a person sees it
+    found, _ = refine_one(extractor, query, box, target)
+    assert iou(found, truth) >= 0.6, (found, truth)
+
+
+@pytest.mark.parametrize("long_side", [2560, 400])
+def test_photos_larger_and_smaller_than_max_side_get_boxes_in_their_own_pixels(truck, extractor, tmp_path,
+                                                                              long_side):
+    rgb, box = truck
+    query = tmp_path / "query.png"
+    Image.fromarray(rgb).save(query)
+    scale = long_side / 1280
+    seen, truth = moved(rgb, box, scale, (0.0, 0.0), (long_side, round(720 * scale)))
+    target = tmp_path / "target.png"
+    Image.fromarray(seen).save(target)
+    found, _ = refine_one(extractor, query, box, target)
+    assert iou(found, truth) >= 0.5, (found, truth)
+    assert found.x2 <= long_side and found.y2 <= round(720 * scale)
+
+
+def test_refined_boxes_are_far_closer_than_the_stored_map_places_them(truck, extractor, tmp_path):
+    """The point of refining: at the 512-px input a ~35-px truck is about one stride-16 cell."""
+    from dasr_annotator.engine.dasr.relocate import best_window
+
+    rgb, box = truck
+    query = tmp_path / "query.png"
+    Image.fromarray(rgb).save(query)
+    coarse_ious, fine_ious = [], []
+    for i, (scale, shift) in enumerate([(1.0, (37.0, -23.0)), (0.9, (101.0, 55.0)), (1.2, (-150.0, -60.0))]):
+        seen, truth = moved(rgb, box, scale, shift, (1280, 720))
+        target = tmp_path / f"t{i}.png"
+        Image.fromarray(seen).save(target)
+        _, windows = extractor.describe_query(load_image(query, max_side=extractor.max_side), box)
+        fmap = extractor.relocation_map(load_image(target, max_side=extractor.max_side))
+        coarse_ious.append(iou(best_window(fmap, windows)[1], truth))
+        fine_ious.append(iou(refine_one(extractor, query, box, target)[0], truth))
+    assert np.mean(fine_ious) >= 0.6 and np.mean(fine_ious) > np.mean(coarse_ious) + 0.2, (coarse_ious, fine_ious)
+
+
+def test_a_rejected_box_is_never_chosen_again(truck, extractor, tmp_path):
+    rgb, box = truck
+    query = tmp_path / "query.png"
+    Image.fromarray(rgb).save(query)
+    seen, truth = moved(rgb, box, 1.0, (20.0, 10.0), (1280, 720))
+    target = tmp_path / "target.png"
+    Image.fromarray(seen).save(target)
+    first, refiner = refine_one(extractor, query, box, target)
+    assert iou(first, truth) >= 0.5
+    again, _ = refine_one(extractor, query, box, target, refiner, rejected={target.name: [first]})
+    assert iou(again, first) < 0.3
+
+
+# --------------------------------------------------------------------------- cache and cancel
+
+
+def test_refined_results_are_cached_until_the_photo_changes(truck, extractor, tmp_path, monkeypatch):
+    rgb, box = truck
+    query = tmp_path / "query.png"
+    Image.fromarray(rgb).save(query)
+    seen, _ = moved(rgb, box, 1.0, (30.0, 30.0), (1280, 720))
+    target = tmp_path / "target.png"
+    Image.fromarray(seen).save(target)
+    first, refiner = refine_one(extractor, query, box, target)
+    passes = []
+    real = Refiner._features
+    monkeypatch.setattr(Refiner, "_features", lambda self, patches: passes.append(len(patches)) or real(self, patches))
+    again, _ = refine_one(extractor, query, box, target, refiner)
+    assert again == first and passes == []  # nothing went through the network again
+    Image.fromarray(seen[:, ::-1].copy()).save(target)  # the photo changed on disk
+    refine_one(extractor, query, box, target, refiner)
+    assert passes  # refined anew
+
+
+def test_a_cancel_stops_refining_between_crops_and_keeps_the_chunks_already_reported(truck, extractor, tmp_path,
+                                                                                     monkeypatch):
+    rgb, box = truck
+    query = tmp_path / "query.png"
+    Image.fromarray(rgb).save(query)
+    hits, maps = [], {}
+    for i in range(6):
+        seen, _ = moved(rgb, box, 1.0, (10.0 * i, 5.0 * i), (1280, 720))
+        path = tmp_path / f"t{i}.png"
+        Image.fromarray(seen).save(path)
+        maps[path.name] = extractor.relocation_map(load_image(path, max_side=extractor.max_side))
+        hits.append(Hit(path.name, 1.0 - i / 10, Box(0, 0, 1, 1), None))
+    monkeypatch.setattr(refine_module, "CHUNK_CPU", 2)
+    refiner = Refiner(extractor)
+    _, windows = extractor.describe_query(load_image(query, max_side=extractor.max_side), box)
+    example = refiner.example(query, box)
+    reported = []
+    with pytest.raises(Cancelled):
+        refiner.refine(hits, [example], windows, maps.get, lambda name: tmp_path / name,
+                       emit=reported.append, cancel=lambda: len(reported) >= 1)
+    assert [[i for i, _ in chunk] for chunk in reported] == [[0, 1]]  # the first screenful came first
+    assert all(math.isfinite(h.box.w) and h.box.w >= 1 for _, h in reported[0])
