@@ -13,6 +13,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--coco", metavar="OUT.json", required=True, help="file to write")
     parser.add_argument("--all-images", action="store_true",
                         help="list every image of the folder, not only the annotated ones")
+    parser.add_argument("--frames", metavar="DIR",
+                        help="write the labelled video frames as JPEG files into DIR (file_name relative to DIR)")
     parser.add_argument("--json", action="store_true", help="print a summary as JSON on stdout")
 
 
@@ -25,7 +27,7 @@ def run(args) -> int:
     try:
         project = Project.open(args.photos)
         announce_state(project)
-        report = export_coco(project, args.coco, all_images=args.all_images)
+        report = export_coco(project, args.coco, all_images=args.all_images, frames_dir=args.frames)
     except FileNotFoundError as exc:
         print(f"dasr-annotator export: {exc}", file=sys.stderr)
         return 2
@@ -36,6 +38,8 @@ def run(args) -> int:
         print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
     summary = {"file": args.coco, "images": report.images, "annotations": report.annotations,
                "categories": report.categories, "skipped": report.skipped}
+    if args.frames:
+        summary["frames"] = report.frames
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

@@ -5,6 +5,12 @@ iscrowd 0, and an `attributes` object per annotation carrying score, query id, s
 store's own id. Only images with annotations are listed unless `all_images` (an unlabelled image
 would read as "no objects here", which nobody has checked).
 
+A video frame (`clip.mp4#frame=N`) is one image entry carrying `video`, `frame_index` and
+`timestamp` (seconds); with `frames_dir` the frame is also written there as a JPEG
+(`clip.mp4/frame_000123.jpg`, the video's folders kept) and its `file_name` is that file's path
+relative to `frames_dir`, so COCO tools that read image files find it. Import reads a frame back
+from `video` and `frame_index` whatever the `file_name`.
+
 Import is all or nothing: every image, category and annotation is checked first and the file is
 refused with the reasons if anything is wrong. Image paths must stay inside the photo folder.
 An annotation that matches an existing one (same image and category, IoU >= 0.9) is skipped and
@@ -19,7 +25,8 @@ from pathlib import Path
 
 from dasr_annotator.engine.store.collection import write_json
 from dasr_annotator.engine.store.imageio import ImageError, image_size
-from dasr_annotator.engine.store.storage import ProjectFileError, read_json
+from dasr_annotator.engine.store.storage import ProjectFileError, atomic_write_bytes, read_json
+from dasr_annotator.engine.store.video import frame_name, frame_time, split_frame_name
 from dasr_annotator.engine.types import Box
 
 DUPLICATE_IOU = 0.9
@@ -43,6 +50,7 @@ class ExportReport:
     annotations: int
     categories: int
     skipped: list[dict] = field(default_factory=list)  # [{"file", "reason"}] images that could not be read
+    frames: int = 0  # video frames written as JPEG files
 
 
 @dataclass
@@ -57,7 +65,8 @@ class ImportReport:
                 "skipped": self.skipped}
 
 
-def export_coco(project, out_path: str | Path, all_images: bool = False) -> ExportReport:
+def export_coco(project, out_path: str | Path, all_images: bool = False,
+                frames_dir: str | Path | None = None) -> ExportReport:
     store = project.annotations
     by_image: dict[str, list] = {}
     for ann in store.list():
@@ -65,15 +74,20 @@ def export_coco(project, out_path: str | Path, all_images: bool = False) -> Expo
     names = sorted(set(project.scan()) | set(by_image)) if all_images else sorted(by_image)
     categories = store.categories
     category_id = {c.name: i for i, c in enumerate(categories, start=1)}
-    images, annotations, skipped = [], [], []
+    images, annotations, skipped, frames = [], [], [], 0
     for name in names:
         try:
             width, height = image_size(project.path_of(name))
+            entry = _frame_entry(project, name, frames_dir)
         except ImageError as exc:
             skipped.append({"file": name, "reason": exc.reason})
             continue
+        except OSError as exc:
+            skipped.append({"file": name, "reason": f"frame not written: {exc.strerror or exc}"})
+            continue
+        frames += "video" in entry and frames_dir is not None
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+        images.append({"id": image_id, "file_name": name, "width": width, "height": height, **entry})
         for ann in by_image.get(name, []):
             box = ann.box.clipped(width, height)
             if box.area <= 0:
@@ -94,7 +108,33 @@ def export_coco(project, out_path: str | Path, all_images: bool = False) -> Expo
         "annotations": annotations,
     }
     write_json(Path(out_path), coco, backup=False)
-    return ExportReport(len(images), len(annotations), len(categories), skipped)
+    return ExportReport(len(images), len(annotations), len(categories), skipped, frames)
+
+
+def _frame_entry(project, name: str, frames_dir: str | Path | None) -> dict:
+    """The COCO fields of a video frame (none for a photo); with `frames_dir`, the frame written
+    there as a JPEG and named by that file."""
+    ref = split_frame_name(name)
+    path = project.path_of(name)
+    if ref is None or path.exists():
+        return {}
+    video = project.path_of(ref.video)
+    entry = {"video": ref.video, "frame_index": ref.frame, "timestamp": round(frame_time(video, ref.frame), 6)}
+    if frames_dir is not None:
+        import io
+
+        from PIL import Image
+
+        from dasr_annotator.engine.store.imageio import load_image
+
+        jpeg = Path(ref.video) / f"frame_{ref.frame:06d}.jpg"
+        target = Path(frames_dir) / jpeg
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        Image.fromarray(load_image(path).rgb).save(buffer, format="JPEG", quality=95)
+        atomic_write_bytes(target, buffer.getvalue(), backup=False)
+        entry["file_name"] = jpeg.as_posix()
+    return entry
 
 
 def import_coco(project, in_path: str | Path) -> ImportReport:
@@ -179,6 +219,11 @@ def _checked_images(project, data: dict) -> tuple[dict, list[str]]:
             reasons.append(f"{where} needs an 'id' (number or string)")
             continue
         name = im.get("file_name")
+        if isinstance(im.get("video"), str) and im.get("frame_index") is not None:
+            if isinstance(im["frame_index"], bool) or not isinstance(im["frame_index"], int) or im["frame_index"] < 0:
+                reasons.append(f"{where}: frame_index {im['frame_index']!r} is not a frame number")
+                continue
+            name = frame_name(im["video"], im["frame_index"])  # the frame, wherever its JPEG was written
         if not isinstance(name, str) or not name.strip():
             reasons.append(f"{where} needs a 'file_name'")
             continue
