@@ -252,3 +252,57 @@ def test_import_refuses_a_frame_the_video_lacks(photos, tmp_path):
 
 def test_times_read_as_minutes_and_seconds():
     assert (format_time(0), format_time(61.25), format_time(3725.96)) == ("0:00.0", "1:01.2", "1:02:06.0")
+
+
+# ---- end to end through the CLI (real embedded backbone) ----------------------------------------
+@pytest.fixture(scope="module")
+def indexed_clips(dev_data, tmp_path_factory, one_torch_thread):
+    """Two 12-frame dev clips (Box, Dog) at 4 fps, indexed at 1 fps: 3 frames each."""
+    from tests.test_cli_e2e import cli
+
+    folder = tmp_path_factory.mktemp("clips") / "photos"
+    folder.mkdir()
+    truth = {}
+    for sequence in ("Box", "Dog"):
+        frames = dev_frames(dev_data, 12, size=(320, 240), sequence=sequence)
+        dev_clip(folder / f"{sequence.lower()}.mp4", [rgb for rgb, _ in frames], fps=4)
+        truth[sequence.lower()] = [b for _, b in frames]
+    rc, out, err = cli("index", folder, "--video-fps", 1, "--json")
+    assert rc == 0, err
+    return folder, truth, json.loads(out)
+
+
+def _iou(a, b) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    w, h = max(0.0, min(ax2, bx2) - max(a[0], b[0])), max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+def test_cli_indexes_frames_and_searches_with_a_frame_query(indexed_clips, tmp_path):
+    from tests.test_cli_e2e import cli
+
+    folder, truth, report = indexed_clips
+    assert (report["images"], report["indexed"], report["skipped"]) == (6, 6, [])
+    box = ",".join(f"{v:.1f}" for v in truth["box"][0])
+    rc, out, err = cli("search", folder, "--query", "box.mp4#frame=0", "--box", box, "--top", 3, "--json")
+    assert rc == 0, err
+    hits = json.loads(out)["queries"][0]["hits"]
+    assert {h["image"] for h in hits[:2]} == {"box.mp4#frame=4", "box.mp4#frame=8"}
+    rc, out, err = cli("index", folder, "--video-fps", 2, "--json")  # finer: new frames only
+    again = json.loads(out)
+    assert rc == 0 and (again["images"], again["indexed"], again["reused"]) == (12, 6, 6)
+
+
+def test_cli_propagates_a_box_to_neighbouring_frames_nearest_first(indexed_clips):
+    from tests.test_cli_e2e import cli
+
+    folder, truth, _ = indexed_clips
+    box = ",".join(f"{v:.1f}" for v in truth["box"][4])
+    rc, out, err = cli("search", folder, "--query", "box.mp4#frame=4", "--box", box, "--top", 1,
+                       "--propagate", 0.5, "--propagate-fps", 4, "--json")
+    assert rc == 0, err
+    propagated = json.loads(out)["queries"][0]["propagated"]
+    assert [h["image"] for h in propagated] == [f"box.mp4#frame={n}" for n in (3, 5, 2, 6)]
+    overlaps = [_iou(h["box"], truth["box"][int(h["image"].split("=")[1])]) for h in propagated]
+    # dev frames lie 5+ tracker frames apart, so the box moves a lot between clip frames
+    assert min(overlaps) > 0.15 and np.mean(overlaps) > 0.35, overlaps
