@@ -64,7 +64,9 @@ class SettingsDialog(QDialog):
     LABELS = {"backbone": "Backbone", "device": "Device", "mode": "Extraction mode",
               "max_side": "Image size for indexing (px)", "top_k": "Hits per search",
               "overlap_iou": "Overlap that counts as already labelled (IoU)",
-              "feedback_every": "Re-rank after this many decisions (0: never)"}
+              "feedback_every": "Re-rank after this many decisions (0: never)",
+              "video_fps": "Video frames sampled per second (this folder)"}
+    RANGES = {"overlap_iou": (0.05, 1.0, 0.05), "video_fps": (0.05, 240.0, 0.5)}  # float fields: low, high, step
 
     def __init__(self, values: dict, choices: dict[str, tuple], device_note: str = "", parent=None):
         super().__init__(parent)
@@ -78,8 +80,9 @@ class SettingsDialog(QDialog):
                 editor.setCurrentText(str(value))
             elif isinstance(value, float):
                 editor = QDoubleSpinBox()
-                editor.setRange(0.05, 1.0)
-                editor.setSingleStep(0.05)
+                low, high, step = self.RANGES.get(name, (0.05, 1.0, 0.05))
+                editor.setRange(low, high)
+                editor.setSingleStep(step)
                 editor.setValue(value)
             else:
                 editor = QSpinBox()

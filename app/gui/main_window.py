@@ -168,7 +168,8 @@ class MainWindow(QMainWindow):
         self.file_model.thumbnailWanted.connect(
             lambda rel: self.project and c.images_loader.request(("thumb", rel), self.project.path_of(rel), THUMB_MAX_SIDE))
         self.file_view.selectionModel().currentChanged.connect(
-            lambda index, _: index.isValid() and self.show_image(self.file_model.paths()[index.row()]))
+            lambda index, _: index.isValid() and self.show_image(self.file_model.image_at(index.row())))
+        self.file_view.doubleClicked.connect(lambda index: self.file_model.toggle(index.row()))
         self.canvas.zoomChanged.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
         self.categories.currentChanged.connect(self.set_category)
         self.categories.addRequested.connect(lambda name: self.edit(lambda d: d.add_category(name)))
@@ -233,7 +234,8 @@ class MainWindow(QMainWindow):
         self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
         self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
         self.review.attach(self.document)
-        self.file_model.set_images(files)
+        self.file_model.set_images(files, project.frame_times)
+        self.results.model.frame_times = project.frame_times
         self.current_image = self.canvas_image = None
         self.canvas.set_image(None)
         self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
@@ -251,6 +253,7 @@ class MainWindow(QMainWindow):
             return
         self.current_image = rel
         self.review.clear_draft()
+        self.file_model.reveal(rel)
         row = self.file_model.row_of(rel)
         if row >= 0 and self.file_view.currentIndex().row() != row:
             self.file_view.setCurrentIndex(self.file_model.index(row))
@@ -260,7 +263,7 @@ class MainWindow(QMainWindow):
     def step_image(self, step: int) -> None:
         paths = self.file_model.paths()
         if paths:
-            row = self.file_model.row_of(self.current_image) if self.current_image else -1
+            row = paths.index(self.current_image) if self.current_image in paths else -1
             self.show_image(paths[min(max(row + step, 0), len(paths) - 1)])
 
     def _image_loaded(self, tag, image, size) -> None:

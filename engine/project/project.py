@@ -90,6 +90,7 @@ class Project:
         self.state_dir = state_dir
         self.state_note = state_note
         self._annotations: AnnotationStore | None = None
+        self.frame_times: dict[str, float] = {}  # video frame -> seconds into its video, as last scanned
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -131,7 +132,9 @@ class Project:
 
     def scan_result(self) -> ScanResult:
         """The folder's photos and sampled video frames (with their times), and what could not be read."""
-        return scan_images(self.photos, self.video_fps())
+        result = scan_images(self.photos, self.video_fps())
+        self.frame_times = result.frame_times
+        return result
 
     # ---- video sampling (per folder) ----------------------------------------------------------
     @property
