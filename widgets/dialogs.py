@@ -65,7 +65,9 @@ class SettingsDialog(QDialog):
               "max_side": "Image size for indexing (px)", "top_k": "Hits per search",
               "overlap_iou": "Overlap that counts as already labelled (IoU)",
               "feedback_every": "Re-rank after this many decisions (0: never)",
-              "label_queries": "Keep every query box as a label at once"}
+              "label_queries": "Keep every query box as a label at once",
+              "video_fps": "Video frames sampled per second (this folder)"}
+    RANGES = {"overlap_iou": (0.05, 1.0, 0.05), "video_fps": (0.05, 240.0, 0.5)}  # float fields: low, high, step
 
     def __init__(self, values: dict, choices: dict[str, tuple], device_note: str = "", parent=None):
         super().__init__(parent)
@@ -82,8 +84,9 @@ class SettingsDialog(QDialog):
                 editor.setChecked(value)
             elif isinstance(value, float):
                 editor = QDoubleSpinBox()
-                editor.setRange(0.05, 1.0)
-                editor.setSingleStep(0.05)
+                low, high, step = self.RANGES.get(name, (0.05, 1.0, 0.05))
+                editor.setRange(low, high)
+                editor.setSingleStep(step)
                 editor.setValue(value)
             else:
                 editor = QSpinBox()

@@ -2,14 +2,21 @@
 
 The model holds no annotations: the window tells it each image's counts. Thumbnails are asked for
 (`thumbnailWanted`) only when a row is first painted, so a large folder opens at once.
+
+A video's sampled frames (`clip.mp4#frame=N`) are listed as one row for the video, with the
+counts of all its frames; it expands (`toggle`, double-click) to one row per frame showing the
+frame's time. `paths()` stays every image and frame in order (for stepping through them);
+`image_at(row)` is what a row shows (a video row: its first frame).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
+
+from dasr_annotator.engine.store.video import format_time, split_frame_name
 
 THUMB_PX = 56
 StatusRole = Qt.UserRole + 1
@@ -41,63 +48,158 @@ class ImageState:
         return " · ".join(parts) or UNLABELLED
 
 
+@dataclass
+class VideoGroup:
+    """One video's frames, listed as one row unless expanded."""
+
+    video: str
+    frames: list[str] = field(default_factory=list)
+    expanded: bool = False
+
+    def totals(self, states: dict[str, ImageState]) -> ImageState:
+        """The video's counts: the sums over its frames (a problem only if every frame has one)."""
+        total = ImageState(self.video)
+        for f in self.frames:
+            total.labels += states[f].labels
+            total.pending += states[f].pending
+        problems = {states[f].problem for f in self.frames}
+        total.problem = problems.pop() if len(problems) == 1 else ""
+        return total
+
+
 class FileListModel(QAbstractListModel):
     thumbnailWanted = Signal(str)  # relative path
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._states: list[ImageState] = []
+        self._order: list[str] = []  # every image and frame
+        self._by_path: dict[str, ImageState] = {}
+        self._groups: dict[str, VideoGroup] = {}
+        self._times: dict[str, float] = {}
+        self._visible: list[str | VideoGroup] = []  # rows: an image or frame path, or a video
         self._rows: dict[str, int] = {}
         self._thumbs: dict[str, QPixmap] = {}
         self._asked: set[str] = set()
 
-    def set_images(self, paths: list[str]) -> None:
+    def set_images(self, paths: list[str], frame_times: dict[str, float] | None = None) -> None:
+        """`paths` in order; video frames (`clip.mp4#frame=N`) grouped under their video, shown
+        with their time from `frame_times` (seconds) when given."""
         self.beginResetModel()
-        self._states = [ImageState(p) for p in paths]
-        self._rows = {p: i for i, p in enumerate(paths)}
+        self._order = list(paths)
+        self._by_path = {p: ImageState(p) for p in paths}
+        self._times = dict(frame_times or {})
+        self._groups = {}
+        self._visible = []
+        for p in paths:
+            ref = split_frame_name(p)
+            if ref is None:
+                self._visible.append(p)
+                continue
+            if ref.video not in self._groups:
+                self._groups[ref.video] = VideoGroup(ref.video)
+                self._visible.append(self._groups[ref.video])
+            self._groups[ref.video].frames.append(p)
+        self._index_rows()
         self._thumbs.clear()
         self._asked.clear()
         self.endResetModel()
 
+    def _index_rows(self) -> None:
+        self._rows = {}
+        for row, entry in enumerate(self._visible):
+            if isinstance(entry, VideoGroup):
+                for f in entry.frames:  # a frame of a collapsed video: its video's row
+                    self._rows.setdefault(f, row)
+            else:
+                self._rows[entry] = row
+
     def paths(self) -> list[str]:
-        return [s.path for s in self._states]
+        return list(self._order)
 
     def row_of(self, path: str) -> int:
         return self._rows.get(path, -1)
 
+    def image_at(self, row: int) -> str:
+        """The image a row shows: its image or frame, or a video's first frame."""
+        entry = self._visible[row]
+        return entry.frames[0] if isinstance(entry, VideoGroup) else entry
+
+    def is_video_row(self, row: int) -> bool:
+        return 0 <= row < len(self._visible) and isinstance(self._visible[row], VideoGroup)
+
+    def toggle(self, row: int) -> bool:
+        """Expand or collapse the video at `row`; False when the row is no video."""
+        if not self.is_video_row(row):
+            return False
+        group = self._visible[row]
+        if group.expanded:
+            self.beginRemoveRows(QModelIndex(), row + 1, row + len(group.frames))
+            del self._visible[row + 1:row + 1 + len(group.frames)]
+            group.expanded = False
+            self._index_rows()
+            self.endRemoveRows()
+        else:
+            self.beginInsertRows(QModelIndex(), row + 1, row + len(group.frames))
+            self._visible[row + 1:row + 1] = group.frames
+            group.expanded = True
+            self._index_rows()
+            self.endInsertRows()
+        self.dataChanged.emit(self.index(row), self.index(row))
+        return True
+
+    def reveal(self, path: str) -> None:
+        """Expand the video of frame `path` so that it has a row of its own."""
+        row = self.row_of(path)
+        if row >= 0 and self.is_video_row(row) and not self._visible[row].expanded:
+            self.toggle(row)
+
     def state(self, path: str) -> ImageState:
-        return self._states[self._rows[path]]
+        return self._by_path[path]
+
+    def _changed(self, path: str, roles=()) -> None:
+        """Repaint the row of `path` and, for a frame, its video's row."""
+        rows = {self._rows.get(path, -1)}
+        ref = split_frame_name(path)
+        if ref is not None and ref.video in self._groups:
+            rows.add(self._visible.index(self._groups[ref.video]))
+        for row in sorted(r for r in rows if r >= 0):
+            self.dataChanged.emit(self.index(row), self.index(row), list(roles))
 
     def set_counts(self, labels: dict[str, int], pending: dict[str, int]) -> None:
         """Update every image's label and pending-hit counts; repaints only rows that changed."""
-        for row, state in enumerate(self._states):
+        for state in self._by_path.values():
             new = (labels.get(state.path, 0), pending.get(state.path, 0))
             if new != (state.labels, state.pending):
                 state.labels, state.pending = new
-                index = self.index(row)
-                self.dataChanged.emit(index, index, [StatusRole, Qt.ToolTipRole])
+                self._changed(state.path, [StatusRole, Qt.ToolTipRole])
 
     def set_problem(self, path: str, reason: str) -> None:
-        if path in self._rows:
-            self._states[self._rows[path]].problem = reason
-            index = self.index(self._rows[path])
-            self.dataChanged.emit(index, index)
+        if path in self._by_path:
+            self._by_path[path].problem = reason
+            self._changed(path)
 
     def set_thumbnail(self, path: str, image: QImage) -> None:
-        if path in self._rows:
+        if path in self._by_path:
             self._thumbs[path] = QPixmap.fromImage(image)
-            index = self.index(self._rows[path])
-            self.dataChanged.emit(index, index, [Qt.DecorationRole])
+            self._changed(path, [Qt.DecorationRole])
 
     def rowCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(self._states)
+        return 0 if parent.isValid() else len(self._visible)
+
+    def _frame_text(self, path: str) -> str:
+        ref = split_frame_name(path)
+        time = self._times.get(path)
+        return f"    {format_time(time)}  · frame {ref.frame}" if time is not None else f"    frame {ref.frame}"
 
     def data(self, index: QModelIndex, role: int = Qt.DisplayRole):
         if not index.isValid():
             return None
-        state = self._states[index.row()]
+        entry = self._visible[index.row()]
+        if isinstance(entry, VideoGroup):
+            return self._video_data(entry, role)
+        state = self._by_path[entry]
         if role == Qt.DisplayRole:
-            return state.path
+            return self._frame_text(state.path) if split_frame_name(state.path) else state.path
         if role == PathRole:
             return state.path
         if role == StatusRole:
@@ -105,11 +207,32 @@ class FileListModel(QAbstractListModel):
         if role == Qt.ToolTipRole:
             return f"{state.path}\n{state.status_text()}"
         if role == Qt.DecorationRole:
-            if state.path not in self._thumbs and state.path not in self._asked:
-                self._asked.add(state.path)
-                self.thumbnailWanted.emit(state.path)
-            return self._thumbs.get(state.path)
+            return self._thumb_of(state.path)
         return None
+
+    def _video_data(self, group: VideoGroup, role: int):
+        total = group.totals(self._by_path)
+        first = group.frames[0]
+        if role == Qt.DisplayRole:
+            return f"{'▾' if group.expanded else '▸'} {group.video}"
+        if role == PathRole:
+            return first
+        if role == StatusRole:
+            return total.status
+        if role == Qt.ToolTipRole:
+            span = self._times.get(group.frames[-1])
+            length = f", {format_time(span)}" if span is not None else ""
+            return (f"{group.video}\n{len(group.frames)} frames{length} · {total.status_text()}"
+                    "\n(double-click to list its frames)")
+        if role == Qt.DecorationRole:
+            return self._thumb_of(first)
+        return None
+
+    def _thumb_of(self, path: str):
+        if path not in self._thumbs and path not in self._asked:
+            self._asked.add(path)
+            self.thumbnailWanted.emit(path)
+        return self._thumbs.get(path)
 
 
 class FileDelegate(QStyledItemDelegate):
@@ -144,7 +267,7 @@ class FileDelegate(QStyledItemDelegate):
         painter.setPen(Qt.NoPen)
         painter.drawEllipse(dot)
         painter.setPen(color)
-        detail = index.data(Qt.ToolTipRole).split("\n", 1)[1]
+        detail = index.data(Qt.ToolTipRole).split("\n")[1]
         painter.drawText(QRect(dot.right() + 6, name_rect.bottom() + 4, rect.right() - dot.right(), 18),
                          Qt.AlignLeft | Qt.AlignVCenter, detail)
         painter.restore()

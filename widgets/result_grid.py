@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (
     QToolButton, QVBoxLayout, QWidget,
 )
 
+from dasr_annotator.engine.store.video import format_time
 from dasr_annotator.engine.types import Box
 
 CROP_PX = 120
@@ -45,6 +46,7 @@ class HitListModel(QAbstractListModel):
         self._crops: dict[tuple, QPixmap] = {}
         self._asked: set[tuple] = set()
         self.threshold = float("-inf")
+        self.frame_times: dict[str, float] = {}  # hits in video frames show their time
 
     @staticmethod
     def _crop_key(row: HitRow) -> tuple:
@@ -103,6 +105,8 @@ class HitListModel(QAbstractListModel):
             extra = "\nthis image already has an overlapping label of this category" if row.labelled else ""
             if row.look > 1:
                 extra += f"\nlook {row.look} at this photo: the box{'es' if row.look > 2 else ''} shown before was rejected"
+            if row.image in self.frame_times:
+                extra += f"\nat {format_time(self.frame_times[row.image])} in the video"
             return f"#{row.rank + 1}  {row.image}\nscore {row.score:.3f} · {row.status}{extra}"
         if role == Qt.DecorationRole:
             key = self._crop_key(row)
@@ -152,6 +156,12 @@ class HitDelegate(QStyledItemDelegate):
             painter.fillRect(tag, QColor("#1f6feb"))
             painter.setPen(QColor("#ffffff"))
             painter.drawText(tag, Qt.AlignCenter, "labelled")
+        if row.image in self.model.frame_times:
+            when = format_time(self.model.frame_times[row.image])
+            tag = QRect(crop_rect.left(), crop_rect.bottom() - 16, 12 + painter.fontMetrics().horizontalAdvance(when), 16)
+            painter.fillRect(tag, QColor("#000000"))
+            painter.setPen(QColor("#ffffff"))
+            painter.drawText(tag, Qt.AlignCenter, when)
         if row.look > 1:
             tag = QRect(crop_rect.right() - 48, crop_rect.top(), 48, 16)
             painter.fillRect(tag, QColor("#8250df"))

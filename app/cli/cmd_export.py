@@ -2,6 +2,7 @@
 annotations in a label format (`engine/store/formats/`). `--coco OUT.json` is `--format coco
 --out OUT.json`. COCO and CVAT write one file; YOLO, VOC and labelme a folder of label files.
 A format without room for scores or provenance (YOLO, VOC) says so in one line on stderr.
+COCO with `--frames DIR` also writes the labelled video frames there as JPEG files.
 
 (Importing is `dasr-annotator label PHOTOS --import FILE_OR_DIR --format ...`.)
 """
@@ -24,6 +25,9 @@ def add_arguments(parser) -> None:
                              "(empty label files for the others: negatives for training)")
     parser.add_argument("--copy-images", action="store_true",
                         help="yolo: copy the photos into OUT/images beside OUT/labels")
+    parser.add_argument("--frames", metavar="DIR",
+                        help="coco: write the labelled video frames as JPEG files into DIR "
+                             "(file_name relative to DIR)")
     parser.add_argument("--json", action="store_true", help="print a summary as JSON on stdout")
 
 
@@ -38,6 +42,9 @@ def _target(args) -> tuple[str, str]:
     name = args.format or "coco"
     if args.copy_images and name != "yolo":
         raise ValueError("--copy-images is for --format yolo")
+    if args.frames and name != "coco":
+        raise ValueError("--frames is for --format coco (the only format here that records a frame's "
+                         "video, frame number and time)")
     return name, args.out
 
 
@@ -53,6 +60,8 @@ def run(args) -> int:
         return 2
     fmt = FORMATS[name]
     options = {"copy_images": True} if args.copy_images else {}
+    if args.frames:
+        options["frames_dir"] = args.frames
     try:
         project = Project.open(args.photos)
         announce_state(project)
@@ -72,6 +81,8 @@ def run(args) -> int:
         print(f"note: {report.not_carried}", file=sys.stderr)
     summary = {"file": out, "format": name, "images": report.images, "annotations": report.annotations,
                "categories": report.categories, "skipped": report.skipped, "not_carried": report.not_carried}
+    if args.frames:
+        summary["frames"] = report.frames
     if args.json:
         print(json.dumps(summary, indent=1))
     else:

@@ -37,6 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rebuild", action="store_true", help="forget stored regions and index everything anew")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
                         help="images per saved batch (a killed run loses at most one batch)")
+    parser.add_argument("--video-fps", type=float, metavar="F",
+                        help="frames sampled per second of each video (default 1; the folder keeps it for later runs)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -76,6 +78,8 @@ def run(args) -> int:
         if options.get("max_side", 32) < 32:
             raise ValueError(f"--max-side {options['max_side']} is too small (at least 32)")
         extractor = Extractor(device=args.device, **options)
+        if args.video_fps is not None:
+            project.set_video_fps(args.video_fps)
     except (ValueError, WeightsMissing, ProjectFileError) as exc:
         print(f"dasr-annotator index: {exc}", file=sys.stderr)
         return 2

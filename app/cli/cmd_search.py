@@ -34,6 +34,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-refine", action="store_true",
                         help="place hit boxes on the stored maps only (16-px steps of the network input): faster, coarser")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--propagate", type=float, metavar="SECONDS",
+                        help="for a query in a video frame, also find the box in the frames within SECONDS of it "
+                             "(nearest in time first; JSON key 'propagated')")
+    parser.add_argument("--propagate-fps", type=float, default=10.0, metavar="F",
+                        help="frames per second looked at when propagating (default 10)")
     parser.add_argument("--json", action="store_true", help="print the hits as JSON on stdout")
 
 
@@ -133,9 +138,22 @@ def run(args) -> int:
             print(f"dasr-annotator search: query {q.id} ({q.image}): {getattr(exc, 'reason', exc)}", file=sys.stderr)
             failures += 1
             continue
-        results.append({"id": q.id, "hits": [h.as_json() for h in hits]})
+        result = {"id": q.id, "hits": [h.as_json() for h in hits]}
+        if args.propagate is not None:
+            from dasr_annotator.engine.search.propagate import propagate
+
+            try:
+                propagated = propagate(searcher, q.image, q.box, seconds=args.propagate, fps=args.propagate_fps)
+            except (ValueError, ImageError) as exc:
+                print(f"dasr-annotator search: query {q.id}: not propagated: {getattr(exc, 'reason', exc)}",
+                      file=sys.stderr)
+                propagated = []
+            result["propagated"] = [h.as_json() for h in propagated]
+        results.append(result)
         if not args.json:
             print_table(q, hits)
+            if args.propagate is not None:
+                print_table(QuerySpec(f"{q.id} (propagated)", q.image, q.box), propagated)
     if args.json:
         print(json.dumps({"queries": results}, indent=1))
     return 0 if failures == 0 else (1 if results else 2)

@@ -46,15 +46,15 @@ class FolderLister(QObject):
     """Lists a folder's photos on a thread of its own: a directory walk, no engine, so the photos
     show while the engine (torch, faiss: a minute on a cold disk) is still starting."""
 
-    listed = Signal(str, list)  # folder, photo paths relative to it
+    listed = Signal(str, list, dict)  # folder, photo paths relative to it, video frame -> seconds
 
     def start(self, folder: Path) -> None:
         def walk():
             try:
-                files = scan_images(folder).files
+                scanned = scan_images(folder)  # videos at the default sampling; the project may re-list
             except OSError:
                 return  # opening the project reports it
-            self.listed.emit(str(folder), files)
+            self.listed.emit(str(folder), scanned.files, scanned.frame_times)
 
         threading.Thread(target=walk, name="list-photos", daemon=True).start()
 
@@ -200,7 +200,8 @@ class MainWindow(QMainWindow):
             lambda rel: self._photo_path(rel) and c.images_loader.request(("thumb", rel), self._photo_path(rel), THUMB_MAX_SIDE))
         self._lister.listed.connect(self._folder_listed)
         self.file_view.selectionModel().currentChanged.connect(
-            lambda index, _: index.isValid() and self.show_image(self.file_model.paths()[index.row()]))
+            lambda index, _: index.isValid() and self.show_image(self.file_model.image_at(index.row())))
+        self.file_view.doubleClicked.connect(lambda index: self.file_model.toggle(index.row()))
         self.canvas.zoomChanged.connect(lambda z: self.zoom_label.setText(f"{z * 100:.0f}%"))
         self.categories.currentChanged.connect(self.set_category)
         self.categories.addRequested.connect(lambda name: self.edit(lambda d: d.add_category(name)))
@@ -272,11 +273,11 @@ class MainWindow(QMainWindow):
             return self.project.path_of(rel)
         return self._opening / rel if self._opening is not None else None
 
-    def _folder_listed(self, folder: str, files: list[str]) -> None:
+    def _folder_listed(self, folder: str, files: list[str], frame_times: dict[str, float]) -> None:
         """The photos are listed: show them (and the first one) while the project opens."""
         if self.document is not None or self._opening is None or Path(folder) != self._opening or not files:
             return
-        self.file_model.set_images(files)
+        self.file_model.set_images(files, frame_times)
         self.stack.setCurrentWidget(self.canvas)
         self.file_view.setCurrentIndex(self.file_model.index(0))
 
@@ -294,10 +295,11 @@ class MainWindow(QMainWindow):
         self.review.attach(self.document)
         listed = self._opening == project.photos and self.file_model.paths() == files
         if not listed:  # (photos listed early stay as they are, the one shown too)
-            self.file_model.set_images(files)
+            self.file_model.set_images(files, project.frame_times)
             self.current_image = self.canvas_image = None
             self.canvas.set_image(None)
             self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
+        self.results.model.frame_times = project.frame_times
         if not files:
             self.canvas_hint.setText(f"No photos found in {project.photos}.")
         self.statusBar().showMessage(project.state_note, 8000)
@@ -348,6 +350,7 @@ class MainWindow(QMainWindow):
             return
         self.current_image = rel
         self.review.clear_draft()
+        self.file_model.reveal(rel)
         row = self.file_model.row_of(rel)
         if row >= 0 and self.file_view.currentIndex().row() != row:
             self.file_view.setCurrentIndex(self.file_model.index(row))
@@ -357,7 +360,7 @@ class MainWindow(QMainWindow):
     def step_image(self, step: int) -> None:
         paths = self.file_model.paths()
         if paths:
-            row = self.file_model.row_of(self.current_image) if self.current_image else -1
+            row = paths.index(self.current_image) if self.current_image in paths else -1
             self.show_image(paths[min(max(row + step, 0), len(paths) - 1)])
 
     def _image_loaded(self, tag, image, size) -> None:

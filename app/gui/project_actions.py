@@ -94,10 +94,25 @@ class ProjectActions(QObject):
 
         current = vars(self.window.prefs).copy()
         choices = {"backbone": BACKBONES, "device": app_settings.DEVICES, "mode": app_settings.MODES}
-        dialog = dialogs.SettingsDialog(current, choices, parent=self.window)
+        project = self.window.project
+        folder = {"video_fps": project.video_fps()} if project is not None else {}  # kept in the folder
+        dialog = dialogs.SettingsDialog({**current, **folder}, choices, parent=self.window)
         if dialog.exec() == dialogs.SettingsDialog.Accepted:
-            self.apply_preferences(app_settings.Preferences(**{**current, **dialog.values()}))
+            values = dialog.values()
+            fps = values.pop("video_fps", None)
+            self.apply_preferences(app_settings.Preferences(**{**current, **values}))
             app_settings.save_preferences(self.window.prefs)
+            if project is not None and fps is not None and fps != folder["video_fps"]:
+                self.set_video_fps(project, fps)
+
+    def set_video_fps(self, project, fps: float) -> None:
+        """Sample the folder's videos at `fps` from now on; indexing brings in the new frames."""
+        try:
+            project.set_video_fps(fps)
+        except (ValueError, OSError) as exc:
+            self.window.show_error("Video sampling not changed", str(exc))
+            return
+        self.window.controller.start_indexing()
 
     def apply_preferences(self, prefs: app_settings.Preferences) -> None:
         w = self.window
@@ -117,7 +132,8 @@ class ProjectActions(QObject):
             w.show_error("Some photos could not be indexed",
                          f"{len(report.skipped)} skipped ({names}): {report.skipped[0]['reason']}")
         if w.controller.images != w.file_model.paths():  # photos added or removed meanwhile
-            w.file_model.set_images(w.controller.images)
+            w.file_model.set_images(w.controller.images, w.project.frame_times)
+            w.results.model.frame_times = w.project.frame_times
             w.update_file_counts()
 
     def _indexing_stopped(self, why: str) -> None:

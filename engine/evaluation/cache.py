@@ -17,6 +17,7 @@ from dasr_annotator.engine.dasr.extractor import Extractor
 from dasr_annotator.engine.dasr.relocate import FeatureMap
 from dasr_annotator.engine.evaluation.manifest import Manifest
 from dasr_annotator.engine.store.imageio import load_image
+from dasr_annotator.engine.store.video import media_file
 from dasr_annotator.engine.types import Cancelled, CancelFn, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class NpzCache:
 
     @staticmethod
     def _stamp(source: Path) -> np.ndarray:
-        st = source.stat()
+        st = media_file(source).stat()  # a video frame (clip.mp4#frame=N) is as fresh as its video
         return np.array([st.st_size, st.st_mtime_ns], np.int64)
 
     def load(self, file: str, source: Path) -> dict | None:

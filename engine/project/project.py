@@ -31,10 +31,11 @@ from dasr_annotator.engine.project.lock import StateLock
 from dasr_annotator.engine.search import index as faiss_index
 from dasr_annotator.engine.store.annotations import AnnotationStore
 from dasr_annotator.engine.store.collection import (NPZ_ERRORS, REBUILD_HINT, STATE_FOLDER, FileEntry, RegionStore,
-                                                    content_hash, fingerprint, scan_images, write_json)
+                                                    ScanResult, content_hash, fingerprint, scan_images, write_json)
 from dasr_annotator.engine.store.storage import (DamagedFile, ProjectFileError, atomic_write_bytes, damaged_copy_path,
                                                  is_writable_dir, read_json, require_intact, restore_backup,
                                                  user_cache_dir)
+from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS
 from dasr_annotator.engine.types import CancelFn, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ FORMAT = 1
 WHITEN_SAMPLE = 200_000  # regions a whitening is fitted on at most (plenty for D <= 2048)
 BATCH_FILES = 32  # images per shard ...
 BATCH_SECONDS = 30.0  # ... or fewer when extraction is slow: a kill loses at most this much work
+MAX_VIDEO_FPS = 240.0  # a sampling rate above any camera's is a typo
 
 
 class IncompatibleIndex(Exception):
@@ -89,6 +91,7 @@ class Project:
         self.state_dir = state_dir
         self.state_note = state_note
         self._annotations: AnnotationStore | None = None
+        self.frame_times: dict[str, float] = {}  # video frame -> seconds into its video, as last scanned
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -126,7 +129,36 @@ class Project:
         return data
 
     def scan(self) -> list[str]:
-        return scan_images(self.photos).files
+        return self.scan_result().files
+
+    def scan_result(self) -> ScanResult:
+        """The folder's photos and sampled video frames (with their times), and what could not be read."""
+        result = scan_images(self.photos, self.video_fps())
+        self.frame_times = result.frame_times
+        return result
+
+    # ---- video sampling (per folder) ----------------------------------------------------------
+    @property
+    def video_settings_path(self) -> Path:
+        return self.state_dir / "video.json"
+
+    def video_fps(self) -> float:
+        """Frames sampled per second of each video in this folder (DEFAULT_VIDEO_FPS unless set)."""
+        if not self.video_settings_path.exists():
+            return DEFAULT_VIDEO_FPS
+        try:
+            fps = read_json(self.video_settings_path, expect=dict).get("fps")
+        except ProjectFileError as exc:
+            log.warning("%s; sampling videos at %g fps", exc.message, DEFAULT_VIDEO_FPS)
+            return DEFAULT_VIDEO_FPS
+        return float(fps) if isinstance(fps, (int, float)) and 0 < fps <= MAX_VIDEO_FPS else DEFAULT_VIDEO_FPS
+
+    def set_video_fps(self, fps: float) -> None:
+        """Sample this folder's videos at `fps` from the next scan on (the next index run extracts
+        the new frames and drops the ones no longer sampled). Raises ValueError when unusable."""
+        if not isinstance(fps, (int, float)) or not 0 < fps <= MAX_VIDEO_FPS:
+            raise ValueError(f"video fps must be above 0 and at most {MAX_VIDEO_FPS:g}, got {fps}")
+        write_json(self.video_settings_path, {"fps": float(fps)})
 
     def path_of(self, rel: str) -> Path:
         return self.photos / rel
@@ -231,7 +263,7 @@ class Project:
                 manifest = {"format": FORMAT, "photos": str(self.photos), "extractor": config, "weights": weights,
                             "whitening": None, "index": None}
                 self._write_manifest(manifest)
-            scan = scan_images(self.photos)
+            scan = self.scan_result()
             plan = self._plan(scan.files, store)
             skipped = scan.problems + plan.skipped
             for entry in plan.refreshed.values():

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dasr_annotator.engine.dasr.relocate import FeatureMap
+from dasr_annotator.engine.store.video import media_file
 
 log = logging.getLogger(__name__)
 
@@ -78,5 +79,5 @@ class MapCache:
 
 
 def _stamp(path: Path) -> np.ndarray:
-    st = path.stat()
+    st = media_file(path).stat()  # a video frame's map lives while its video is unchanged
     return np.array([st.st_size, st.st_mtime_ns], np.int64)

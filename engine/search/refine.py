@@ -29,6 +29,7 @@ import torch
 from dasr_annotator.engine.dasr import zoom
 from dasr_annotator.engine.dasr.relocate import FeatureMap, WindowQuery, best_windows, inscribed_ellipse
 from dasr_annotator.engine.store.imageio import ImageError, load_image
+from dasr_annotator.engine.store.video import media_file
 from dasr_annotator.engine.types import Box, CancelFn, Cancelled, Hit, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -242,5 +243,5 @@ def _distinct_sizes(sizes):
 
 
 def _file_key(path: Path) -> str:
-    st = path.stat()
+    st = media_file(path).stat()  # a video frame (clip.mp4#frame=N) is as fresh as its video
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"

@@ -5,6 +5,12 @@ iscrowd 0, and an `attributes` object per annotation carrying score, query id, s
 store's own id. Only images with annotations are listed unless `all_images` (an unlabelled image
 would read as "no objects here", which nobody has checked).
 
+A video frame (`clip.mp4#frame=N`) is one image entry carrying `video`, `frame_index` and
+`timestamp` (seconds); with `frames_dir` the frame is also written there as a JPEG
+(`clip.mp4/frame_000123.jpg`, the video's folders kept) and its `file_name` is that file's path
+relative to `frames_dir`, so COCO tools that read image files find it. Import reads a frame back
+from `video` and `frame_index` whatever the `file_name`.
+
 Import is all or nothing: every image, category and annotation is checked first and the file is
 refused with the reasons if anything is wrong. Image paths must stay inside the photo folder.
 An annotation that matches an existing one (same image and category, IoU >= 0.9) is skipped and
@@ -22,6 +28,7 @@ from dasr_annotator.engine.store.formats.common import (
     category_ids, check_box, check_image, finite_number, gather,
 )
 from dasr_annotator.engine.store.storage import ProjectFileError, read_json
+from dasr_annotator.engine.store.video import frame_name
 from dasr_annotator.engine.types import Box
 
 __all__ = ["CocoError", "DUPLICATE_IOU", "ExportReport", "ImportReport", "MAX_REASONS", "SIZE_TOLERANCE",
@@ -31,14 +38,19 @@ TITLE = "COCO"
 CocoError = LabelFileError  # the name callers have always caught
 
 
-def export_coco(project, out_path: str | Path, all_images: bool = False) -> ExportReport:
-    exported, skipped = gather(project, all_images)
+def export_coco(project, out_path: str | Path, all_images: bool = False,
+                frames_dir: str | Path | None = None) -> ExportReport:
+    exported, skipped = gather(project, all_images, frames_dir)
     categories = project.annotations.categories
     category_id = category_ids(project, start=1)
     images, annotations = [], []
     for image in exported:
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": image.name, "width": image.width, "height": image.height})
+        entry = {"id": image_id, "file_name": image.frame_file or image.name,
+                 "width": image.width, "height": image.height}
+        if image.video is not None:
+            entry.update(video=image.video, frame_index=image.frame_index, timestamp=image.timestamp)
+        images.append(entry)
         for ann, box in image.labels:
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id[ann.category],
@@ -55,7 +67,8 @@ def export_coco(project, out_path: str | Path, all_images: bool = False) -> Expo
         "annotations": annotations,
     }
     write_json(Path(out_path), coco, backup=False)
-    return ExportReport(len(images), len(annotations), len(categories), skipped)
+    return ExportReport(len(images), len(annotations), len(categories), skipped,
+                        frames=sum(image.frame_file is not None for image in exported))
 
 
 def import_coco(project, in_path: str | Path) -> ImportReport:
@@ -118,6 +131,11 @@ def _checked_images(project, data: dict) -> tuple[dict, list[str]]:
             reasons.append(f"{where} needs an 'id' (number or string)")
             continue
         name = im.get("file_name")
+        if isinstance(im.get("video"), str) and im.get("frame_index") is not None:
+            if isinstance(im["frame_index"], bool) or not isinstance(im["frame_index"], int) or im["frame_index"] < 0:
+                reasons.append(f"{where}: frame_index {im['frame_index']!r} is not a frame number")
+                continue
+            name = frame_name(im["video"], im["frame_index"])  # the frame, wherever its JPEG was written
         if not isinstance(name, str) or not name.strip():
             reasons.append(f"{where} needs a 'file_name'")
             continue

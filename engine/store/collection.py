@@ -20,12 +20,13 @@ import os
 import re
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dasr_annotator.engine.store.imageio import is_image_name
+from dasr_annotator.engine.store.imageio import ImageError, is_image_name
+from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS, frame_name, is_video_name, media_file, probe_video
 from dasr_annotator.engine.store.storage import ProjectFileError, atomic_write_bytes, read_json
 from dasr_annotator.engine.types import ImageRegions
 
@@ -43,15 +44,19 @@ NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 @dataclass
 class ScanResult:
     files: list[str]  # POSIX paths relative to the root, sorted
-    problems: list[dict]  # [{"file": relpath, "reason": text}] for folders that could not be read
+    problems: list[dict]  # [{"file": relpath, "reason": text}] for folders (or videos) that could not be read
+    frame_times: dict[str, float] = field(default_factory=dict)  # video frame name -> seconds into its video
 
 
-def scan_images(root: Path) -> ScanResult:
+def scan_images(root: Path, video_fps: float = DEFAULT_VIDEO_FPS) -> ScanResult:
     """Every image under `root` (any letter case of a known suffix), following symlinks but never
-    a folder twice (so link loops end), skipping state folders."""
+    a folder twice (so link loops end), skipping state folders. A video counts as its frames
+    sampled at `video_fps` (`clip.mp4#frame=N`, engine/store/video.py); one that cannot be read
+    is a problem with its reason."""
     root = Path(root)
     files: list[str] = []
     problems: list[dict] = []
+    frame_times: dict[str, float] = {}
     seen_dirs: set[tuple[int, int]] = set()
 
     def unreadable(err: OSError) -> None:
@@ -67,7 +72,18 @@ def scan_images(root: Path) -> ScanResult:
         dirs[:] = sorted(d for d in dirs if d != STATE_FOLDER)
         rel_folder = Path(folder).relative_to(root)
         files.extend((rel_folder / n).as_posix() for n in names if is_image_name(n))
-    return ScanResult(sorted(files), problems)
+        for n in sorted(names):
+            if is_video_name(n):
+                rel = (rel_folder / n).as_posix()
+                try:
+                    info = probe_video(Path(folder) / n)
+                except ImageError as exc:
+                    problems.append({"file": rel, "reason": exc.reason})
+                    continue
+                for frame in info.sample(video_fps):
+                    frame_times[frame_name(rel, frame)] = info.time_of(frame)
+    files.extend(frame_times)
+    return ScanResult(sorted(files), problems, frame_times)
 
 
 def write_json(path: Path, obj, backup: bool = True) -> None:
@@ -90,15 +106,29 @@ class Fingerprint:
 
 
 def fingerprint(path: Path) -> Fingerprint:
-    st = os.stat(path)
+    """Size and modification time of the file (of its video, for a frame)."""
+    st = os.stat(media_file(path))
     return Fingerprint(st.st_size, st.st_mtime_ns)
 
 
+_hashed: dict[tuple, str] = {}  # (file, size, mtime) -> sha256, so a video is read once for all its frames
+
+
 def content_hash(path: Path) -> str:
+    """SHA-256 of the file (of its video, for a frame: hashed once while it stays unchanged)."""
+    path = media_file(path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key in _hashed:
+        return _hashed[key]
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    if is_video_name(path):
+        if len(_hashed) > 256:
+            _hashed.clear()
+        _hashed[key] = digest.hexdigest()
     return digest.hexdigest()
 
 

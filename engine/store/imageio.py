@@ -82,7 +82,12 @@ def is_image_name(path: str | bytes | os.PathLike) -> bool:
 
 
 def image_size(path: str | bytes | os.PathLike) -> tuple[int, int]:
-    """Oriented (width, height) read from the header, without decoding pixels."""
+    """Oriented (width, height) read from the header, without decoding pixels. A frame of a
+    video (`clip.mp4#frame=N`, engine/store/video.py) has its video's shown size."""
+    if (frame := _video_frame(path)) is not None:
+        from dasr_annotator.engine.store.video import video_frame_size
+
+        return video_frame_size(frame.video, frame.frame)
     with _open_file(path) as fp:
         with _guarded():
             image = _identify(fp)
@@ -90,7 +95,12 @@ def image_size(path: str | bytes | os.PathLike) -> tuple[int, int]:
 
 
 def load_image(path: str | bytes | os.PathLike, max_side: int | None = None) -> LoadedImage:
-    """Decode `path` to RGB, EXIF-oriented, reduced so max(H, W) <= max_side when given."""
+    """Decode `path` to RGB, EXIF-oriented, reduced so max(H, W) <= max_side when given. A frame
+    of a video (`clip.mp4#frame=N`) is decoded from the video, rotated as the video is shown."""
+    if (frame := _video_frame(path)) is not None:
+        from dasr_annotator.engine.store.video import load_video_frame
+
+        return load_video_frame(frame.video, frame.frame, max_side=max_side)
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be positive, got {max_side}")
     with _open_file(path) as fp:
@@ -116,6 +126,16 @@ def load_image(path: str | bytes | os.PathLike, max_side: int | None = None) -> 
                 pixels = pixels.convert("RGB")
             rgb = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
     return LoadedImage(rgb=rgb, width=width, height=height, scale=scale)
+
+
+def _video_frame(path):
+    """The video frame `path` names, or None for a file of its own (video.py is imported only
+    when a name looks like a frame, so photo-only work never loads the video decoder)."""
+    if "#frame=" not in os.fsdecode(path):
+        return None
+    from dasr_annotator.engine.store.video import frame_of
+
+    return frame_of(path)
 
 
 class _open_file:

@@ -2,7 +2,9 @@
 makes, and the all-or-nothing commit of imported labels into the annotation store.
 
 Export side: `gather` lists the images to write (oriented size, boxes clipped to the image,
-unreadable images and boxes outside them skipped with a reason); `per_image_files` gives each
+unreadable images and boxes outside them skipped with a reason; a video frame `clip.mp4#frame=N`
+with its video, frame number and time, and with `frames_dir` also written there as a JPEG
+`clip.mp4/frame_000123.jpg` so tools that read image files find it); `per_image_files` gives each
 image its own label file in a tree mirroring the photo folder (and skips the second of two
 photos that would share one, e.g. `a.jpg` and `a.png`); `not_carried` is the one line a format
 says about what it cannot hold.
@@ -17,6 +19,7 @@ in memory if the save fails.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -24,8 +27,11 @@ from pathlib import Path, PurePosixPath
 from xml.etree import ElementTree
 from xml.parsers import expat
 
-from dasr_annotator.engine.store.imageio import ImageError, image_size
+from PIL import Image
+
+from dasr_annotator.engine.store.imageio import ImageError, image_size, load_image
 from dasr_annotator.engine.store.storage import atomic_write_bytes
+from dasr_annotator.engine.store.video import frame_time, split_frame_name
 from dasr_annotator.engine.types import Annotation, Box
 
 DUPLICATE_IOU = 0.9
@@ -50,6 +56,7 @@ class ExportReport:
     categories: int
     skipped: list[dict] = field(default_factory=list)  # [{"file", "reason"}] images that could not be read
     not_carried: str | None = None  # what the format could not hold, in one line
+    frames: int = 0  # video frames written as JPEG files
 
 
 @dataclass
@@ -102,12 +109,18 @@ class ExportImage:
     width: int
     height: int
     labels: list[tuple[Annotation, Box]]  # each annotation with its box clipped to the image
+    video: str | None = None  # a video frame's video, relative to the photo folder
+    frame_index: int | None = None
+    timestamp: float | None = None  # seconds into the video
+    frame_file: str | None = None  # the frame's JPEG, relative to `frames_dir`, when written there
 
 
-def gather(project, all_images: bool) -> tuple[list[ExportImage], list[dict]]:
+def gather(project, all_images: bool,
+           frames_dir: str | Path | None = None) -> tuple[list[ExportImage], list[dict]]:
     """The images to export, in name order, and what was skipped ([{"file", "reason"}]). Only
     images with labels unless `all_images` (an unlabelled image would read as "no objects
-    here", which nobody has checked)."""
+    here", which nobody has checked). With `frames_dir`, each video frame is written there as a
+    JPEG (`frame_file`)."""
     by_image: dict[str, list[Annotation]] = {}
     for ann in project.annotations.list():
         by_image.setdefault(ann.image, []).append(ann)
@@ -116,18 +129,40 @@ def gather(project, all_images: bool) -> tuple[list[ExportImage], list[dict]]:
     for name in names:
         try:
             width, height = image_size(project.path_of(name))
+            image = ExportImage(name, width, height, [])
+            _add_frame(project, image, frames_dir)
         except ImageError as exc:
             skipped.append({"file": name, "reason": exc.reason})
             continue
-        labels = []
+        except OSError as exc:
+            skipped.append({"file": name, "reason": f"frame not written: {exc.strerror or exc}"})
+            continue
         for ann in by_image.get(name, []):
             box = ann.box.clipped(width, height)
             if box.area <= 0:
                 skipped.append({"file": name, "reason": f"annotation {ann.id} lies outside the image"})
                 continue
-            labels.append((ann, box))
-        images.append(ExportImage(name, width, height, labels))
+            image.labels.append((ann, box))
+        images.append(image)
     return images, skipped
+
+
+def _add_frame(project, image: ExportImage, frames_dir: str | Path | None) -> None:
+    """Fill in the video fields of a frame (nothing for a photo, or for a real file whose name
+    looks like a frame); with `frames_dir`, write the frame there as a JPEG."""
+    ref = split_frame_name(image.name)
+    path = project.path_of(image.name)
+    if ref is None or path.exists():
+        return
+    image.video, image.frame_index = ref.video, ref.frame
+    image.timestamp = round(frame_time(project.path_of(ref.video), ref.frame), 6)
+    if frames_dir is None:
+        return
+    jpeg = PurePosixPath(ref.video) / f"frame_{ref.frame:06d}.jpg"
+    buffer = io.BytesIO()
+    Image.fromarray(load_image(path).rgb).save(buffer, format="JPEG", quality=95)
+    write_file(Path(frames_dir).joinpath(*jpeg.parts), buffer.getvalue())
+    image.frame_file = jpeg.as_posix()
 
 
 def per_image_files(images: list[ExportImage], root: Path, suffix: str,
