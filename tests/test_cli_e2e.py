@@ -271,7 +271,8 @@ ANNOTATION_KEYS = {"id", "image", "category", "box", "score", "query_id", "sourc
 LABEL_DUPLICATE_KEYS = {"image", "box", "existing"}
 IMPORT_KEYS = {"added", "duplicates", "categories_added", "skipped"}
 IMPORT_DUPLICATE_KEYS = {"image", "category", "box", "existing"}
-EXPORT_KEYS = {"file", "images", "annotations", "categories", "skipped"}
+# "format" and "not_carried" came with the other label formats (issue 18); the first five are the old contract
+EXPORT_KEYS = {"file", "images", "annotations", "categories", "skipped", "format", "not_carried"}
 SKIPPED_FILE_KEYS = {"file", "reason"}
 
 
