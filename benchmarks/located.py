@@ -28,12 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dasr_annotator.engine.evaluation.manifest import load_manifest, select_queries  # noqa: E402
-from dasr_annotator.engine.evaluation.metrics import (average_precision_at_k, centres_inside,  # noqa: E402
-                                                      iou_xywh)
-from dasr_annotator.engine.store.imageio import image_size  # noqa: E402
-
-SIZE_BINS = (("small", 1 / 16), ("medium", 1 / 4), ("large", np.inf))
+from dasr_annotator.engine.evaluation.manifest import load_manifest, select_queries
+from dasr_annotator.engine.evaluation.metrics import (SIZE_BINS, average_precision_at_k,
+                                                      centres_inside, iou_xywh, size_bin)
+from dasr_annotator.engine.store.imageio import image_size
 
 
 def cli(*args: str) -> tuple[str, float]:
@@ -53,14 +51,10 @@ def link_photos(manifest, folder: Path) -> None:
             os.symlink((manifest.root / file).resolve(), target)
 
 
-def size_bin(gt_box, photo_size) -> str:
-    ratio = max(gt_box[2], gt_box[3]) / max(photo_size)
-    return next(name for name, limit in SIZE_BINS if ratio < limit)
-
-
 def score_queries(manifest, queries, answers: dict, top: int, sizes: dict) -> dict:
     """The figures of the module docstring from the CLI's answers (query id -> hits)."""
     ap, ap_loc, ious_by_bin, returned_by_bin, total_by_bin = [], [], {}, {}, {}
+    ap_by_query_bin: dict[str, list[float]] = {}  # does a small query object rank its photos worse?
     all_ious, n_relevant_total = [], 0
     for qi, q in enumerate(queries):
         hits = answers.get(str(qi), [])
@@ -82,6 +76,7 @@ def score_queries(manifest, queries, answers: dict, top: int, sizes: dict) -> di
         n = len(relevant)
         ap.append(average_precision_at_k(np.array(rel_flags, bool), n, 50))
         ap_loc.append(average_precision_at_k(np.array(loc_flags, bool), n, 50))
+        ap_by_query_bin.setdefault(size_bin(q.box, sizes[q.file]), []).append(ap[-1])
         n_relevant_total += n
         for f in relevant_files:
             b = size_bin(manifest.gt[(q.instance, f)], sizes[f])
@@ -100,6 +95,7 @@ def score_queries(manifest, queries, answers: dict, top: int, sizes: dict) -> di
         "mean_iou_returned": float(ious.mean()) if ious.size else 0.0,
         "returned_relevant": float(ious.size / n_relevant_total),
         "by_size": {},
+        "map50_by_query_size": {b: {"queries": len(v), "map50": float(np.mean(v))} for b, v in ap_by_query_bin.items()},
     }
     for name, _ in SIZE_BINS:
         if total_by_bin.get(name):

@@ -269,7 +269,8 @@ HIT_KEYS, ELLIPSE_KEYS = {"image", "score", "box", "ellipse"}, {"cx", "cy", "a",
 LABEL_KEYS = {"category", "query_id", "added", "duplicates"}
 ANNOTATION_KEYS = {"id", "image", "category", "box", "score", "query_id", "source"}
 LABEL_DUPLICATE_KEYS = {"image", "box", "existing"}
-IMPORT_KEYS = {"added", "duplicates", "categories_added", "skipped"}
+# "file" and "format" came with the other label formats (issue 18)
+IMPORT_KEYS = {"added", "duplicates", "categories_added", "skipped", "file", "format"}
 IMPORT_DUPLICATE_KEYS = {"image", "category", "box", "existing"}
 # "format" and "not_carried" came with the other label formats (issue 18); the first five are the old contract
 EXPORT_KEYS = {"file", "images", "annotations", "categories", "skipped", "format", "not_carried"}

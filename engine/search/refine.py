@@ -20,6 +20,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,8 +218,21 @@ class Refiner:
             return list(bb.forward(pixels, layers=(self.layer,)).features[self.layer].float().cpu())
 
     def _batched_features(self, patches: list[np.ndarray], cancel: CancelFn) -> list[torch.Tensor]:
-        """Relocation maps of the crops, crops of one size batched (a GPU takes them all at once;
-        a CPU one at a time, which is as fast there and lets a cancel in between)."""
+        """Relocation maps of the crops. A GPU takes crops of one size as batches; a CPU runs one
+        crop per core side by side, each on one thread (as the indexer extracts photos: small
+        ops split across cores poorly), and a cancel is seen between crops."""
+        workers = self.extractor.parallel_images() if hasattr(self.extractor, "parallel_images") else 1
+        if not self.on_gpu and workers > 1 and len(patches) > 1:
+            with self.extractor.one_thread_each(), ThreadPoolExecutor(workers, "dasr-refine") as pool:
+                futures = [pool.submit(self._features, [p]) for p in patches]
+                out = []
+                for future in futures:
+                    if cancel():
+                        for f in futures:
+                            f.cancel()
+                        raise Cancelled()
+                    out.append(future.result()[0])
+                return out
         out: list[torch.Tensor | None] = [None] * len(patches)
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(patches):
