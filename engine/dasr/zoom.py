@@ -47,8 +47,6 @@ FINE_SCALES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.12, 1.25, 1.4, 1.6)
 FINE_ASPECTS = (0.8, 1.0, 1.25)
 # Windows compared cell by cell, after the pooled pass picked them.
 TEMPLATE_CANDIDATES = 12
-# After the best window is found at half-cell steps, its neighbours at these finer steps (cells).
-EDGE_STEPS: tuple[float, ...] = ()
 # The query's cell grid, at most this many cells a side (the cost grows with its square).
 MAX_GRID = 8
 
@@ -243,14 +241,7 @@ def best_fine_window(feature: Tensor, templates: list[Template], valid: tuple[in
         return -math.inf, feature.new_tensor([0.0, 0.0, float(vw), float(vh)])
     scores = _template_scores(feature, templates, candidates)
     i = int(torch.argmax(scores))
-    score, box = float(scores[i]), candidates[i]
-    for step in EDGE_STEPS:  # tighter edges: the winner's neighbours at finer steps
-        near = jittered(box[None], step)
-        near_scores = _template_scores(feature, templates, near)
-        j = int(torch.argmax(near_scores))
-        if float(near_scores[j]) > score:
-            score, box = float(near_scores[j]), near[j]
-    return score, box
+    return float(scores[i]), candidates[i]
 
 
 def _template_scores(feature: Tensor, templates: list[Template], boxes: Tensor) -> Tensor:
