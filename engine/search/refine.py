@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # Coarse windows refined per photo: the best coarse window is the right one less often than one
 # of the best three (+7 points of boxes at IoU >= 0.5 on dev-hires, issue #24).
 COARSE_WINDOWS = 3
+# A crop's coarse window similarity, times this, is added to its fine windows' similarity.
+COARSE_WEIGHT = 0.0
 # Crops closer than this (centre distance, in expected object sizes) are one crop.
 SAME_CROP = 1.0
 # Hits refined between two reports: the first screenful of a result list arrives early.
@@ -130,7 +132,9 @@ class Refiner:
                 continue
             path = path_of(hit.image)
             excluded = tuple(rejected.get(hit.image, ()))
-            coarse = [box for _, box in best_windows(fmap, windows, COARSE_WINDOWS, exclude=excluded)]
+            found = [(s, box) for s, box in best_windows(fmap, windows, COARSE_WINDOWS, exclude=excluded)
+                     if math.isfinite(s)]
+            coarse = [box for _, box in found]
             try:
                 key = (tuple(e.key for e in examples), _file_key(path),
                        tuple(tuple(round(v, 1) for v in b.as_list()) for b in coarse),
@@ -144,7 +148,7 @@ class Refiner:
                 plans.append((i, hit, key, box))
                 continue
             try:
-                crops = self._crops(path, fmap, coarse, examples)
+                crops = self._crops(path, fmap, found, examples)
             except (OSError, ImageError) as exc:
                 log.warning("%s: not refined (%s)", hit.image, exc)
                 continue
@@ -152,7 +156,7 @@ class Refiner:
         todo = [(p, c) for p in plans if not isinstance(p[3], Box) for c in p[3]]
         features = self._batched_features([c[1] for _, c in todo], cancel)
         best: dict[int, tuple[float, Box]] = {}
-        for ((i, hit, key, _), (crop, _pixels)), feature in zip(todo, features):
+        for ((i, hit, key, _), (crop, _pixels, prior)), feature in zip(todo, features):
             valid = crop.valid_cells(self.stride)
             fmap_c = zoom.centred_map(feature, valid)
             excluded = rejected.get(hit.image, ())
@@ -165,6 +169,7 @@ class Refiner:
             box = crop.to_original(x1, y1, x2, y2)
             if box.w < 1 or box.h < 1:
                 continue
+            score += COARSE_WEIGHT * prior
             if i not in best or score > best[i][0]:
                 best[i] = (score, box)
         results = []
@@ -181,7 +186,7 @@ class Refiner:
             results.append((i, Hit(hit.image, hit.score, box, inscribed_ellipse(box))))
         return results
 
-    def _crops(self, path: Path, fmap: FeatureMap, coarse: list[Box], examples: Sequence[Example]):
+    def _crops(self, path: Path, fmap: FeatureMap, coarse: list[tuple[float, Box]], examples: Sequence[Example]):
         """[(crop, pixels)] around the coarse windows, one set per example size, near duplicates merged."""
         sizes = [(e.net_size[0] / fmap.scale_x, e.net_size[1] / fmap.scale_y) for e in examples]
         want = max(zoom.zoom_for(s, self.stride) for s in sizes)
@@ -189,7 +194,7 @@ class Refiner:
         crops, centres = [], []
         for size in _distinct_sizes(sizes):
             geo = math.sqrt(max(size[0], 1.0) * max(size[1], 1.0))
-            for box in coarse:
+            for similarity, box in coarse:
                 cx, cy = box.center
                 if any(s == size and math.hypot(cx - x, cy - y) < SAME_CROP * geo for s, x, y in centres):
                     continue
@@ -198,7 +203,7 @@ class Refiner:
                     loaded = self._load(path, want)
                 plan = zoom.plan_crop((cx, cy), size, (loaded.width, loaded.height), self.stride)
                 pixels, crop = zoom.cut(loaded.rgb, loaded.scale, plan)
-                crops.append((crop, pixels))
+                crops.append((crop, pixels, similarity))
         return crops
 
     # ------------------------------------------------------------------ network
@@ -237,7 +242,7 @@ class Refiner:
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(patches):
             groups.setdefault(p.shape, []).append(i)
-        batch = 32 if self.on_gpu else 1
+        batch = 256 if self.on_gpu else 1  # a GPU: a whole result list in one or two batches
         for indices in groups.values():
             for start in range(0, len(indices), batch):
                 if cancel():
