@@ -230,6 +230,7 @@ class MainWindow(QMainWindow):
         self.document.changed.connect(self._document_changed)
         self.document.savedChanged.connect(self._show_saved)
         self.document.saveFailed.connect(self._save_failed)
+        self.document.notice.connect(self.show_info)
         self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
         self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
         self.review.attach(self.document)
@@ -375,7 +376,7 @@ class MainWindow(QMainWindow):
         if doc is None:
             return
         doc.save()
-        for signal in (doc.changed, doc.savedChanged, doc.saveFailed, doc.undo_stack.canUndoChanged,
+        for signal in (doc.changed, doc.savedChanged, doc.saveFailed, doc.notice, doc.undo_stack.canUndoChanged,
                        doc.undo_stack.canRedoChanged):
             signal.disconnect()
         doc.deleteLater()
@@ -418,6 +419,11 @@ class MainWindow(QMainWindow):
             self.restoreState(saved[1], app_settings.LAYOUT_VERSION)
 
     def closeEvent(self, event) -> None:
+        if self.document is not None and not self.document.save() and not self.confirm(
+                "Labels not saved", "The labels could not be saved (see the message in the window). "
+                "Close anyway and lose the unsaved changes?"):
+            event.ignore()  # the edits stay in memory; the save keeps being retried
+            return
         app_settings.save_layout(self.saveGeometry(), self.saveState(app_settings.LAYOUT_VERSION))
         self._detach_document()
         self.controller.shutdown()
