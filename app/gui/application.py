@@ -26,6 +26,12 @@ def run_gui(photos: str | None) -> int:
     if photos is not None and not Path(photos).is_dir():
         print(f"dasr-annotator: {photos!r} is not a folder", file=sys.stderr)
         return 2
+    from dasr_annotator.app.gui import platform_check
+
+    problem = platform_check.check()  # before Qt: its own abort names no package and says "reinstall"
+    if problem is not None:
+        print(f"dasr-annotator: the window cannot open.\n{problem.message}", file=sys.stderr)
+        return platform_check.EXIT_CODE
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = create_app()
     from dasr_annotator.app.gui.main_window import MainWindow
