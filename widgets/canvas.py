@@ -14,7 +14,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QCursor, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QGraphicsPixmapItem, QGraphicsScene, QGraphicsView
 
-from dasr_annotator.engine.types import Box, Ellipse
+from dasr_annotator.engine.types import MIN_BOX_SIDE, Box, Ellipse
 from dasr_annotator.widgets.overlays import (
                                              HANDLE_PX, MOVE, BoxItem, BoxStyle, EllipseItem, box_from_corners, dragged_box, grip_at,
                                              )
@@ -240,7 +240,7 @@ class ImageCanvas(QGraphicsView):
             gesture["item"].set_box(box_from_corners(start.x(), start.y(), point.x(), point.y(), width, height))
             return
         box = dragged_box(gesture["box"], gesture["grip"], point.x() - start.x(), point.y() - start.y(),
-                          width, height, min_side=1.0)
+                          width, height, min_side=MIN_BOX_SIDE)
         item = self._items.get(gesture["key"])
         if item is not None and box != item.box:
             item.set_box(box)
@@ -255,7 +255,7 @@ class ImageCanvas(QGraphicsView):
         elif gesture["kind"] == "draw":
             box = gesture["item"].box
             self.scene().removeItem(gesture["item"])
-            if min(box.w, box.h) * self.zoom() >= MIN_DRAW_PX:
+            if min(box.w, box.h) * self.zoom() >= MIN_DRAW_PX and min(box.w, box.h) >= MIN_BOX_SIDE:
                 self.boxDrawn.emit(box)
 
     def _update_cursor(self, point: QPointF) -> None:

@@ -26,7 +26,7 @@ from dasr_annotator.engine.search import index as faiss_index
 from dasr_annotator.engine.search.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.search.map_cache import MapCache
 from dasr_annotator.engine.store.imageio import ImageError, load_image
-from dasr_annotator.engine.types import Box, Ellipse, Hit
+from dasr_annotator.engine.types import MIN_BOX_SIDE, Box, Ellipse, Hit, boxes_at_least
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ def checked_box(box: Box, width: int, height: int) -> Box:
     inside = box.clipped(width, height)
     if inside.w <= 0 or inside.h <= 0:
         raise BoxError(f"box {_fmt(box)} lies outside the image ({width} x {height} pixels)")
+    if inside.w < MIN_BOX_SIDE or inside.h < MIN_BOX_SIDE:
+        raise BoxError(f"box {_fmt(box)} is less than {MIN_BOX_SIDE:g} pixel wide or high inside the image "
+                       f"({width} x {height} pixels)")
     return inside
 
 
@@ -75,7 +78,8 @@ class Searcher:
         self.images: list[str] = [str(s) for s in meta["images"]]
         self.sizes = meta["sizes"]
         self.region_image = meta["image"].astype(np.int64)
-        self.boxes = meta["boxes"]
+        # a region of a tiny photo (1 x 1 pixel) can be thinner than a pixel: no hit may be
+        self.boxes = boxes_at_least(meta["boxes"], np.asarray(self.sizes)[self.region_image])
         self.ellipses = meta["ellipses"]
         self._image_id = {name: i for i, name in enumerate(self.images)}
         # relocation maps live beside the index (computed on first use, or while indexing);

@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from dasr_annotator.engine.store.collection import write_json
 from dasr_annotator.engine.store.storage import ProjectFileError, read_json
-from dasr_annotator.engine.types import Annotation, Box
+from dasr_annotator.engine.types import MIN_BOX_SIDE, Annotation, Box
 
 FORMAT = 1
 SOURCES = ("manual", "search", "import")
@@ -35,7 +35,6 @@ PALETTE = (
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 LOCK_SUFFIX = ".lock"
 LOCK_WAIT_S = 10.0  # a save holds the lock for milliseconds: waiting longer means a stuck writer
-MIN_SIDE = 1.0  # pixels: a label narrower or lower than one pixel marks nothing
 
 
 class StoreBusy(ProjectFileError):
@@ -320,8 +319,8 @@ class AnnotationStore:
 
 
 def _check_box(box: Box) -> None:
-    if not box.w >= MIN_SIDE or not box.h >= MIN_SIDE:
-        raise ValueError(f"box {box.as_list()} has no area of at least {MIN_SIDE:g} pixel a side")
+    if not box.w >= MIN_BOX_SIDE or not box.h >= MIN_BOX_SIDE:
+        raise ValueError(f"box {box.as_list()} has no area of at least {MIN_BOX_SIDE:g} pixel a side")
 
 
 def _stamp(path: Path) -> tuple | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from dasr_annotator.engine.store.collection import write_json
 from dasr_annotator.engine.store.imageio import ImageError, image_size
 from dasr_annotator.engine.store.storage import ProjectFileError, read_json
-from dasr_annotator.engine.types import Box
+from dasr_annotator.engine.types import MIN_BOX_SIDE, Box
 
 DUPLICATE_IOU = 0.9
 SIZE_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding in other tools); clipped
@@ -76,8 +76,9 @@ def export_coco(project, out_path: str | Path, all_images: bool = False) -> Expo
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
         for ann in by_image.get(name, []):
             box = ann.box.clipped(width, height)
-            if box.area <= 0:
-                skipped.append({"file": name, "reason": f"annotation {ann.id} lies outside the image"})
+            if box.w < MIN_BOX_SIDE or box.h < MIN_BOX_SIDE:
+                skipped.append({"file": name, "reason": f"annotation {ann.id} lies outside the image "
+                                                        f"(less than {MIN_BOX_SIDE:g} pixel a side inside it)"})
                 continue
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id[ann.category],
@@ -242,14 +243,14 @@ def _checked_bbox(bbox, image: dict | None, where: str, reasons: list[str]) -> B
         reasons.append(f"{where}: 'bbox' must be [x, y, width, height] numbers, not {bbox!r}")
         return None
     box = Box(*values)
-    if box.w <= 0 or box.h <= 0:
-        reasons.append(f"{where}: bbox {bbox} has no area")
+    if box.w < MIN_BOX_SIDE or box.h < MIN_BOX_SIDE:
+        reasons.append(f"{where}: bbox {bbox} has no area of at least {MIN_BOX_SIDE:g} pixel a side")
         return None
     if image is None:
         return None
     w, h, tol = image["width"], image["height"], SIZE_TOLERANCE
     inside = box.clipped(w, h)
-    if box.x < -tol or box.y < -tol or box.x2 > w + tol or box.y2 > h + tol or inside.area <= 0:
+    if box.x < -tol or box.y < -tol or box.x2 > w + tol or box.y2 > h + tol or min(inside.w, inside.h) < MIN_BOX_SIDE:
         reasons.append(f"{where}: bbox {bbox} does not fit in {image['rel']} ({w} x {h})")
         return None
     return inside
