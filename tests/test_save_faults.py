@@ -130,3 +130,35 @@ def test_the_window_shows_a_failed_save_and_refuses_to_lose_it_on_close(qtbot, t
     QApplication.processEvents()
     assert not window.isVisible()
     assert [a.image for a in AnnotationStore.load(photos / ".dasr" / "annotations.json").list()] == ["a.png"]
+
+
+def test_indexing_stops_cleanly_on_a_full_disk_and_resumes_later(dev_data, dev_manifest, tmp_path, monkeypatch,
+                                                                capsys, one_torch_thread):
+    """The third shard write fails with ENOSPC: the run ends with a message (no traceback), the
+    finished shards stay, and the next run reuses them."""
+    from dasr_annotator.app.main import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k, instance in enumerate(dev_manifest["instances"][:5]):
+        shutil.copy(dev_data / instance["images"][0]["file"], photos / f"{k}.jpg")
+    writes = {"shards": 0}
+    real_write = storage.atomic_write_bytes
+
+    def filling_disk(path, data, backup=True):
+        if str(path).endswith(".npz") and "shards" in str(path):
+            writes["shards"] += 1
+            if writes["shards"] >= 3:
+                raise ProjectFileError(f"cannot save {path}: {os.strerror(errno.ENOSPC)}")
+        return real_write(path, data, backup)
+
+    from dasr_annotator.engine.store import collection
+    monkeypatch.setattr(collection, "atomic_write_bytes", filling_disk)
+    rc = main(["index", str(photos), "--max-side", "96", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No space left on device" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert main(["index", str(photos), "--max-side", "96", "--batch-size", "1", "--json"]) == 0
+    import json
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 5 and report["reused"] == 2 and report["indexed"] == 3

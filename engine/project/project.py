@@ -66,10 +66,13 @@ class IndexReport:
     skipped: list[dict] = field(default_factory=list)  # [{"file", "reason"}]
     notes: list[str] = field(default_factory=list)  # for people (whitening refitted, index kind, ...)
     pending: int = 0  # left for the next run because `pause` asked to stop early
+    renamed: list[dict] = field(default_factory=list)  # [{"from", "to", "labels"}] labels followed by content
+    missing_labelled: list[dict] = field(default_factory=list)  # [{"file", "labels"}] kept, photo gone
 
     def as_json(self) -> dict:
         return {"images": self.images, "indexed": self.indexed, "reused": self.reused, "removed": self.removed,
-                "regions": self.regions, "skipped": list(self.skipped)}
+                "regions": self.regions, "skipped": list(self.skipped), "renamed": list(self.renamed),
+                "missing_labelled": list(self.missing_labelled)}
 
 
 @dataclass
@@ -194,6 +197,7 @@ class Project:
                 self._write_manifest(manifest)
             scan = scan_images(self.photos)
             plan = self._plan(scan.files, store)
+            moves = _moved_files(self, store, scan.files, [rel for rel, _ in plan.extract])
             skipped = scan.problems + plan.skipped
             for entry in plan.refreshed.values():
                 store.entries[entry.file] = entry
@@ -211,8 +215,39 @@ class Project:
             if plan.refreshed:
                 notes.append(f"{len(plan.refreshed)} touched file(s) had unchanged content and were reused")
             regions = self._refresh_search_state(store, live, manifest, notes, cancel)
+        renamed, missing = self.follow_labels(moves, scan.files)
+        if renamed:
+            notes.append(f"labels of {len(renamed)} renamed or moved photo(s) followed them (same content)")
+        if missing:
+            notes.append(f"{sum(m['labels'] for m in missing)} label(s) on {len(missing)} photo(s) no longer in the "
+                         f"folder are kept in the project: {', '.join(m['file'] for m in missing[:5])}"
+                         + (" …" if len(missing) > 5 else ""))
         return IndexReport(images=len(live), indexed=extracted, reused=len(plan.reuse) + len(plan.refreshed),
-                           removed=removed, regions=regions, skipped=skipped, notes=notes, pending=len(pending))
+                           removed=removed, regions=regions, skipped=skipped, notes=notes, pending=len(pending),
+                           renamed=renamed, missing_labelled=missing)
+
+    def follow_labels(self, moves: dict[str, str], files: list[str]) -> tuple[list[dict], list[dict]]:
+        """Move the labels of renamed photos (`moves`: old -> new path) to their new names and list
+        the labelled photos that are gone; those labels are kept. Works on its own copy of the
+        labels file (saved under the project's label lock, merged with any other writer, e.g. the
+        window, which takes the change in on its next check)."""
+        path = self.state_dir / "annotations.json"
+        if not path.exists():
+            return [], []
+        labels = AnnotationStore.load(path)
+        present = set(files)
+        renamed = []
+        for old, new in moves.items():
+            moved = [labels.update(a.id, image=new) for a in labels.list(image=old)]
+            if moved:
+                renamed.append({"from": old, "to": new, "labels": len(moved)})
+        if renamed:
+            labels.save()
+        counts: dict[str, int] = {}
+        for ann in labels.list():
+            if ann.image not in present:
+                counts[ann.image] = counts.get(ann.image, 0) + 1
+        return renamed, [{"file": f, "labels": n} for f, n in sorted(counts.items())]
 
     def _plan(self, files: list[str], store: RegionStore) -> _Plan:
         plan = _Plan([], [], {}, [])
@@ -383,6 +418,29 @@ def _writable(folder: Path) -> bool:
     if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         return False  # marked read-only for everyone: respect it even as root
     return is_writable_dir(folder)
+
+
+def _moved_files(project: "Project", store: RegionStore, files: list[str], to_extract: list[str]) -> dict[str, str]:
+    """old -> new path of catalogued files that are gone while a new file has their content (a
+    rename or a move inside the folder), found by the sha256 the region store keeps per file."""
+    present = set(files)
+    gone: dict[str, list[str]] = {}
+    for rel, entry in store.entries.items():
+        if rel not in present:
+            gone.setdefault(entry.sha256, []).append(rel)
+    moves: dict[str, str] = {}
+    if not gone:
+        return moves
+    for rel in to_extract:
+        if rel in store.entries:
+            continue  # changed in place, not new
+        try:
+            digest = content_hash(project.path_of(rel))
+        except OSError:
+            continue
+        if gone.get(digest):
+            moves[gone[digest].pop(0)] = rel
+    return moves
 
 
 def _same_content(path: Path, sha256: str) -> bool:

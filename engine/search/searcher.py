@@ -151,11 +151,19 @@ class Searcher:
                 break
             k = min(n, 4 * k)
         hits = []
-        for image, region, score in zip(images[:top_k], regions[best[:top_k]], image_scores[:top_k]):
+        for image, region, score in zip(images, regions[best], image_scores):
+            if len(hits) == top_k:
+                break
+            if not self.exists(self.images[int(image)]):
+                continue  # deleted since indexing: never offered (the next index run drops it)
             cx, cy, a, b, angle = (float(v) for v in self.ellipses[region])
             hits.append(Hit(self.images[int(image)], float(score), Box(*map(float, self.boxes[region])),
                             Ellipse(cx, cy, a, b, angle)))
         return self.relocate(hits, windows) if windows is not None else hits
+
+    def exists(self, image: str) -> bool:
+        photos = getattr(self.project, "photos", None)
+        return photos is None or (Path(photos) / image).is_file()
 
     def feedback_windows(self, windows: WindowQuery, accepted: list[tuple[str, Box]]) -> WindowQuery:
         """`windows` plus the latest accepted (image, box) pairs (at most MAX_FEEDBACK_WINDOWS) as
