@@ -16,10 +16,33 @@ def create_app(argv: list[str] | None = None):
     app.setApplicationName("dasr-annotator")
     app.setOrganizationName("dasr-annotator")
     app.setStyle("Fusion")  # the style sheet is written against Fusion on every platform
+    app.setPalette(dark_palette())  # what the style sheet does not name (dialogs' views) is dark too
     app.setStyleSheet(resources.read_text("style.qss"))
     with resources.path_of("icons/app.svg") as icon:
         app.setWindowIcon(QIcon(str(icon)))
     return app
+
+
+def dark_palette():
+    """The style sheet's colours as a palette: Qt's own dialogs (files, colours, messages) draw
+    parts the sheet does not reach with the palette, and a light base under the sheet's light text
+    is unreadable (issue 17)."""
+    from PySide6.QtGui import QColor, QPalette
+
+    palette = QPalette()
+    colours = {
+        QPalette.Window: "#1f1f1f", QPalette.WindowText: "#e6e6e6", QPalette.Base: "#191919",
+        QPalette.AlternateBase: "#202020", QPalette.Text: "#e6e6e6", QPalette.Button: "#2f2f2f",
+        QPalette.ButtonText: "#e6e6e6", QPalette.ToolTipBase: "#2a2a2a", QPalette.ToolTipText: "#e6e6e6",
+        QPalette.Highlight: "#35507a", QPalette.HighlightedText: "#ffffff", QPalette.PlaceholderText: "#8a8a8a",
+        QPalette.Link: "#58a6ff", QPalette.BrightText: "#ff7b72", QPalette.Light: "#3a3a3a",
+        QPalette.Midlight: "#333333", QPalette.Mid: "#2a2a2a", QPalette.Dark: "#161616", QPalette.Shadow: "#000000",
+    }
+    for role, colour in colours.items():
+        palette.setColor(role, QColor(colour))
+    for role in (QPalette.WindowText, QPalette.Text, QPalette.ButtonText):
+        palette.setColor(QPalette.Disabled, role, QColor("#6a6a6a"))
+    return palette
 
 
 def run_gui(photos: str | None) -> int:
