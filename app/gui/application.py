@@ -57,8 +57,18 @@ def run_gui(photos: str | None) -> int:
         return platform_check.EXIT_CODE
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     app = create_app()
+    window = open_window(Path(photos) if photos else None)  # noqa: F841 - kept alive while the app runs
+    return app.exec()
+
+
+def open_window(photos: Path | None, prefs=None):
+    """The main window, shown and holding the keyboard focus from the first moment."""
     from dasr_annotator.app.gui.main_window import MainWindow
 
-    window = MainWindow(Path(photos) if photos else None)
+    window = MainWindow(photos, prefs=prefs)
     window.show()
-    return app.exec()
+    window.raise_()
+    # A window manager usually focuses a new window; without one (a bare X server, some kiosk
+    # set-ups) nothing does, and keys would go nowhere until a click: ask for the focus.
+    window.activateWindow()
+    return window

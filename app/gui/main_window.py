@@ -54,6 +54,9 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore_layout()
         self._update_enabled()
+        # keys act on the photo from the first moment: letters (A/D, Y/N) must not land in the
+        # category box, which would otherwise take the focus when the window is first activated
+        self.canvas.setFocus()
         if photos is not None:
             self.open_folder(Path(photos))
 
