@@ -139,8 +139,9 @@ class AnnotationStore:
 
     def sync(self, wait_s: float = LOCK_WAIT_S) -> SaveReport:
         """Take in what another writer saved, keeping this store's unsaved changes; writes nothing."""
-        if _stamp(self.path) == self._stamp:
-            return SaveReport()
+        stamp = _stamp(self.path)
+        if stamp is None or stamp == self._stamp:
+            return SaveReport()  # unchanged, or gone (then there is nothing to take in)
         with self._locked(wait_s):
             return self._merge_from_disk()
 
