@@ -116,6 +116,9 @@ def test_the_window_shows_a_failed_save_and_refuses_to_lose_it_on_close(qtbot, t
     window.show()
     qtbot.waitUntil(lambda: window.document is not None, timeout=30_000)
     window.controller.cancel_indexing()
+    # the engine thread must be idle before the window goes: one still loading the network past
+    # the window's shutdown would call into a deleted window
+    qtbot.waitUntil(lambda: not window.controller.is_indexing, timeout=300_000)
     asked = []
     window.confirm = lambda title, text: asked.append(title) or False
     _full_disk(monkeypatch)

@@ -119,3 +119,20 @@ def test_a_writer_stuck_holding_the_lock_gets_a_clear_message(tmp_path):
     assert window.dirty
     window.save()
     assert len(AnnotationStore.load(window.path)) == 4
+
+
+def test_the_window_takes_in_what_a_command_saved(qtbot, tmp_path):
+    from dasr_annotator.app.gui.document import Document
+
+    window_store, cli, anns = _pair(tmp_path)
+    document = Document(window_store)
+    notices, changes = [], []
+    document.notice.connect(notices.append)
+    document.changed.connect(changes.append)
+    added = cli.add("d.jpg", "mug", Box(1, 1, 5, 5))
+    cli.save()
+    document.sync()  # what the window does when it becomes active again, and after indexing
+    assert document.has_annotation(added.id) and document.is_saved
+    assert "another program" in notices[0] and "d.jpg" in changes[0].images
+    document.sync()
+    assert len(notices) == 1, "nothing new: no second notice"

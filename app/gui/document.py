@@ -88,7 +88,6 @@ class Document(QObject):
 
     SAVE_WAIT_S = 2.0  # the window waits at most this long for another writer's save to finish
     RETRY_MS = 5000  # a failed save (disk full, folder gone, another writer busy) is tried again
-    WATCH_MS = 2000  # how often the labels file is checked for another program's saves
 
     def __init__(self, store: AnnotationStore, parent: QObject | None = None, autosave_ms: int = 300,
                  retry_ms: int | None = None):
@@ -101,9 +100,6 @@ class Document(QObject):
         self._autosave.timeout.connect(self.save)
         self._retry = QTimer(self, singleShot=True, interval=retry_ms or self.RETRY_MS)
         self._retry.timeout.connect(self._retry_save)
-        self._watch = QTimer(self, interval=self.WATCH_MS)
-        self._watch.timeout.connect(self.sync)
-        self._watch.start()
 
     # ---- reading -----------------------------------------------------------------------------
     @property

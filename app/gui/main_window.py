@@ -57,6 +57,8 @@ class MainWindow(QMainWindow):
         # keys act on the photo from the first moment: letters (A/D, Y/N) must not land in the
         # category box, which would otherwise take the focus when the window is first activated
         self.canvas.setFocus()
+        # back from the terminal: show the labels a command (or another window) saved meanwhile
+        QGuiApplication.instance().applicationStateChanged.connect(self._application_state_changed)
         if photos is not None:
             self.open_folder(Path(photos))
 
@@ -383,6 +385,10 @@ class MainWindow(QMainWindow):
                        doc.undo_stack.canRedoChanged):
             signal.disconnect()
         doc.deleteLater()
+
+    def _application_state_changed(self, state) -> None:
+        if state == Qt.ApplicationActive and self.document is not None:
+            self.document.sync()
 
     def _show_saved(self, saved: bool | None) -> None:
         text = {None: "", True: "✓ All changes saved", False: "● Unsaved changes"}[saved]
