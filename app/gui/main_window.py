@@ -54,9 +54,6 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore_layout()
         self._update_enabled()
-        # keys act on the photo from the first moment: letters (A/D, Y/N) must not land in the
-        # category box, which would otherwise take the focus when the window is first activated
-        self.canvas.setFocus()
         # back from the terminal: show the labels a command (or another window) saved meanwhile
         QGuiApplication.instance().applicationStateChanged.connect(self._application_state_changed)
         if photos is not None:
