@@ -70,6 +70,15 @@ class Box:
         x2, y2 = min(max(self.x2, 0.0), width), min(max(self.y2, 0.0), height)
         return Box.from_xyxy(x1, y1, x2, y2)
 
+    def at_least(self, side: float, width: float, height: float) -> "Box":
+        """This box widened about its centre to `side` pixels where narrower or lower, and kept
+        inside a width x height image (a side longer than the image is the image's)."""
+        w, h = max(self.w, min(side, width)), max(self.h, min(side, height))
+        if (w, h) == (self.w, self.h):
+            return self
+        cx, cy = self.center
+        return Box(min(max(cx - w / 2.0, 0.0), width - w), min(max(cy - h / 2.0, 0.0), height - h), w, h)
+
     def iou(self, other: "Box") -> float:
         ix = max(0.0, min(self.x2, other.x2) - max(self.x, other.x))
         iy = max(0.0, min(self.y2, other.y2) - max(self.y, other.y))
@@ -79,6 +88,24 @@ class Box:
 
     def contains_point(self, px: float, py: float) -> bool:
         return self.x <= px <= self.x2 and self.y <= py <= self.y2
+
+
+MIN_BOX_SIDE = 1.0  # pixels: no hit, label or export carries a box narrower or lower than this
+
+
+def boxes_at_least(boxes: np.ndarray, sizes: np.ndarray, side: float = MIN_BOX_SIDE) -> np.ndarray:
+    """`Box.at_least` for x, y, w, h rows [N, 4], each in its image of width, height [N, 2]."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    sizes = np.asarray(sizes, np.float64).reshape(-1, 2)
+    wh = np.maximum(boxes[:, 2:], np.minimum(side, sizes))
+    grow = (wh != boxes[:, 2:]).any(1)
+    if not grow.any():
+        return boxes
+    centre = boxes[:, :2] + boxes[:, 2:] / 2.0
+    xy = np.clip(centre - wh / 2.0, 0.0, np.maximum(sizes - wh, 0.0))
+    out = boxes.copy()
+    out[grow] = np.concatenate([xy, wh], 1)[grow]
+    return out
 
 
 @dataclass(frozen=True)

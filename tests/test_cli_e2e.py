@@ -263,7 +263,8 @@ def test_indexing_stores_relocation_maps_and_hits_are_drawn_on_the_instance(inde
 
 
 # ---- the JSON contract (outside tools read these keys: keep them exactly) -----------------------
-INDEX_KEYS = {"images", "indexed", "reused", "removed", "regions", "skipped"}
+INDEX_LISTS = {"skipped", "renamed", "missing_labelled"}  # renamed, missing_labelled: issue 17
+INDEX_KEYS = {"images", "indexed", "reused", "removed", "regions"} | INDEX_LISTS
 SEARCH_KEYS, QUERY_KEYS = {"queries"}, {"id", "hits"}
 HIT_KEYS, ELLIPSE_KEYS = {"image", "score", "box", "ellipse"}, {"cx", "cy", "a", "b", "angle"}
 LABEL_KEYS = {"category", "query_id", "added", "duplicates"}
@@ -297,7 +298,8 @@ def test_every_json_output_keeps_its_keys(project_copy, tmp_path):
     rc, out, err = cli("index", photos, "--json")
     assert rc == 0, err
     report = json.loads(out)
-    assert set(report) == INDEX_KEYS and all(isinstance(report[k], int) for k in INDEX_KEYS - {"skipped"})
+    assert set(report) == INDEX_KEYS and all(isinstance(report[k], int) for k in INDEX_KEYS - INDEX_LISTS)
+    assert all(isinstance(report[k], list) for k in INDEX_LISTS)
 
     rel, box = frames["Box"][0]
     box_arg = ",".join(map(str, box))

@@ -18,6 +18,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QCursor, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QGraphicsPixmapItem, QGraphicsScene, QGraphicsView
 
+from dasr_annotator.engine.types import MIN_BOX_SIDE as MIN_LABEL_SIDE
 from dasr_annotator.engine.types import Box, Ellipse
 from dasr_annotator.widgets.overlays import (
     HANDLE_PX, MOVE, BoxItem, BoxStyle, EllipseItem, box_from_corners, dragged_box, grip_at,
@@ -298,7 +299,7 @@ class ImageCanvas(QGraphicsView):
             gesture["item"].set_box(box_from_corners(start.x(), start.y(), point.x(), point.y(), width, height))
             return
         box = dragged_box(gesture["box"], gesture["grip"], point.x() - start.x(), point.y() - start.y(),
-                          width, height, min_side=1.0)
+                          width, height, min_side=MIN_LABEL_SIDE)  # a resize may keep a small hit small
         item = self._items.get(gesture["key"])
         if item is not None and box != item.box:
             item.set_box(box)

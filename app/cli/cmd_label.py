@@ -387,6 +387,11 @@ def record(project, category: str, query: LabelQuery, labels: list, as_json: boo
     record; save and report."""
 
     store = project.annotations
+    try:
+        store.sync()  # labels the window (or another command) saved meanwhile count as duplicates too
+    except ProjectFileError as exc:
+        print(f"dasr-annotator label: {exc.message}", file=sys.stderr)
+        return 2
     fresh, duplicates = [], []
     for image, box, score, source in labels:
         existing = store.find_duplicate(image, category, box, DUPLICATE_IOU)

@@ -17,7 +17,7 @@ from PySide6.QtGui import QUndoStack
 from dasr_annotator.app.gui import commands
 from dasr_annotator.engine.dasr.relocate import inscribed_ellipse
 from dasr_annotator.engine.search.feedback import hide_done
-from dasr_annotator.engine.store.annotations import PALETTE, AnnotationStore, Category
+from dasr_annotator.engine.store.annotations import PALETTE, AnnotationStore, Category, SaveReport, StoreBusy
 from dasr_annotator.engine.store.storage import ProjectFileError
 from dasr_annotator.engine.types import Annotation, Box, Hit
 
@@ -92,8 +92,13 @@ class Document(QObject):
     changed = Signal(object)  # Change
     savedChanged = Signal(bool)  # True once everything is on disk
     saveFailed = Signal(str)  # a message for the user
+    notice = Signal(str)  # something the user should know that is not a failure (labels merged in)
 
-    def __init__(self, store: AnnotationStore, parent: QObject | None = None, autosave_ms: int = 300):
+    SAVE_WAIT_S = 2.0  # the window waits at most this long for another writer's save to finish
+    RETRY_MS = 5000  # a failed save (disk full, folder gone, another writer busy) is tried again
+
+    def __init__(self, store: AnnotationStore, parent: QObject | None = None, autosave_ms: int = 300,
+                 retry_ms: int | None = None):
         super().__init__(parent)
         self.store = store
         self.undo_stack = QUndoStack(self)
@@ -102,6 +107,8 @@ class Document(QObject):
         self._saved = True
         self._autosave = QTimer(self, singleShot=True, interval=autosave_ms)
         self._autosave.timeout.connect(self.save)
+        self._retry = QTimer(self, singleShot=True, interval=retry_ms or self.RETRY_MS)
+        self._retry.timeout.connect(self._retry_save)
 
     # ---- reading -----------------------------------------------------------------------------
     @property
@@ -358,18 +365,47 @@ class Document(QObject):
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self) -> bool:
-        """Write the store now (atomically). On failure the user is told and edits stay unsaved."""
+        """Write the store now (atomically), taking in what another program saved meanwhile. On
+        failure the previous file stays as it was, the user is told, the edits stay in memory
+        (unsaved) and the save is tried again every RETRY_MS until it succeeds."""
         self._autosave.stop()
+        self._retry.stop()
         try:
-            self.store.save()
+            report = self.store.save(wait_s=self.SAVE_WAIT_S)
+        except StoreBusy as exc:
+            return self._failed(exc.message)
         except ProjectFileError as exc:
-            self.saveFailed.emit(f"Could not save the labels: {exc.message}")
-            return False
+            return self._failed(exc.message)
         except OSError as exc:
-            self.saveFailed.emit(f"Could not save the labels: {exc.strerror or exc}")
-            return False
+            return self._failed(exc.strerror or str(exc))
         self._set_saved(True)
+        self._took_in(report)
         return True
+
+    def sync(self) -> None:
+        """Show labels another program saved in this project (they merge with unsaved edits)."""
+        try:
+            report = self.store.sync(wait_s=0.2)
+        except ProjectFileError:
+            return  # busy or unreadable now: the next check or save deals with it
+        self._took_in(report)
+
+    def _failed(self, reason: str) -> bool:
+        self._retry.start()
+        self.saveFailed.emit(f"Could not save the labels: {reason}. Your changes are kept in this window "
+                             f"and saving is tried again every {max(1, self._retry.interval() // 1000)} s.")
+        return False
+
+    def _retry_save(self) -> None:
+        if not self._saved:
+            self.save()
+
+    def _took_in(self, report: SaveReport) -> None:
+        if not report:
+            return
+        self.changed.emit(Change("annotations", frozenset(report.images)))
+        self.notice.emit(f"Took in {report.merged} change(s) to the labels saved by another program "
+                         "working on this project.")
 
     def adopt_import(self, added: list[Annotation], known_categories: set[str]) -> None:
         """Make annotations the store gained outside the document (a COCO import) one undo step."""

@@ -79,6 +79,8 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore_layout()
         self._update_enabled()
+        # back from the terminal: show the labels a command (or another window) saved meanwhile
+        QGuiApplication.instance().applicationStateChanged.connect(self._application_state_changed)
         if photos is not None:
             self.open_folder(Path(photos))
 
@@ -290,6 +292,7 @@ class MainWindow(QMainWindow):
             self.document.changed.connect(self._document_changed)
             self.document.savedChanged.connect(self._show_saved)
             self.document.saveFailed.connect(self._save_failed)
+            self.document.notice.connect(self.show_info)
             self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
             self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
         self.review.attach(self.document)
@@ -517,10 +520,14 @@ class MainWindow(QMainWindow):
         if doc is None:
             return
         doc.save()
-        for signal in (doc.changed, doc.savedChanged, doc.saveFailed, doc.undo_stack.canUndoChanged,
+        for signal in (doc.changed, doc.savedChanged, doc.saveFailed, doc.notice, doc.undo_stack.canUndoChanged,
                        doc.undo_stack.canRedoChanged):
             signal.disconnect()
         doc.deleteLater()
+
+    def _application_state_changed(self, state) -> None:
+        if state == Qt.ApplicationActive and self.document is not None:
+            self.document.sync()
 
     def _show_saved(self, saved: bool | None) -> None:
         text = {None: "", True: "✓ All changes saved", False: "● Unsaved changes"}[saved]
@@ -595,6 +602,11 @@ class MainWindow(QMainWindow):
         self.resizeDocks(docks, [int(w - max(w - SIDE_PANEL_MIN, 0) * cut) for w in widths], Qt.Horizontal)
 
     def closeEvent(self, event) -> None:
+        if self.document is not None and not self.document.save() and not self.confirm(
+                "Labels not saved", "The labels could not be saved (see the message in the window). "
+                "Close anyway and lose the unsaved changes?"):
+            event.ignore()  # the edits stay in memory; the save keeps being retried
+            return
         app_settings.save_layout(self.saveGeometry(), self.saveState(app_settings.LAYOUT_VERSION))
         self._detach_document()
         self.controller.shutdown()

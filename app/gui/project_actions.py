@@ -131,6 +131,11 @@ class ProjectActions(QObject):
             names = ", ".join(s["file"] for s in report.skipped[:3]) + (" …" if len(report.skipped) > 3 else "")
             w.show_error("Some photos could not be indexed",
                          f"{len(report.skipped)} skipped ({names}): {report.skipped[0]['reason']}")
+        changed = [n for n in report.notes if "renamed or moved photo" in n or "no longer in the folder" in n]
+        if changed:
+            w.show_info(" ".join(changed), 15000)
+            if w.document is not None:
+                w.document.sync()  # indexing moved labels of renamed photos in the labels file
         if w.controller.images != w.file_model.paths():  # photos added or removed meanwhile
             w.file_model.set_images(w.controller.images, w.project.frame_times)
             w.results.model.frame_times = w.project.frame_times

@@ -40,6 +40,7 @@ OFFICIAL_PERCENTILE = 0.95
 # Hit boxes come from re-localisation (engine/relocate.py), so region boxes only rank images, and
 # the cheap moment boxes rank them as well as exact ones (dev set, docs/benchmarks.md): 7x faster.
 DEFAULT_MODE = "moments"
+MIN_INPUT_SIDE = 32  # pixels: twice the stride the region geometry starts from (moments.py)
 
 
 @dataclass
@@ -175,8 +176,10 @@ class Extractor:
             raise ValueError(f"expected H x W x 3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
         h, w = rgb.shape[:2]
         factor = self.max_side / max(h, w)
-        if factor != 1.0:
-            new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
+        # A sliver (a 1 x 40 photo) would keep a side of a few pixels, too few for the network's
+        # coarsest layers: each side gets at least MIN_INPUT_SIDE (the scales below stay per axis).
+        new_w, new_h = max(MIN_INPUT_SIDE, round(w * factor)), max(MIN_INPUT_SIDE, round(h * factor))
+        if (new_w, new_h) != (w, h):
             interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
             rgb = cv2.resize(np.ascontiguousarray(rgb), (new_w, new_h), interpolation=interp)
         pixels = self.backbone.to_input(rgb)

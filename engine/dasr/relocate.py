@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dasr_annotator.engine.types import Box, Ellipse
+from dasr_annotator.engine.types import MIN_BOX_SIDE, Box, Ellipse
 
 # Window sizes relative to the query box: the instance may appear smaller or larger elsewhere.
 SCALES = (0.6, 0.8, 1.0, 1.25, 1.6)
@@ -58,8 +58,9 @@ class FeatureMap:
     def cell_box(self, col0: int, row0: int, col1: int, row1: int) -> Box:
         """Cells [col0, col1) x [row0, row1) as a box in original pixels, inside the image."""
         s = self.stride
-        return Box.from_xyxy(col0 * s / self.scale_x, row0 * s / self.scale_y,
-                             col1 * s / self.scale_x, row1 * s / self.scale_y).clipped(self.width, self.height)
+        box = Box.from_xyxy(col0 * s / self.scale_x, row0 * s / self.scale_y,
+                            col1 * s / self.scale_x, row1 * s / self.scale_y).clipped(self.width, self.height)
+        return box.at_least(MIN_BOX_SIDE, self.width, self.height)  # a cell of a 1 x 1 photo is a sliver of it
 
 
 @dataclass

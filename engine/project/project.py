@@ -35,7 +35,7 @@ from dasr_annotator.engine.store.collection import (NPZ_ERRORS, REBUILD_HINT, ST
 from dasr_annotator.engine.store.storage import (DamagedFile, ProjectFileError, atomic_write_bytes, damaged_copy_path,
                                                  is_writable_dir, read_json, require_intact, restore_backup,
                                                  user_cache_dir)
-from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS
+from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS, frame_of
 from dasr_annotator.engine.types import CancelFn, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,13 @@ class IndexReport:
     skipped: list[dict] = field(default_factory=list)  # [{"file", "reason"}]
     notes: list[str] = field(default_factory=list)  # for people (whitening refitted, index kind, ...)
     pending: int = 0  # left for the next run because `pause` asked to stop early
+    renamed: list[dict] = field(default_factory=list)  # [{"from", "to", "labels"}] labels followed by content
+    missing_labelled: list[dict] = field(default_factory=list)  # [{"file", "labels"}] kept, photo gone
 
     def as_json(self) -> dict:
         return {"images": self.images, "indexed": self.indexed, "reused": self.reused, "removed": self.removed,
-                "regions": self.regions, "skipped": list(self.skipped)}
+                "regions": self.regions, "skipped": list(self.skipped), "renamed": list(self.renamed),
+                "missing_labelled": list(self.missing_labelled)}
 
 
 @dataclass
@@ -265,6 +268,7 @@ class Project:
                 self._write_manifest(manifest)
             scan = self.scan_result()
             plan = self._plan(scan.files, store)
+            moves = _moved_files(self, store, scan.files, [rel for rel, _ in plan.extract])
             skipped = scan.problems + plan.skipped
             for entry in plan.refreshed.values():
                 store.entries[entry.file] = entry
@@ -282,8 +286,45 @@ class Project:
             if plan.refreshed:
                 notes.append(f"{len(plan.refreshed)} touched file(s) had unchanged content and were reused")
             regions = self._refresh_search_state(store, live, manifest, notes, cancel)
+        try:
+            renamed, missing = self.follow_labels(moves, scan.files)
+        except ProjectFileError as exc:  # damaged or busy: the labels stay as they are, the index is done
+            renamed, missing = [], []
+            notes.append(f"labels not followed to renamed photos: {exc.message}")
+        if renamed:
+            notes.append(f"labels of {len(renamed)} renamed or moved photo(s) followed them (same content)")
+        if missing:
+            notes.append(f"{sum(m['labels'] for m in missing)} label(s) on {len(missing)} photo(s) no longer in the "
+                         f"folder are kept in the project: {', '.join(m['file'] for m in missing[:5])}"
+                         + (" …" if len(missing) > 5 else ""))
         return IndexReport(images=len(live), indexed=extracted, reused=len(plan.reuse) + len(plan.refreshed),
-                           removed=removed, regions=regions, skipped=skipped, notes=notes, pending=len(pending))
+                           removed=removed, regions=regions, skipped=skipped, notes=notes, pending=len(pending),
+                           renamed=renamed, missing_labelled=missing)
+
+    def follow_labels(self, moves: dict[str, str], files: list[str]) -> tuple[list[dict], list[dict]]:
+        """Move the labels of renamed photos (`moves`: old -> new path) to their new names and list
+        the labelled photos that are gone; those labels are kept. Raises ProjectFileError when the
+        labels file is damaged or another writer holds it too long. Works on its own copy of the
+        labels file (saved under the project's label lock, merged with any other writer, e.g. the
+        window, which takes the change in on its next check)."""
+        path = self.annotations_path
+        if not path.exists():
+            return [], []
+        require_intact(path, expect=dict)  # a damaged file is never replaced by its backup here
+        labels = AnnotationStore.load(path)
+        present = set(files)
+        renamed = []
+        for old, new in moves.items():
+            moved = [labels.update(a.id, image=new) for a in labels.list(image=old)]
+            if moved:
+                renamed.append({"from": old, "to": new, "labels": len(moved)})
+        if renamed:
+            labels.save()
+        counts: dict[str, int] = {}
+        for ann in labels.list():
+            if ann.image not in present:
+                counts[ann.image] = counts.get(ann.image, 0) + 1
+        return renamed, [{"file": f, "labels": n} for f, n in sorted(counts.items())]
 
     def _plan(self, files: list[str], store: RegionStore) -> _Plan:
         plan = _Plan([], [], {}, [])
@@ -462,6 +503,36 @@ def _writable(folder: Path) -> bool:
     if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         return False  # marked read-only for everyone: respect it even as root
     return is_writable_dir(folder)
+
+
+def _moved_files(project: "Project", store: RegionStore, files: list[str], to_extract: list[str]) -> dict[str, str]:
+    """old -> new path of catalogued files that are gone while a new file has their content (a
+    rename or a move inside the folder), found by the sha256 the region store keeps per file.
+    A video frame carries its video's hash: it follows only to the same frame number of a renamed
+    video (a frame no longer sampled, its video still there, is gone, not moved)."""
+    present = set(files)
+    gone: dict[tuple, list[str]] = {}
+    for rel, entry in store.entries.items():
+        if rel not in present:
+            ref = frame_of(project.path_of(rel))
+            if ref is not None and Path(ref.video).exists():
+                continue
+            gone.setdefault((entry.sha256, ref.frame if ref else None), []).append(rel)
+    moves: dict[str, str] = {}
+    if not gone:
+        return moves
+    for rel in to_extract:
+        if rel in store.entries:
+            continue  # changed in place, not new
+        try:
+            digest = content_hash(project.path_of(rel))
+        except OSError:
+            continue
+        ref = frame_of(project.path_of(rel))
+        key = (digest, ref.frame if ref else None)
+        if gone.get(key):
+            moves[gone[key].pop(0)] = rel
+    return moves
 
 
 def _same_content(path: Path, sha256: str) -> bool:

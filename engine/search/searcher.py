@@ -27,7 +27,8 @@ from dasr_annotator.engine.search.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.search.map_cache import MapCache
 from dasr_annotator.engine.search.refine import Example, Refiner
 from dasr_annotator.engine.store.imageio import ImageError, load_image
-from dasr_annotator.engine.types import Box, Ellipse, Hit
+from dasr_annotator.engine.store.video import media_file
+from dasr_annotator.engine.types import MIN_BOX_SIDE, Box, Ellipse, Hit, boxes_at_least
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,9 @@ def checked_box(box: Box, width: int, height: int) -> Box:
     inside = box.clipped(width, height)
     if inside.w <= 0 or inside.h <= 0:
         raise BoxError(f"box {_fmt(box)} lies outside the image ({width} x {height} pixels)")
+    if inside.w < MIN_BOX_SIDE or inside.h < MIN_BOX_SIDE:
+        raise BoxError(f"box {_fmt(box)} is less than {MIN_BOX_SIDE:g} pixel wide or high inside the image "
+                       f"({width} x {height} pixels)")
     return inside
 
 
@@ -76,7 +80,8 @@ class Searcher:
         self.images: list[str] = [str(s) for s in meta["images"]]
         self.sizes = meta["sizes"]
         self.region_image = meta["image"].astype(np.int64)
-        self.boxes = meta["boxes"]
+        # a region of a tiny photo (1 x 1 pixel) can be thinner than a pixel: no hit may be
+        self.boxes = boxes_at_least(meta["boxes"], np.asarray(self.sizes)[self.region_image])
         self.ellipses = meta["ellipses"]
         self._image_id = {name: i for i, name in enumerate(self.images)}
         # relocation maps live beside the index (computed on first use, or while indexing);
@@ -150,11 +155,19 @@ class Searcher:
                 break
             k = min(n, 4 * k)
         hits = []
-        for image, region, score in zip(images[:top_k], regions[best[:top_k]], image_scores[:top_k]):
+        for image, region, score in zip(images, regions[best], image_scores):
+            if len(hits) == top_k:
+                break
+            if not self.exists(self.images[int(image)]):
+                continue  # deleted since indexing: never offered (the next index run drops it)
             cx, cy, a, b, angle = (float(v) for v in self.ellipses[region])
             hits.append(Hit(self.images[int(image)], float(score), Box(*map(float, self.boxes[region])),
                             Ellipse(cx, cy, a, b, angle)))
         return self.relocate(hits, windows) if windows is not None else hits
+
+    def exists(self, image: str) -> bool:
+        photos = getattr(self.project, "photos", None)
+        return photos is None or media_file(Path(photos) / image).is_file()  # a frame exists while its video does
 
     def feedback_windows(self, windows: WindowQuery, accepted: list[tuple[str, Box]]) -> WindowQuery:
         """`windows` plus the latest accepted (image, box) pairs (at most MAX_FEEDBACK_WINDOWS) as

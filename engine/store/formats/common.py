@@ -32,9 +32,12 @@ from PIL import Image
 from dasr_annotator.engine.store.imageio import ImageError, image_size, load_image
 from dasr_annotator.engine.store.storage import atomic_write_bytes
 from dasr_annotator.engine.store.video import frame_time, split_frame_name
-from dasr_annotator.engine.types import Annotation, Box
+from dasr_annotator.engine.types import MIN_BOX_SIDE, Annotation, Box
 
 DUPLICATE_IOU = 0.9
+# pixels a side may read back under MIN_BOX_SIDE after a format rounded it (YOLO keeps 6 decimals
+# of the image size): such a box is grown back to MIN_BOX_SIDE, not refused
+ROUNDING_TOLERANCE = 0.01
 SIZE_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding in other tools); clipped
 MAX_REASONS = 20
 
@@ -139,8 +142,9 @@ def gather(project, all_images: bool,
             continue
         for ann in by_image.get(name, []):
             box = ann.box.clipped(width, height)
-            if box.area <= 0:
-                skipped.append({"file": name, "reason": f"annotation {ann.id} lies outside the image"})
+            if box.w < MIN_BOX_SIDE or box.h < MIN_BOX_SIDE:
+                sliver = f" (less than {MIN_BOX_SIDE:g} pixel a side inside it)" if box.area > 0 else ""
+                skipped.append({"file": name, "reason": f"annotation {ann.id} lies outside the image{sliver}"})
                 continue
             image.labels.append((ann, box))
         images.append(image)
@@ -254,19 +258,21 @@ def check_image(project, name, stated: tuple, where: str, reasons: list[str]) ->
 
 
 def check_box(box: Box, image: CheckedImage | None, where: str, written, reasons: list[str]) -> Box | None:
-    """`box` clipped to `image`, or None with a reason: no area (or a negative size), or outside
-    the image by more than SIZE_TOLERANCE. `written` is how the file gave the box."""
-    if not box.w > 0 or not box.h > 0:
-        reasons.append(f"{where}: {written} has no area")
+    """`box` clipped to `image`, or None with a reason: under MIN_BOX_SIDE a side (or a negative
+    size), less than that inside the image, or outside the image by more than SIZE_TOLERANCE.
+    `written` is how the file gave the box."""
+    if not box.w >= MIN_BOX_SIDE - ROUNDING_TOLERANCE or not box.h >= MIN_BOX_SIDE - ROUNDING_TOLERANCE:
+        reasons.append(f"{where}: {written} has no area of at least {MIN_BOX_SIDE:g} pixel a side")
         return None
     if image is None:
         return None
     w, h, tol = image.width, image.height, SIZE_TOLERANCE
     inside = box.clipped(w, h)
-    if box.x < -tol or box.y < -tol or box.x2 > w + tol or box.y2 > h + tol or inside.area <= 0:
+    if box.x < -tol or box.y < -tol or box.x2 > w + tol or box.y2 > h + tol \
+            or min(inside.w, inside.h) < MIN_BOX_SIDE - ROUNDING_TOLERANCE:
         reasons.append(f"{where}: {written} does not fit in {image.rel} ({w} x {h})")
         return None
-    return inside
+    return inside.at_least(MIN_BOX_SIDE, w, h)
 
 
 def checked_score(value, where: str, reasons: list[str]) -> tuple[bool, float | None]:
