@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 # Coarse windows refined per photo: the best coarse window is the right one less often than one
 # of the best three (+7 points of boxes at IoU >= 0.5 on dev-hires, issue #24).
 COARSE_WINDOWS = 3
-# A crop's coarse window similarity, times this, is added to its fine windows' similarity.
-COARSE_WEIGHT = 0.0
 # Crops closer than this (centre distance, in expected object sizes) are one crop.
 SAME_CROP = 1.0
 # Hits refined between two reports: the first screenful of a result list arrives early.
@@ -156,7 +154,7 @@ class Refiner:
         todo = [(p, c) for p in plans if not isinstance(p[3], Box) for c in p[3]]
         features = self._batched_features([c[1] for _, c in todo], cancel)
         best: dict[int, tuple[float, Box]] = {}
-        for ((i, hit, key, _), (crop, _pixels, prior)), feature in zip(todo, features):
+        for ((i, hit, key, _), (crop, _pixels)), feature in zip(todo, features):
             valid = crop.valid_cells(self.stride)
             fmap_c = zoom.centred_map(feature, valid)
             excluded = rejected.get(hit.image, ())
@@ -169,7 +167,6 @@ class Refiner:
             box = crop.to_original(x1, y1, x2, y2)
             if box.w < 1 or box.h < 1:
                 continue
-            score += COARSE_WEIGHT * prior
             if i not in best or score > best[i][0]:
                 best[i] = (score, box)
         results = []
@@ -194,7 +191,7 @@ class Refiner:
         crops, centres = [], []
         for size in _distinct_sizes(sizes):
             geo = math.sqrt(max(size[0], 1.0) * max(size[1], 1.0))
-            for similarity, box in coarse:
+            for _, box in coarse:
                 cx, cy = box.center
                 if any(s == size and math.hypot(cx - x, cy - y) < SAME_CROP * geo for s, x, y in centres):
                     continue
@@ -203,7 +200,7 @@ class Refiner:
                     loaded = self._load(path, want)
                 plan = zoom.plan_crop((cx, cy), size, (loaded.width, loaded.height), self.stride)
                 pixels, crop = zoom.cut(loaded.rgb, loaded.scale, plan)
-                crops.append((crop, pixels, similarity))
+                crops.append((crop, pixels))
         return crops
 
     # ------------------------------------------------------------------ network
