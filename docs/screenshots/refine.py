@@ -99,11 +99,12 @@ def shoot(args, scratch: Path) -> int:
         as it does for the moment before refined boxes arrive."""
         window.controller.refine = real_refine if refined else (lambda *a, **k: None)
         window.review.query = None
-        window.review.draft = gt
         window.show_image(query)
         wait(lambda: window.current_image == query)
+        window.review.draft = gt  # the box drawn (showing a photo clears it)
+        before = window.document.hits
         window.review.find_similar()
-        wait(lambda: not window.controller.is_searching and window.document.hits is not None)
+        wait(lambda: not window.controller.is_searching and window.document.hits is not before)
         settle(300)
         wait(lambda: not window.controller.is_refining)
         settle(800)
