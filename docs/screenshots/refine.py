@@ -100,7 +100,8 @@ def shoot(args, scratch: Path) -> int:
         window.controller.refine = real_refine if refined else (lambda *a, **k: None)
         window.review.query = None
         window.show_image(query)
-        wait(lambda: window.current_image == query)
+        wait(lambda: window.canvas_image == query)
+        settle(300)
         window.review.draft = gt  # the box drawn (showing a photo clears it)
         before = window.document.hits
         window.review.find_similar()
