@@ -205,8 +205,8 @@ class Refiner:
         """[(crop, pixels)] around the coarse windows, one set per example size, near duplicates merged."""
         sizes = [(e.net_size[0] / fmap.scale_x, e.net_size[1] / fmap.scale_y) for e in examples]
         plans = [(size, box) for size in _distinct_sizes(sizes) for _, box in coarse]
-        if SIZE_FROM_COARSE:  # an instance much larger or smaller here than in the query
-            for _, box in coarse:
+        if SIZE_FROM_COARSE:  # an instance much larger or smaller here than in the query (best window only)
+            for _, box in coarse[:1]:
                 own = (box.w, box.h)
                 if all(abs(math.log(math.sqrt(own[0] * own[1]) / math.sqrt(s[0] * s[1]))) > math.log(SIZE_FROM_COARSE)
                        for s in sizes):
