@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # qt_waits.py beside this script
 REPO = HERE.parents[1]
 SEQUENCES = ("Box", "Dog", "Human3", "Skating2", "Surfer")
 FRAMES = 5
@@ -50,10 +51,11 @@ def main() -> int:
 
 def shoot(data: Path, out: Path, scratch: Path) -> int:
     import torch
-    from PySide6.QtCore import QEventLoop, QPointF, QSettings, Qt, QTimer
+    from PySide6.QtCore import QPointF, QSettings, Qt
     from PySide6.QtTest import QTest
 
     from dasr_annotator.app.gui.application import create_app
+    from qt_waits import settle, wait_until
     from dasr_annotator.engine.types import Box
 
     torch.set_num_threads(1)
@@ -65,20 +67,7 @@ def shoot(data: Path, out: Path, scratch: Path) -> int:
     from dasr_annotator.app.gui.main_window import MainWindow
 
     def wait(condition, timeout_s=120.0):
-        loop = QEventLoop()
-        timer = QTimer(interval=50)
-        timer.timeout.connect(lambda: condition() and loop.quit())
-        timer.start()
-        QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-        loop.exec()
-        timer.stop()
-        if not condition():
-            raise TimeoutError(f"the window did not reach the expected state; it says: {window.message_bar.text()!r}")
-
-    def settle(ms=400):
-        loop = QEventLoop()
-        QTimer.singleShot(ms, loop.quit)
-        loop.exec()
+        wait_until(condition, lambda: window.message_bar.text(), timeout_s)
 
     def save(widget, name):
         settle()

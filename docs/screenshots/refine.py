@@ -12,10 +12,12 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # qt_waits.py beside this script
 REPO = HERE.parents[1]
 
 
@@ -37,10 +39,11 @@ def main() -> int:
 
 
 def shoot(args, scratch: Path) -> int:
-    from PySide6.QtCore import QEventLoop, QPointF, QSettings, Qt, QTimer
+    from PySide6.QtCore import QPointF, QSettings, Qt
     from PySide6.QtTest import QTest
 
     from dasr_annotator.app.gui.application import create_app
+    from qt_waits import settle, wait_until
     from dasr_annotator.engine.types import Box
 
     manifest = json.loads((args.data / "manifest.json").read_text())
@@ -61,20 +64,7 @@ def shoot(args, scratch: Path) -> int:
     from dasr_annotator.app.gui.main_window import MainWindow
 
     def wait(condition, timeout_s=300.0):
-        loop = QEventLoop()
-        timer = QTimer(interval=50)
-        timer.timeout.connect(lambda: condition() and loop.quit())
-        timer.start()
-        QTimer.singleShot(int(timeout_s * 1000), loop.quit)
-        loop.exec()
-        timer.stop()
-        if not condition():
-            raise TimeoutError(f"the window did not reach the expected state; it says: {window.message_bar.text()!r}")
-
-    def settle(ms=400):
-        loop = QEventLoop()
-        QTimer.singleShot(ms, loop.quit)
-        loop.exec()
+        wait_until(condition, lambda: window.message_bar.text(), timeout_s)
 
     window = MainWindow(photos)
     window.resize(1440, 900)
