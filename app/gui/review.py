@@ -14,6 +14,7 @@ from dasr_annotator.app.gui.controller import SearchOutcome, SearchRequest
 from dasr_annotator.app.gui.document import ACCEPTED, PENDING, REJECTED, Document, HitSession
 from dasr_annotator.engine.dasr.relocate import MAX_LOOKS, inscribed_ellipse
 from dasr_annotator.engine.search import feedback
+from dasr_annotator.engine.store.imageio import ImageError, image_size
 from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
 from dasr_annotator.widgets.canvas import DRAFT_STYLE, Overlay
 from dasr_annotator.widgets.overlays import BoxStyle
@@ -40,6 +41,7 @@ class Review(QObject):
         self._enter = [QShortcut(QKeySequence(k), w, activated=self.enter) for k in ("Return", "Enter")]
         a["find_similar"].triggered.connect(self.find_similar)
         a["find_more"].triggered.connect(self.find_more)
+        a["find_photos_like"].triggered.connect(self.find_photos_like)
         a["label_box"].triggered.connect(self.label_draft)
         a["accept"].triggered.connect(lambda: self.decide(ACCEPTED))
         a["reject"].triggered.connect(lambda: self.decide(REJECTED))
@@ -128,6 +130,21 @@ class Review(QObject):
             box = ann.box
             w.set_category(ann.category)
         self._search(SearchRequest(w.category(), [(image, box)], exclude_image=image, top_k=w.prefs.top_k))
+
+    def find_photos_like(self) -> None:
+        """Photos like the whole current photo (whole-image search): no box is drawn, nothing is
+        labelled; each hit's box is its whole photo, to accept or reject like any hit."""
+        w = self.window
+        if self.doc is None or w.current_image is None:
+            return
+        image = w.current_image
+        try:
+            width, height = image_size(w.project.path_of(image))
+        except (OSError, ImageError) as exc:
+            w.show_info(f"{image} cannot be read: {getattr(exc, 'reason', exc)}")
+            return
+        self._search(SearchRequest(w.category(), [(image, Box(0.0, 0.0, float(width), float(height)))],
+                                   exclude_image=image, top_k=w.prefs.top_k, whole_image=True))
 
     def find_more(self) -> None:
         """Search with every label of the current category as an example."""
@@ -377,6 +394,7 @@ class Review(QObject):
         for name in ("accept", "reject", "next_hit", "prev_hit", "accept_above", "rerank"):
             self.window.action[name].setEnabled(has_hits)
         self.window.action["find_similar"].setEnabled(self.doc is not None)
+        self.window.action["find_photos_like"].setEnabled(self.doc is not None)
 
 
 def decided_boxes(hits: HitSession, status: str) -> list[tuple[str, Box]]:
