@@ -78,3 +78,12 @@ def test_a_photo_from_outside_the_folder_is_embedded_on_the_fly(indexed, tmp_pat
     assert rc == 0, err
     top = [h["image"] for h in json.loads(out)["queries"][0]["hits"]]
     assert top[0] in {f for f, _ in frames["Box"]}
+
+
+def test_asmk_codebook_is_trained_on_another_set(dev_data):
+    from dasr_annotator.engine.evaluation.image_level import asmk_training_manifest
+
+    data = dev_data.parent
+    assert asmk_training_manifest(data / "dev" / "manifest.json") == (data / "dev-photos" / "manifest.json").resolve()
+    assert asmk_training_manifest(data / "dev-hires" / "manifest.json").parent.name == "dev-photos"
+    assert asmk_training_manifest(data / "dev-photos" / "manifest.json").parent.name == "dev"
