@@ -27,6 +27,7 @@ from dasr_annotator.engine.types import Cancelled, CancelFn, never_cancel
 
 log = logging.getLogger(__name__)
 
+VLAD_CLUSTERS = 4  # the paper's k
 ASMK_FEATURES = 300  # strongest cells kept per image (HOW keeps ~1,000 over several scales)
 ASMK_CODEBOOK = 1024  # visual words, for ~20,000 training features
 ASMK_TRAINING_IMAGES = 70  # training photos, spread evenly over the training manifest
@@ -162,7 +163,7 @@ def whole_image_results(manifest: Manifest, queries: list[Query], images, result
                             note="the product's `search --query IMG` without a box: mean over the query photo's "
                                  "regions of each one's best match in the photo (engine/search/image_search.py)")
     start = time.perf_counter()
-    book = VladCodebook().fit(regions, k=image_search.IMAGE_CLUSTERS) if len(regions) >= image_search.IMAGE_CLUSTERS else None
+    book = VladCodebook().fit(regions, k=VLAD_CLUSTERS) if len(regions) >= VLAD_CLUSTERS else None
     vlad = None
     if book is not None:
         vectors = np.stack([book.embed(d) if len(d) else np.zeros(book.k * dim, np.float32) for d in descs])
@@ -178,11 +179,9 @@ def whole_image_results(manifest: Manifest, queries: list[Query], images, result
         keep = np.array([f != q.file for f in manifest.files])
         refs = [f for f in manifest.files if f != q.file]
         start = time.perf_counter()
-        sims = descs[qi] @ regions.T if len(descs[qi]) else np.zeros((1, len(regions)))
-        best = np.full((len(sims), len(descs)), -np.inf)
-        for row in range(len(sims)):
-            np.maximum.at(best[row], owner, sims[row])
-        scores = best.mean(0)
+        sims = descs[qi] @ regions.T  # every region: the exact lists a small project's flat index gives
+        ids = np.broadcast_to(np.arange(len(regions)), sims.shape)
+        scores = image_search.set_scores(sims, ids, owner, len(descs), complete=True)
         kernel.add(q, manifest, refs, _ranking(scores[keep], None, time.perf_counter() - start))
         if vlad is not None:
             start = time.perf_counter()
