@@ -21,6 +21,8 @@ def test_find_photos_like_this_one_from_the_keyboard(qtbot, tmp_path, indexed_fo
         press(qtbot, window, Qt.Key_P, Qt.ControlModifier | Qt.ShiftModifier)
     outcome = finished.args[0]
     assert outcome.request.whole_image
+    # its hits are whole photos: no coarse-to-fine box refinement starts for them
+    assert not outcome.examples and outcome.windows is None and not window.controller.is_refining
     images = [h.image for h in outcome.hits]
     assert query not in images
     assert set(images[:2]) == {f for f in truth if f.startswith("Dog/") and f != query}

@@ -245,6 +245,8 @@ class Review(QObject):
         hits = self.doc.hits if self.doc is not None else None
         if hits is None or self.outcome is None:
             return
+        if not self.outcome.examples or self.outcome.windows is None:
+            return  # a whole-image search: its hits are whole photos, no box to refine
         order = {row.key: i for i, row in enumerate(self.window.results.model.rows())}
         pending = sorted((e for e in hits.entries if e.status == PENDING and (keys is None or e.key in keys)),
                          key=lambda e: order.get(e.key, len(order)))
