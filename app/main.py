@@ -15,7 +15,7 @@ from dasr_annotator import __version__
 # name -> one-line help. Order is the order shown in --help.
 SUBCOMMANDS: dict[str, str] = {
     "index": "extract regions for every image of a folder and build its search index",
-    "search": "find the images that contain the instance in a query box",
+    "search": "find the images that contain the instance in a query box, or photos like a whole photo",
     "label": "record search hits as annotations of a category",
     "export": "export the project's annotations (COCO, YOLO, Pascal VOC, CVAT XML, labelme)",
     "eval": "measure retrieval quality on a manifest with ground truth",

@@ -121,8 +121,11 @@ def test_cli_eval_with_baselines_json_plot_and_cache(tiny_manifest, tmp_path, ca
     assert "mAP@50-loc" in printed and "SIFT" in printed and "Jogging-2" in printed
     report = json.loads(out.read_text())
     names = [m["name"] for m in report["methods"]]
-    # re-localised DASR*, the same regions drawn as themselves, 8 global rows, SIFT
-    assert names[0].startswith("DASR*") and "re-localisation" in names[0] and len(names) == 2 + 8 + 1
+    # re-localised DASR*, the same regions drawn as themselves, 8 global rows, SIFT, whole-image
+    # search and VLAD* (no ASMK: its training photos, a sibling dev-photos folder, are not beside
+    # this temporary manifest)
+    assert names[0].startswith("DASR*") and "re-localisation" in names[0] and len(names) == 2 + 8 + 1 + 2
+    assert names[-2].startswith("whole-image search") and names[-1].startswith("VLAD*")
     assert names[1].startswith("DASR*") and "re-localisation" not in names[1]
     for m in report["methods"]:
         for key in ("map@50", "map@100", "map@all"):

@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
                              "regions), collection, none, or other (fitted on the other videos' images only)")
     parser.add_argument("--whitening-dim", type=int, help="keep this many whitened components")
     parser.add_argument("--queries-per-instance", type=int, default=3, help="query frames per instance, evenly spread")
-    parser.add_argument("--baselines", action="store_true", help="also run global pooling and SIFT baselines")
+    parser.add_argument("--baselines", action="store_true", help="also run global pooling, SIFT, whole-image search, VLAD* and ASMK* (extra `eval`) baselines")
     parser.add_argument("--relocation-layer", help="backbone layer hits are re-localised on (default: the "
                         "backbone's stride-16 choice, blocks.10 for efficientnet-lite0)")
     parser.add_argument("--no-relocate", action="store_true",

@@ -6,6 +6,10 @@ windows on zoomed crops of the full-resolution photo around the best few (engine
 index PHOTOS`); search never indexes on the fly, because a first index of a large folder can take hours and should be asked for. Queries
 use the settings the folder was indexed with; many queries (`--queries FILE`) share one loaded
 model and index.
+
+Without a box (`--query IMAGE` alone, or a `--queries` item without "box") the whole photo is the
+query: every region of the photo votes for the photos it matches (engine/search/image_search.py);
+each hit's box is the whole photo, so the JSON keeps its keys.
 """
 from __future__ import annotations
 
@@ -21,15 +25,17 @@ from dasr_annotator.engine.types import Box
 class QuerySpec:
     id: str
     image: str
-    box: Box
+    box: Box | None  # None: the whole photo is the query (whole-image search)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("photos", metavar="PHOTOS", help="indexed photo folder")
     parser.add_argument("--query", metavar="IMAGE", help="query image (relative to PHOTOS, or a path)")
-    parser.add_argument("--box", metavar="X,Y,W,H", help="query box in the image's pixels")
+    parser.add_argument("--box", metavar="X,Y,W,H",
+                        help="query box in the image's pixels (without it: photos like the whole image)")
     parser.add_argument("--queries", metavar="FILE",
-                        help='JSON list of {"id", "image", "box": [x, y, w, h]} queries')
+                        help='JSON list of {"id", "image", "box": [x, y, w, h]} queries ("box" left out: '
+                             'photos like the whole image)')
     parser.add_argument("--top", type=int, default=20, metavar="K", help="images per query (default 20)")
     parser.add_argument("--no-refine", action="store_true",
                         help="place hit boxes on the stored maps only (16-px steps of the network input): faster, coarser")
@@ -68,15 +74,15 @@ def read_queries(path: str) -> list[QuerySpec]:
         if not isinstance(q, dict) or not isinstance(q.get("image"), str):
             raise UsageError(f"{where} needs an \"image\" path")
         box = q.get("box")
-        if not isinstance(box, list) or len(box) != 4 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-            raise UsageError(f"{where}: \"box\" must be [x, y, w, h] numbers")
+        if box is not None and (not isinstance(box, list) or len(box) != 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            raise UsageError(f"{where}: \"box\" must be [x, y, w, h] numbers (or left out for the whole image)")
         qid = str(q.get("id", i))
         if qid in seen:
             raise UsageError(f"{where}: id {qid!r} is used twice")
         seen.add(qid)
         try:
-            out.append(QuerySpec(qid, q["image"], Box.from_list(box)))
+            out.append(QuerySpec(qid, q["image"], None if box is None else Box.from_list(box)))
         except (BoxError, ValueError) as exc:
             raise UsageError(f"{where}: {exc}") from None
     return out
@@ -90,9 +96,10 @@ def parse_queries(args, project) -> list[QuerySpec]:
         raise UsageError("give either --query with --box, or --queries FILE, not both")
     if args.queries:
         return read_queries(args.queries)
-    if not args.query or not args.box:
-        raise UsageError("give --query IMAGE with --box X,Y,W,H (or --queries FILE)")
-    return [QuerySpec("query", query_image(project, args.query), parse_box(args.box))]
+    if not args.query:
+        raise UsageError("give --query IMAGE (with --box X,Y,W,H to find an object; without, photos like the "
+                         "whole image), or --queries FILE")
+    return [QuerySpec("query", query_image(project, args.query), parse_box(args.box) if args.box else None)]
 
 
 def announce_state(project) -> None:
@@ -133,7 +140,10 @@ def run(args) -> int:
     results, failures = [], 0
     for q in queries:
         try:
-            hits = searcher.search_box(q.image, q.box, args.top, refine=not args.no_refine)
+            if q.box is None:
+                hits = searcher.search_image(q.image, args.top)
+            else:
+                hits = searcher.search_box(q.image, q.box, args.top, refine=not args.no_refine)
         except (BoxError, ImageError) as exc:
             print(f"dasr-annotator search: query {q.id} ({q.image}): {getattr(exc, 'reason', exc)}", file=sys.stderr)
             failures += 1
@@ -160,8 +170,8 @@ def run(args) -> int:
 
 
 def print_table(q: QuerySpec, hits) -> None:
-    box = ",".join(f"{v:g}" for v in q.box.as_list())
-    print(f"query {q.id}: {q.image} box {box}")
+    what = "whole image" if q.box is None else "box " + ",".join(f"{v:g}" for v in q.box.as_list())
+    print(f"query {q.id}: {q.image} {what}")
     if not hits:
         print("  (no hits)")
         return

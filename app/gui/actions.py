@@ -51,6 +51,8 @@ ACTIONS: tuple[ActionSpec, ...] = (
     ActionSpec("fit", "&Fit to window", "View", ("Ctrl+F",), "fit", "Show the whole photo"),
     ActionSpec("find_similar", "&Find similar", "Search", (), "find",
                "Find the drawn (or selected) box's object in the other photos", "Enter (after drawing a box)"),
+    ActionSpec("find_photos_like", "Find &photos like this one", "Search", ("Ctrl+Shift+P",), "find",
+               "Rank the other photos by how alike the whole photos are (no box needed; labels nothing)"),
     ActionSpec("find_more", "Find &more like these", "Search", ("Ctrl+Shift+F",), "find-more",
                "Search with every label of the current category as examples"),
     ActionSpec("accept", "&Accept hit", "Search", ("Y",), "accept", "Accept the selected hits as labels"),

@@ -42,6 +42,7 @@ class SearchRequest:
     negatives: list[tuple[str, Box]] = field(default_factory=list)
     exclude_image: str | None = None
     top_k: int = 100
+    whole_image: bool = False  # photos like the whole of positives[0]'s image (search/image_search.py)
 
 
 @dataclass
@@ -311,6 +312,8 @@ class Controller(QObject):
 
         def run(progress, cancel):
             searcher = self._engine_searcher(args, device)
+            if request.whole_image:
+                return _whole_image_outcome(searcher, request, total)
             examples = request.positives[-MAX_EXAMPLES:]
             pairs = examples + request.negatives
             descriptors, windows = [], []
@@ -475,6 +478,15 @@ class Controller(QObject):
         self._thread.quit()
         if not self._thread.wait(wait_ms):
             log.warning("the engine thread did not stop within %d ms", wait_ms)
+
+
+def _whole_image_outcome(searcher, request: SearchRequest, total: int) -> SearchOutcome:
+    """Whole-image search: hits boxed as their whole photos; the whole query photo's region
+    descriptor is the query that feedback re-ranks with (no windows: nothing to re-place)."""
+    image, whole = request.positives[0]
+    hits = searcher.search_image(image, request.top_k)
+    query = searcher.prepare(searcher.query_descriptor(image, whole)[None])
+    return SearchOutcome(request, hits, query, _candidate_regions(searcher, hits), len(searcher.images), total)
 
 
 def _candidate_regions(searcher, hits: list[Hit]) -> CandidateRegions:

@@ -17,6 +17,7 @@ from dasr_annotator.app.gui.document import (
 )
 from dasr_annotator.engine.dasr.relocate import MAX_LOOKS, inscribed_ellipse
 from dasr_annotator.engine.search import feedback
+from dasr_annotator.engine.store.imageio import ImageError, image_size
 from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
 from dasr_annotator.widgets.canvas import DRAFT_STYLE, MIN_BOX_SIDE, Overlay
 from dasr_annotator.widgets.overlays import BoxStyle
@@ -49,6 +50,7 @@ class Review(QObject):
                        for k in ("Return", "Enter") for widget in (w.canvas, w.results.view)]
         a["find_similar"].triggered.connect(self.find_similar)
         a["find_more"].triggered.connect(self.find_more)
+        a["find_photos_like"].triggered.connect(self.find_photos_like)
         a["label_box"].triggered.connect(self.label_draft)
         a["accept"].triggered.connect(lambda: self.decide(ACCEPTED))
         a["reject"].triggered.connect(lambda: self.decide(REJECTED))
@@ -174,6 +176,21 @@ class Review(QObject):
             w.set_category(ann.category)
         self._search(SearchRequest(w.category(), [(image, box)], exclude_image=image, top_k=w.prefs.top_k))
 
+    def find_photos_like(self) -> None:
+        """Photos like the whole current photo (whole-image search): no box is drawn, nothing is
+        labelled; each hit's box is its whole photo, to accept or reject like any hit."""
+        w = self.window
+        if self.doc is None or w.current_image is None:
+            return
+        image = w.current_image
+        try:
+            width, height = image_size(w.project.path_of(image))
+        except (OSError, ImageError) as exc:
+            w.show_info(f"{image} cannot be read: {getattr(exc, 'reason', exc)}")
+            return
+        self._search(SearchRequest(w.category(), [(image, Box(0.0, 0.0, float(width), float(height)))],
+                                   exclude_image=image, top_k=w.prefs.top_k, whole_image=True))
+
     def find_more(self) -> None:
         """Search with every label of the current category as an example."""
         category = self._category_or_ask()
@@ -228,6 +245,8 @@ class Review(QObject):
         hits = self.doc.hits if self.doc is not None else None
         if hits is None or self.outcome is None:
             return
+        if not self.outcome.examples or self.outcome.windows is None:
+            return  # a whole-image search: its hits are whole photos, no box to refine
         order = {row.key: i for i, row in enumerate(self.window.results.model.rows())}
         pending = sorted((e for e in hits.entries if e.status == PENDING and (keys is None or e.key in keys)),
                          key=lambda e: order.get(e.key, len(order)))
@@ -503,6 +522,7 @@ class Review(QObject):
         for name in ("accept", "reject", "next_hit", "prev_hit", "accept_above", "rerank"):
             self.window.action[name].setEnabled(has_hits)
         self.window.action["find_similar"].setEnabled(self.doc is not None)
+        self.window.action["find_photos_like"].setEnabled(self.doc is not None)
 
 
 def decided_boxes(hits: HitSession, status: str) -> list[tuple[str, Box]]:

@@ -255,7 +255,8 @@ def run_eval(manifest_path, settings: EvalSettings | None = None, extractor: Ext
                                          None, None))
     if settings.baselines:
         methods += baseline_results(manifest, queries, extractor, settings.cache_dir,
-                                    lambda done, _: progress(n + done, total), cancel)
+                                    lambda done, _: progress(n + done, total), cancel,
+                                    manifest_path=manifest_path, images=images)
     return {
         "manifest": str(manifest_path),
         "settings": asdict(settings),
@@ -368,8 +369,11 @@ def _network_rgb(extractor: Extractor, image) -> tuple[np.ndarray, float, float]
 
 
 def baseline_results(manifest: Manifest, queries: list[Query], extractor: Extractor, cache_dir,
-                     progress: ProgressFn = no_progress, cancel: CancelFn = never_cancel) -> list[MethodResult]:
-    """Global pooling (whole query image, and the box crop) and the SIFT matcher."""
+                     progress: ProgressFn = no_progress, cancel: CancelFn = never_cancel,
+                     manifest_path=None, images: list[ImageRegionsArrays] | None = None) -> list[MethodResult]:
+    """Global pooling (whole query image, and the box crop), the SIFT matcher, and the
+    image-level methods (evaluation/image_level.py): whole-image search and VLAD* over the DASR
+    regions (`images`), ASMK* (needs `manifest_path` to find its training photos)."""
     backbone = extractor.backbone
     global_cache = NpzCache(cache_dir, "global", {"backbone": backbone.config(), "max_side": extractor.max_side,
                                                   "code": code_fingerprint(GLOBAL_MODULES)})
@@ -402,6 +406,15 @@ def baseline_results(manifest: Manifest, queries: list[Query], extractor: Extrac
         progress(done + 1, len(manifest.files))
     results = _global_results(manifest, queries, extractor, globals_, float(np.mean(g_seconds)), cancel)
     results.append(_sift_result(manifest, queries, sifts, float(np.mean(s_seconds)), cancel))
+    from dasr_annotator.engine.evaluation import image_level
+
+    if images is not None:
+        results += image_level.whole_image_results(manifest, queries, images, MethodResult, cancel)
+    if manifest_path is not None:
+        asmk = image_level.asmk_result(manifest_path, manifest, queries, extractor, cache_dir, _network_rgb,
+                                       MethodResult, cancel)
+        if asmk is not None:
+            results.append(asmk)
     return results
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from dasr_annotator.engine.dasr.descriptors import Whitening
 from dasr_annotator.engine.dasr.relocate import (MAX_FEEDBACK_WINDOWS, WindowQuery, best_window,
                                                  inscribed_ellipse, second_look, window_query)
+from dasr_annotator.engine.search import image_search
 from dasr_annotator.engine.search import index as faiss_index
 from dasr_annotator.engine.search.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.search.map_cache import MapCache
@@ -90,6 +91,7 @@ class Searcher:
                      if hasattr(extractor, "relocation_config") else None)
         # coarse-to-fine boxes (search/refine.py) need the network itself, not only its maps
         self.refiner = Refiner(extractor) if self.maps is not None and hasattr(extractor, "backbone") else None
+        self._whole_image: WholeImageSearch | None = None
 
     def _compute_map(self, path: Path):
         return self.extractor.relocation_map(load_image(path, max_side=self.extractor.max_side))
@@ -229,6 +231,12 @@ class Searcher:
         return self.refiner.refine(hits, examples, windows, self._map, lambda im: self.project.photos / im,
                                    rejected, **kw)
 
+    def search_image(self, image: str | os.PathLike, top_k: int = 20) -> list[Hit]:
+        """Photos like the whole of `image` (no box): `WholeImageSearch.search`."""
+        if self._whole_image is None:
+            self._whole_image = WholeImageSearch(self)
+        return self._whole_image.search(image, top_k)
+
     def search_box(self, image: str | os.PathLike, box: Box, top_k: int = 20, refine: bool = True) -> list[Hit]:
         """One query box -> hits, the query's own image excluded; boxes refined coarse-to-fine
         unless `refine` is false (then as re-localised on the stored maps)."""
@@ -237,6 +245,47 @@ class Searcher:
         hits = self.search(descriptor[None], top_k, exclude_image=rel, windows=windows)
         if refine and windows is not None and self.refiner is not None:
             hits = self.refine(hits, [self.example(image, box)], windows)
+        return hits
+
+
+class WholeImageSearch:
+    """Photos like a whole query photo (search/image_search.py), each hit's box its whole photo."""
+
+    def __init__(self, searcher: Searcher):
+        self.searcher = searcher
+
+    def query_regions(self, image: str | os.PathLike) -> tuple[np.ndarray, str | None]:
+        """The query photo's regions in the index's space [Q, d] and its collection name: stored
+        ones when it is indexed, else extracted now (one extraction). Raises ImageError."""
+        s = self.searcher
+        path, rel = s.resolve(image)
+        if rel in s._image_id:
+            rows = np.flatnonzero(s.region_image == s._image_id[rel])
+            if len(rows):
+                return faiss_index.reconstruct(s.index, rows), rel
+        regions = s.extractor.extract(load_image(path, max_side=s.extractor.max_side))
+        raw = regions.descriptors()
+        return (s.prepare(raw) if raw.size else np.zeros((0, s.index.d), np.float32)), rel
+
+    def search(self, image: str | os.PathLike, top_k: int = 20) -> list[Hit]:
+        """The `top_k` photos most like the whole of `image`, best first, itself left out."""
+        s = self.searcher
+        n = s.n_regions
+        queries, rel = self.query_regions(image)
+        if n == 0 or top_k <= 0 or len(queries) == 0:
+            return []
+        k = image_search.candidates(n, top_k)
+        with faiss_index.single_thread():
+            sims, ids = s.index.search(np.ascontiguousarray(queries, np.float32), k)
+        scores = image_search.set_scores(sims, ids, s.region_image, len(s.images), complete=k >= n)
+        if rel in s._image_id:
+            scores[s._image_id[rel]] = -np.inf
+        ranked = [int(i) for i in np.argsort(-scores, kind="stable")[:top_k] if np.isfinite(scores[i])]
+        hits = []
+        for i in ranked:
+            width, height = (float(v) for v in s.sizes[i])
+            box = Box(0.0, 0.0, width, height)
+            hits.append(Hit(s.images[i], float(scores[i]), box, inscribed_ellipse(box)))
         return hits
 
 
