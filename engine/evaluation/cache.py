@@ -65,6 +65,14 @@ class NpzCache:
             return None
         return arrays
 
+    def get(self, file: str, source: Path, make) -> dict:
+        """The cached arrays of `file`, or `make()`'s, saved for next time."""
+        arrays = self.load(file, source)
+        if arrays is None:
+            arrays = make()
+            self.save(file, source, arrays)
+        return arrays
+
     def save(self, file: str, source: Path, arrays: dict) -> None:
         if self.dir is None:
             return
@@ -116,26 +124,27 @@ def extract_manifest(manifest: Manifest, extractor: Extractor, cache: NpzCache,
         if cancel():
             raise Cancelled()
         source = manifest.root / file
-        arrays = cache.load(file, source)
-        if arrays is None:
-            start = time.perf_counter()
-            regions = extractor.extract(load_image(source, max_side=extractor.max_side))
-            seconds = time.perf_counter() - start
-            dim = extractor.backbone.descriptor_dim
-            arrays = {
-                "boxes": np.array([r.box.as_list() for r in regions.regions], np.float64).reshape(-1, 4),
-                "descriptors": regions.descriptors().reshape(-1, dim),
-                "scores": np.array([r.score for r in regions.regions], np.float64),
-                "size": np.array([regions.width, regions.height], np.int64),
-                "seeds": np.int64(regions.seeds),
-                "seconds": np.float64(seconds),
-            }
-            cache.save(file, source, arrays)
+        arrays = cache.get(file, source, lambda: _region_arrays(extractor, source))
         out.append(ImageRegionsArrays(arrays["boxes"], arrays["descriptors"].astype(np.float32),
                                       int(arrays["size"][0]), int(arrays["size"][1]), int(arrays["seeds"]),
                                       float(arrays["seconds"]), arrays["scores"]))
         progress(done + 1, len(manifest.files))
     return out
+
+
+def _region_arrays(extractor: Extractor, source: Path) -> dict:
+    start = time.perf_counter()
+    regions = extractor.extract(load_image(source, max_side=extractor.max_side))
+    seconds = time.perf_counter() - start
+    dim = extractor.backbone.descriptor_dim
+    return {
+        "boxes": np.array([r.box.as_list() for r in regions.regions], np.float64).reshape(-1, 4),
+        "descriptors": regions.descriptors().reshape(-1, dim),
+        "scores": np.array([r.score for r in regions.regions], np.float64),
+        "size": np.array([regions.width, regions.height], np.int64),
+        "seeds": np.int64(regions.seeds),
+        "seconds": np.float64(seconds),
+    }
 
 
 def relocation_maps(manifest: Manifest, extractor: Extractor, cache_dir, cancel: CancelFn = never_cancel
@@ -147,9 +156,7 @@ def relocation_maps(manifest: Manifest, extractor: Extractor, cache_dir, cancel:
         if cancel():
             raise Cancelled()
         source = manifest.root / file
-        arrays = cache.load(file, source)
-        if arrays is None:
-            arrays = extractor.relocation_map(load_image(source, max_side=extractor.max_side)).to_arrays()
-            cache.save(file, source, arrays)
+        arrays = cache.get(file, source, lambda: extractor.relocation_map(
+            load_image(source, max_side=extractor.max_side)).to_arrays())
         out[file] = FeatureMap.from_arrays(arrays)
     return out

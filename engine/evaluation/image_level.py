@@ -65,6 +65,15 @@ def cell_features(backbone, rgb: np.ndarray, keep: int = ASMK_FEATURES) -> dict[
     return {"features": l2n(cells[top]).astype(np.float32), "centres": centres}
 
 
+def _cell_arrays(extractor, network_rgb, source) -> dict:
+    start = time.perf_counter()
+    rgb, sx, sy = network_rgb(extractor, load_image(source, max_side=extractor.max_side))
+    arrays = cell_features(extractor.backbone, rgb)
+    arrays["scale"] = np.array([sx, sy], np.float64)
+    arrays["seconds"] = np.float64(time.perf_counter() - start)
+    return arrays
+
+
 def _features(manifest: Manifest, extractor, cache_dir, network_rgb, cancel: CancelFn) -> tuple[list[dict], float]:
     cache = NpzCache(cache_dir, "asmk-cells", {"backbone": extractor.backbone.config(), "max_side": extractor.max_side,
                                                "keep": ASMK_FEATURES, "code": code_fingerprint(IMAGE_MODULES)})
@@ -73,14 +82,7 @@ def _features(manifest: Manifest, extractor, cache_dir, network_rgb, cancel: Can
         if cancel():
             raise Cancelled()
         source = manifest.root / file
-        arrays = cache.load(file, source)
-        if arrays is None:
-            start = time.perf_counter()
-            rgb, sx, sy = network_rgb(extractor, load_image(source, max_side=extractor.max_side))
-            arrays = cell_features(extractor.backbone, rgb)
-            arrays["scale"] = np.array([sx, sy], np.float64)
-            arrays["seconds"] = np.float64(time.perf_counter() - start)
-            cache.save(file, source, arrays)
+        arrays = cache.get(file, source, lambda: _cell_arrays(extractor, network_rgb, source))
         out.append(arrays)
         seconds.append(float(arrays["seconds"]))
     return out, float(np.mean(seconds)) if seconds else 0.0
