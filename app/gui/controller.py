@@ -27,7 +27,7 @@ from PySide6.QtCore import QObject, QThread, Signal
 
 from dasr_annotator.app.gui.settings import Preferences
 from dasr_annotator.app.gui.workers import EngineWorker, ImageLoader, Task, UserMessage
-from dasr_annotator.engine.dasr.relocate import WindowQuery
+from dasr_annotator.engine.dasr.relocate import MAX_FEEDBACK_WINDOWS, WindowQuery
 from dasr_annotator.engine.types import Box, Cancelled, Hit
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,10 @@ class Controller(QObject):
             windows = WindowQuery.stack(windows) if all(w is not None for w in windows) else None
             hits = searcher.search(positives, request.top_k, negatives=negatives, exclude_image=request.exclude_image,
                                    windows=windows)
-            fine = [] if windows is None else [searcher.example(image, box) for image, box in examples]
+            # each example is one more crop pass before the hits show, and one more template per
+            # refined window: the latest few describe the instance as well as all 32
+            fine = [] if windows is None else [searcher.example(image, box)
+                                               for image, box in examples[-MAX_FEEDBACK_WINDOWS:]]
             return SearchOutcome(request, hits, searcher.prepare(positives), _candidate_regions(searcher, hits),
                                  len(searcher.images), total, windows, [e for e in fine if e is not None])
 
@@ -394,8 +397,6 @@ class Controller(QObject):
         token = self._refine_token = object()  # identifies this refinement's chunks
 
         def run(progress, cancel):
-            from dasr_annotator.engine.dasr.relocate import MAX_FEEDBACK_WINDOWS
-
             searcher = self._engine_searcher(args, device)
             latest = list(accepted)[-MAX_FEEDBACK_WINDOWS:]
             more = [searcher.example(image, box) for image, box in latest]
