@@ -160,17 +160,25 @@ class Hit:
     """One search result: an image and the region that made it score."""
 
     image: str  # path relative to the collection root, POSIX separators
-    score: float
+    score: float  # what the hits are ranked by
     box: Box
     ellipse: Ellipse
+    # Once the box is refined (engine/search/refine.py): the refined box's similarity to the query
+    # and, when the score became their blend (`refine.rank_by_box`), the region score it blends.
+    box_score: float | None = None
+    region_score: float | None = None
 
     def as_json(self) -> dict:
-        return {
+        out = {
             "image": self.image,
             "score": float(self.score),
             "box": self.box.as_list(),
             "ellipse": self.ellipse.as_dict(),
         }
+        for key in ("box_score", "region_score"):
+            if getattr(self, key) is not None:
+                out[key] = float(getattr(self, key))
+        return out
 
 
 @dataclass

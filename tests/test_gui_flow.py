@@ -20,6 +20,7 @@ from dasr_annotator.app.gui.main_window import MainWindow
 from dasr_annotator.app.gui.settings import Preferences
 from dasr_annotator.engine.dasr.relocate import box_iou_matrix
 from dasr_annotator.engine.dasr.relocate import REJECTED_IOU
+from dasr_annotator.engine.search.refine import blended_score
 from dasr_annotator.engine.types import Box
 
 SEQUENCES = ("Box", "Dog", "Human3")
@@ -292,14 +293,27 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     def undecided():
         return {e.key for e in doc.hits.entries if e.status == PENDING}
 
+    chunks = []
+    window.controller.hitsRefined.connect(chunks.append)
     with qtbot.waitSignal(window.controller.hitsRefined, timeout=60_000,
                           check_params_cb=lambda r: r.session is doc.hits and set(r.boxes) <= undecided()) as refined:
         pass
     chunk = refined.args[0]
-    assert chunk.boxes
+    assert chunk.boxes and set(chunk.box_scores) == set(chunk.boxes)
     for e in doc.hits.entries:
         if e.key in chunk.boxes:  # refined boxes replace the stored-map ones
             assert e.box == chunk.boxes[e.key] and e.hit.box == e.box
+    # ... and once all are refined, the undecided hits are ordered by region and box score together,
+    # the annotator staying on the hit they were at
+    current = window.results.current_key()
+    qtbot.waitUntil(lambda: any(c.complete for c in chunks), timeout=120_000)
+    window.controller.hitsRefined.disconnect(chunks.append)
+    box_scores = {k: v for c in chunks for k, v in c.box_scores.items()}
+    pending = [e for e in doc.hits.entries if e.status == PENDING]
+    assert box_scores and [e.score for e in pending] == sorted((e.score for e in pending), reverse=True)
+    for e in pending:
+        assert e.score == pytest.approx(blended_score(e.hit.score, box_scores.get(e.key)))
+    assert window.results.current_key() == current
     # Newer decisions make a re-localisation still in flight stale: it is cancelled, not applied.
     received = []
     window.controller.hitsRelocated.connect(received.append)

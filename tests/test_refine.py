@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -16,9 +17,10 @@ import pytest
 from PIL import Image
 
 from dasr_annotator.engine.dasr import zoom
+from dasr_annotator.engine.dasr.relocate import inscribed_ellipse
 from dasr_annotator.engine.dasr.extractor import Extractor
 from dasr_annotator.engine.search import refine as refine_module
-from dasr_annotator.engine.search.refine import Refiner
+from dasr_annotator.engine.search.refine import Refiner, blended_score, rank_by_box
 from dasr_annotator.engine.store.imageio import load_image
 from dasr_annotator.engine.types import Box, Cancelled, Hit
 
@@ -196,6 +198,52 @@ def test_a_rejected_box_is_never_chosen_again(truck, extractor, tmp_path):
     assert iou(first, truth) >= 0.5
     again, _ = refine_one(extractor, query, box, target, refiner, rejected={target.name: [first]})
     assert iou(again, first) < 0.3
+
+
+def test_a_photo_whose_refined_box_holds_the_instance_ranks_above_one_whose_box_does_not(truck, extractor,
+                                                                                        tmp_path):
+    """The box score says whether the instance is where the box is: with the truck painted out,
+    the best fine window matches the query worse, and the blend with the region score puts the
+    photo that has the truck first even when the regions scored it a little lower."""
+    rgb, box = truck
+    query = tmp_path / "query.png"
+    Image.fromarray(rgb).save(query)
+    with_truck, truth = moved(rgb, box, 1.0, (60.0, 25.0), (1280, 720))
+    without = with_truck.copy()  # the truck covered by the road just left of it
+    x, y, w, h = (int(round(v)) for v in (truth.x - 4, truth.y - 4, truth.w + 8, truth.h + 8))
+    without[y:y + h, x:x + w] = without[y:y + h, x - w:x]
+    paths = {"with.png": tmp_path / "with.png", "without.png": tmp_path / "without.png"}
+    Image.fromarray(with_truck).save(paths["with.png"])
+    Image.fromarray(without).save(paths["without.png"])
+    _, windows = extractor.describe_query(load_image(query, max_side=extractor.max_side), box)
+    maps = {n: extractor.relocation_map(load_image(p, max_side=extractor.max_side)) for n, p in paths.items()}
+    refiner = Refiner(extractor)
+    hits = [Hit("without.png", 0.55, Box(0, 0, 1, 1), None), Hit("with.png", 0.50, Box(0, 0, 1, 1), None)]
+    refined = refiner.refine(hits, [refiner.example(query, box)], windows, maps.get, paths.get)
+    assert [h.image for h in refined] == ["without.png", "with.png"]  # refine keeps order and scores
+    assert [h.score for h in refined] == [0.55, 0.50]
+    score = {h.image: h.box_score for h in refined}
+    assert score["with.png"] > score["without.png"] + 0.1, score
+    ranked = rank_by_box(refined)
+    assert [h.image for h in ranked] == ["with.png", "without.png"]
+    assert [h.region_score for h in ranked] == [0.50, 0.55]  # what the regions said is kept
+    assert ranked[0].score == pytest.approx(blended_score(0.50, score["with.png"]))
+    again = rank_by_box(ranked)  # blended from the region score again, not from the blend
+    assert [h.score for h in again] == [h.score for h in ranked]
+    as_json = replace(ranked[0], ellipse=inscribed_ellipse(ranked[0].box)).as_json()
+    assert as_json["box_score"] == pytest.approx(score["with.png"]) and as_json["region_score"] == 0.50
+    # the cache gives the box score back with the box
+    cached = refiner.refine(hits, [refiner.example(query, box)], windows, maps.get, paths.get)
+    assert [(h.box, h.box_score) for h in cached] == [(h.box, h.box_score) for h in refined]
+
+
+def test_a_hit_that_could_not_be_refined_ranks_by_its_region_score():
+    box = Box(0, 0, 5, 5)
+    plain = Hit("a.jpg", 0.4, box, inscribed_ellipse(box))
+    refined = Hit("b.jpg", 0.5, box, inscribed_ellipse(box), box_score=0.2)
+    ranked = rank_by_box([refined, plain])
+    assert [h.image for h in ranked] == ["a.jpg", "b.jpg"]  # 0.4 against (0.5 + 0.2) / 2
+    assert ranked[0].score == 0.4 and "box_score" not in ranked[0].as_json()
 
 
 # --------------------------------------------------------------------------- cache and cancel

@@ -70,13 +70,16 @@ class SearchOutcome:
 
 @dataclass
 class Refined:
-    """Refined boxes for hits of the hit session `session` (key -> box), one chunk at a time;
-    `done` of `total` hits are refined so far."""
+    """Refined boxes for hits of the hit session `session` (key -> box) and how well each matches
+    the examples (key -> box score, refine.rank_by_box), one chunk at a time; `done` of `total`
+    hits are refined so far. The last one, `complete`, comes once all are (it may carry none)."""
 
     session: object
     boxes: dict[int, Box]
     done: int
     total: int
+    box_scores: dict[int, float] = field(default_factory=dict)
+    complete: bool = False
 
 
 @dataclass
@@ -406,10 +409,12 @@ class Controller(QObject):
             def emit(items):
                 done[0] += len(items)
                 self._refined_chunk.emit(token, Refined(session, {keys[i]: hit.box for i, hit in items}, done[0],
-                                                       len(hits)))
+                                                       len(hits), {keys[i]: hit.box_score for i, hit in items
+                                                                   if hit.box_score is not None}))
 
             searcher.refine(hits, list(examples) + [e for e in more if e is not None], coarse, rejected,
                             progress=progress, cancel=cancel, emit=emit)
+            self._refined_chunk.emit(token, Refined(session, {}, done[0], len(hits), complete=True))
 
         task = self._run("Refine boxes", run, finished=lambda _: self._refined(task),
                          cancelled=lambda: self._refined(task))

@@ -356,6 +356,20 @@ class Document(QObject):
         self.hits.reranked += 1
         self.changed.emit(Change("hits", frozenset(e.image for e in self.hits.entries)))
 
+    def order_pending(self, scores: dict[int, float]) -> None:
+        """New ranking scores for pending hits (key -> score; each keeps its hit, box and region
+        score) and the pending hits re-ordered by them; decided hits keep their place at the top.
+        Like re-ranking, this is no edit: nothing labelled changes."""
+        if self.hits is None:
+            return
+        for entry in self.hits.entries:
+            if entry.key in scores and entry.status == PENDING:
+                entry.score = float(scores[entry.key])
+        decided = [e for e in self.hits.entries if e.status != PENDING]
+        pending = sorted((e for e in self.hits.entries if e.status == PENDING), key=lambda e: -e.score)
+        self.hits.entries = decided + pending
+        self.changed.emit(Change("hits", frozenset(e.image for e in self.hits.entries)))
+
     def record_query(self, category: str, positives, negatives=()) -> str:
         """Remember where a search came from (not an edit: kept even when its hits are undone)."""
         query = self.store.add_query(category, positives, negatives)

@@ -17,6 +17,7 @@ from dasr_annotator.app.gui.document import (
 )
 from dasr_annotator.engine.dasr.relocate import MAX_LOOKS, inscribed_ellipse
 from dasr_annotator.engine.search import feedback
+from dasr_annotator.engine.search.refine import blended_score
 from dasr_annotator.engine.store.imageio import ImageError, image_size
 from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
 from dasr_annotator.widgets.canvas import DRAFT_STYLE, MIN_BOX_SIDE, Overlay
@@ -42,6 +43,7 @@ class Review(QObject):
         self.query: tuple[str, Box, str] | None = None  # (image, box, category) searched, not yet a label
         self._shown: HitSession | None = None  # the review the results strip shows
         self._reranked_at = float("-inf")  # when a re-rank last moved the selection
+        self._box_scores: tuple[object, dict[int, float]] = (None, {})  # (hit session, key -> box score) refined so far
         w, a = window, window.action
         # Enter belongs to the photo and the results strip only: a window-wide Enter took the key
         # from every editor (a label's category typed in the table ran a search instead, and
@@ -256,12 +258,29 @@ class Review(QObject):
 
     def _refined(self, result) -> None:
         """A chunk of refined boxes (controller.refine): undecided hits the user has not adjusted
-        take them; the status bar says how far refinement is."""
+        take them; the status bar says how far refinement is. Once every hit is refined, the
+        undecided ones are re-ordered by region and box score together (refine.rank_by_box, as
+        `search` orders them): a hit whose box matches the query poorly moves down."""
         hits = self.doc.hits if self.doc is not None else None
         if hits is None or hits is not result.session:
             return  # a newer search replaced those hits
+        if self._box_scores[0] is not hits:
+            self._box_scores = (hits, {})
+        self._box_scores[1].update(result.box_scores)
         self.doc.move_pending_boxes(result.boxes)
-        self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}", 3000)
+        if not result.complete:
+            self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}", 3000)
+            return
+        box_scores, self._box_scores = self._box_scores[1], (None, {})
+        blended = {e.key: blended_score(e.hit.score, box_scores.get(e.key))
+                   for e in hits.entries if e.status == PENDING and e.key in box_scores}
+        if blended:
+            current = self.window.results.current_key()
+            self.doc.order_pending(blended)
+            if current is not None:  # the annotator stays on the hit they were looking at
+                self.window.results.select_key(current)
+        self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}; undecided hits "
+                                            "ordered by how well their boxes match", 4000)
 
     # ---- deciding ----------------------------------------------------------------------------
     def _current_entries(self) -> list:

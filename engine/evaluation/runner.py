@@ -29,7 +29,7 @@ from dasr_annotator.engine.evaluation.manifest import Manifest, Query, load_mani
 from dasr_annotator.engine.evaluation.review import review_summary, simulated_review
 from dasr_annotator.engine.search.index import whitening_min_regions
 from dasr_annotator.engine.store.imageio import load_image
-from dasr_annotator.engine.search.refine import Refiner
+from dasr_annotator.engine.search.refine import Refiner, rank_by_box
 from dasr_annotator.engine.types import Box, Cancelled, CancelFn, Hit, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,8 @@ def _evaluate_regions(manifest, queries, images, extractor, whiten, label, cance
         if windows is not None:  # every reference is a hit here (the ranking covers them all)
             boxes = _relocated(manifest.files, scores, maps, windows)
             if refiner is not None:
-                boxes = _refined(manifest, q, scores, boxes, maps, windows, refiner, settings.refine_top, cancel)
+                scores, boxes = _refined(manifest, q, scores, boxes, maps, windows, refiner, settings.refine_top,
+                                         cancel)
             best = covered = None  # one box per image: the returned one
         else:
             region_boxes = [images[index_of[f]].boxes for f in refs]
@@ -344,18 +345,22 @@ def _relocated(files: list[str], region_scores: np.ndarray, maps: dict[str, Feat
 
 
 def _refined(manifest: Manifest, q: Query, scores: np.ndarray, boxes: np.ndarray, maps: dict[str, FeatureMap],
-             windows: WindowQuery, refiner: Refiner, top: int, cancel: CancelFn) -> np.ndarray:
-    """`boxes` with the `top` best-scoring references' boxes refined coarse-to-fine, as the
-    product's search does to its top hits (the query's own photo is no hit)."""
+             windows: WindowQuery, refiner: Refiner, top: int, cancel: CancelFn) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, boxes) with the `top` best-scoring references' boxes refined coarse-to-fine and
+    re-ordered among themselves by region and box score together, as the product's search does to
+    its top hits (the query's own photo is no hit). The refined hits keep the top places: they
+    take the same set of scores, dealt in the blended order."""
     order = [i for i in np.argsort(-scores, kind="stable") if manifest.files[i] != q.file and np.isfinite(scores[i])]
     picked = order[:top]
     hits = [Hit(manifest.files[i], float(scores[i]), Box.from_list(boxes[i]), None) for i in picked]
     example = refiner.example(manifest.root / q.file, Box.from_list(q.box))
     refined = refiner.refine(hits, [example], windows, maps.get, lambda f: manifest.root / f, cancel=cancel)
-    out = boxes.copy()
-    for i, hit in zip(picked, refined):
-        out[i] = hit.box.as_list()
-    return out
+    out_boxes, out_scores = boxes.copy(), scores.copy()
+    index_of = {manifest.files[i]: i for i in picked}
+    for place, hit in zip(picked, rank_by_box(refined)):
+        out_scores[index_of[hit.image]] = scores[place]
+        out_boxes[index_of[hit.image]] = hit.box.as_list()
+    return out_scores, out_boxes
 
 
 # --------------------------------------------------------------------------- baselines

@@ -6,6 +6,11 @@ The regions pick the photos and the stored map picks a few coarse windows in eac
 photo becomes its box. The query itself (and every further example, such as accepted boxes) is
 described the same way, from its own full-resolution photo, once.
 
+The refined box also says how sure the hit is: its similarity to the query (`Hit.box_score`) is
+low where the regions found the right kind of photo but the fine search found nothing like the
+instance in it. `rank_by_box` orders refined hits by region and box score together, so hits
+whose boxes are on the instance come first.
+
 Cost is bounded and front-loaded where it matters: `Refiner.refine` takes hits in the order they
 are shown, works in chunks (a chunk's crops go through the network as batches of equal size, so
 a GPU refines a whole result list in a few passes) and reports each finished chunk, so a window
@@ -22,7 +27,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +113,8 @@ class Refiner:
                rejected: dict[str, list[Box]] | None = None, progress: ProgressFn = no_progress,
                cancel: CancelFn = never_cancel, emit: Callable[[list[tuple[int, Hit]]], None] | None = None,
                ) -> list[Hit]:
-        """The same hits, same order and scores, with refined boxes. `fmap_of(image)` gives a
+        """The same hits, same order and scores, with refined boxes and their `box_score` (the
+        best fine window's similarity to the examples; `rank_by_box` orders by it). `fmap_of(image)` gives a
         photo's stored map (None: leave the hit as it is), `path_of(image)` its file; `windows`
         picks the coarse windows; `rejected` (image -> boxes) are never chosen again. After each
         chunk, `emit([(index, refined hit), ...])` (hits that could not be refined are left
@@ -160,8 +166,7 @@ class Refiner:
                 continue
             if key in self._results:
                 self._results.move_to_end(key)
-                _, box = self._results[key]
-                plans.append((i, hit, key, box))
+                plans.append((i, hit, key, self._results[key]))
                 continue
             try:
                 crops = self._crops(path, fmap, found, examples)
@@ -169,7 +174,7 @@ class Refiner:
                 log.warning("%s: not refined (%s)", hit.image, exc)
                 continue
             plans.append((i, hit, key, crops))
-        todo = [(p, c) for p in plans if not isinstance(p[3], Box) for c in p[3]]
+        todo = [(p, c) for p in plans if isinstance(p[3], list) for c in p[3]]
         features = self._batched_features([c[1] for _, c in todo], cancel)
         best: dict[int, tuple[float, Box]] = {}
         for ((i, hit, key, _), (crop, _pixels)), feature in zip(todo, features):
@@ -189,16 +194,16 @@ class Refiner:
                 best[i] = (score, box)
         results = []
         for i, hit, key, crops in plans:
-            if isinstance(crops, Box):
-                box = crops
+            if isinstance(crops, tuple):  # from the cache
+                score, box = crops
             elif i in best:
-                box = best[i][1]
+                score, box = best[i]
                 self._results[key] = best[i]
                 while len(self._results) > self.cache_items:
                     self._results.popitem(last=False)
             else:
                 continue
-            results.append((i, Hit(hit.image, hit.score, box, inscribed_ellipse(box))))
+            results.append((i, Hit(hit.image, hit.score, box, inscribed_ellipse(box), box_score=score)))
         return results
 
     def _crops(self, path: Path, fmap: FeatureMap, coarse: list[tuple[float, Box]], examples: Sequence[Example]):
@@ -272,6 +277,27 @@ class Refiner:
                 for i, feature in zip(part, self._features([patches[i] for i in part])):
                     out[i] = feature
         return out
+
+
+def blended_score(region_score: float, box_score: float | None) -> float:
+    """What a refined hit ranks by: the mean of its region score (is this the photo?) and its box
+    score (is the instance where the box is?). Both are cosines of the same network's features
+    on similar scales, so they weigh the same; a hit that could not be refined counts its region
+    score twice (no evidence either way). Measured on dev-hires and dev (issue #24): the blend puts
+    hits with a box on the instance first (mAP@50-located +4.8 and +4.3 points) without losing
+    right photos (mAP@50 +1.3 and 0.0), and weights from 1:0.5 to 1:2 all land within a point."""
+    return region_score if box_score is None else 0.5 * (region_score + box_score)
+
+
+def rank_by_box(hits: Sequence[Hit]) -> list[Hit]:
+    """Refined hits ordered by `blended_score` (stable): each hit's `score` becomes the blend, its
+    `region_score` keeps what the regions gave. Hits blended before are blended from their
+    region score again, never twice."""
+    out = []
+    for hit in hits:
+        region = hit.region_score if hit.region_score is not None else hit.score
+        out.append(replace(hit, score=blended_score(region, hit.box_score), region_score=region))
+    return sorted(out, key=lambda h: -h.score)
 
 
 def _distinct_sizes(sizes):

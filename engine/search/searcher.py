@@ -26,7 +26,7 @@ from dasr_annotator.engine.search import image_search
 from dasr_annotator.engine.search import index as faiss_index
 from dasr_annotator.engine.search.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.search.map_cache import MapCache
-from dasr_annotator.engine.search.refine import Example, Refiner
+from dasr_annotator.engine.search.refine import Example, Refiner, rank_by_box
 from dasr_annotator.engine.store.imageio import ImageError, load_image
 from dasr_annotator.engine.store.video import media_file
 from dasr_annotator.engine.types import MIN_BOX_SIDE, Box, Ellipse, Hit, boxes_at_least
@@ -239,12 +239,13 @@ class Searcher:
 
     def search_box(self, image: str | os.PathLike, box: Box, top_k: int = 20, refine: bool = True) -> list[Hit]:
         """One query box -> hits, the query's own image excluded; boxes refined coarse-to-fine
-        unless `refine` is false (then as re-localised on the stored maps)."""
+        and the hits ordered by region and box score together (`refine.rank_by_box`) unless
+        `refine` is false (then boxes as re-localised on the stored maps, order by region score)."""
         _, rel = self.resolve(image)
         descriptor, windows = self.query(image, box)
         hits = self.search(descriptor[None], top_k, exclude_image=rel, windows=windows)
         if refine and windows is not None and self.refiner is not None:
-            hits = self.refine(hits, [self.example(image, box)], windows)
+            hits = rank_by_box(self.refine(hits, [self.example(image, box)], windows))
         return hits
 
 
