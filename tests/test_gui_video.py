@@ -79,7 +79,7 @@ def test_window_lists_the_video_and_shows_its_frames(qtbot, folder, window_on): 
     assert window.current_image == "photo.jpg"
 
 
-def test_video_sampling_is_set_in_settings(qtbot, folder, window_on, monkeypatch):  # noqa: F811
+def test_video_sampling_and_propagation_span_are_set_in_settings(qtbot, folder, window_on, monkeypatch):  # noqa: F811
     from dasr_annotator.widgets import dialogs
 
     window = window_on(folder, prefs=app_settings.Preferences(device="cpu", max_side=128))
@@ -88,11 +88,14 @@ def test_video_sampling_is_set_in_settings(qtbot, folder, window_on, monkeypatch
     def accept_with_two_fps(dialog):
         assert dialog._editors["video_fps"].value() == 1.0
         dialog._editors["video_fps"].setValue(2.0)
+        assert dialog._editors["propagate_seconds"].value() == 2.0 and dialog._editors["propagate_fps"].value() == 10.0
+        dialog._editors["propagate_seconds"].setValue(1.5)
         return dialogs.SettingsDialog.Accepted
 
     monkeypatch.setattr(dialogs.SettingsDialog, "exec", accept_with_two_fps)
     window.project_actions.edit_settings()
     assert Project.open(folder).video_fps() == 2.0
+    assert window.prefs.propagate_seconds == 1.5 and app_settings.load_preferences().propagate_seconds == 1.5
 
 
 # ---- propagating a label to the neighbouring frames ---------------------------------------------
