@@ -138,6 +138,7 @@ def test_propagate_offers_the_neighbouring_frames_as_hits_to_review(qtbot, folde
     hits = doc.hits
     assert [e.image for e in hits.entries] == NEIGHBOURS  # nearest in time first
     assert {e.status for e in hits.entries} == {PENDING} and len(doc.annotations()) == 1  # nothing labelled yet
+    assert {e.image for e in window.review.waiting()} == set(NEIGHBOURS)  # each frame is to review
     assert hits.title == "box · frames around 0:01.0"
     # the hits show their times; the frames sampled finer are listed under the video
     tips = [window.results.model.data(window.results.model.index(r), Qt.ToolTipRole) for r in range(4)]

@@ -273,8 +273,8 @@ class Review(QObject):
     # ---- propagating to neighbouring video frames ----------------------------------------------
     def propagation_source(self) -> tuple[tuple[str, Box, str] | None, str]:
         """What "Propagate to neighbouring frames" would look for: (frame, box, category) of the
-        label (or hit) selected on the video frame shown, else of its only label; or None and why
-        not (the action's tooltip while it is disabled)."""
+        label (or hit not rejected) selected on the video frame shown, else of its only label; or
+        None and why not (the action's tooltip while it is disabled)."""
         w = self.window
         image = w.current_image
         if self.doc is None or image is None:
@@ -292,7 +292,7 @@ class Review(QObject):
                 return (image, ann.box, ann.category), ""
             if key.startswith("hit:") and hits is not None:
                 entry = next((e for e in hits.entries if e.key == int(key[4:])), None)
-                if entry is not None and entry.image == image:
+                if entry is not None and entry.image == image and entry.status != REJECTED:
                     return (image, entry.box, hits.category), ""
         labels = self.doc.annotations(image)
         if len(labels) == 1:
@@ -347,6 +347,8 @@ class Review(QObject):
         self.decisions = 0
         session = HitSession.from_hits(result.hits, request.category, query_id, note)
         session.title = f"{request.category} · frames around {format_time(result.time)}"
+        # every frame around the label is worth a look: none starts below the threshold
+        session.threshold = min(e.score for e in session.entries)
         self.doc.show_search(session, f"Propagate {request.category}")
         w.results.view.setFocus()
         w.statusBar().showMessage(f"{len(result.hits)} neighbouring frames to review for {request.category}", 5000)
