@@ -66,8 +66,11 @@ class SettingsDialog(QDialog):
               "overlap_iou": "Overlap that counts as already labelled (IoU)",
               "feedback_every": "Re-rank after this many decisions (0: never)",
               "label_queries": "Keep every query box as a label at once",
-              "video_fps": "Video frames sampled per second (this folder)"}
-    RANGES = {"overlap_iou": (0.05, 1.0, 0.05), "video_fps": (0.05, 240.0, 0.5)}  # float fields: low, high, step
+              "video_fps": "Video frames sampled per second (this folder)",
+              "propagate_seconds": "Propagate labels this many seconds either way",
+              "propagate_fps": "Propagate at this many frames per second"}
+    RANGES = {"overlap_iou": (0.05, 1.0, 0.05), "video_fps": (0.05, 240.0, 0.5),  # float fields: low, high, step
+              "propagate_seconds": (0.1, 600.0, 0.5), "propagate_fps": (0.1, 240.0, 1.0)}
 
     def __init__(self, values: dict, choices: dict[str, tuple], device_note: str = "", parent=None):
         super().__init__(parent)

@@ -10,6 +10,7 @@ frame's time. `paths()` stays every image and frame in order (for stepping throu
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QSize, Qt, Signal
@@ -115,6 +116,35 @@ class FileListModel(QAbstractListModel):
 
     def paths(self) -> list[str]:
         return list(self._order)
+
+    def add_frames(self, frame_times: dict[str, float]) -> list[str]:
+        """List frames of listed videos that are not listed yet (frame -> seconds; e.g. those a
+        label was propagated to, sampled finer than the folder), each under its video in frame
+        order; returns the frames added."""
+        added = []
+        for path, seconds in frame_times.items():
+            ref = split_frame_name(path)
+            if path in self._by_path or ref is None or ref.video not in self._groups:
+                continue
+            group = self._groups[ref.video]
+            position = bisect.bisect([split_frame_name(f).frame for f in group.frames], ref.frame)
+            neighbour = group.frames[position - 1] if position else group.frames[0]
+            at = self._order.index(neighbour) + (1 if position else 0)
+            row = self._visible.index(group) + 1 + position
+            if group.expanded:
+                self.beginInsertRows(QModelIndex(), row, row)
+            group.frames.insert(position, path)
+            self._order.insert(at, path)
+            self._by_path[path] = ImageState(path)
+            self._times[path] = seconds
+            if group.expanded:
+                self._visible.insert(row, path)
+            self._index_rows()
+            if group.expanded:
+                self.endInsertRows()
+            self._changed(path)  # the video's row: its frame count
+            added.append(path)
+        return added
 
     def row_of(self, path: str) -> int:
         return self._rows.get(path, -1)

@@ -18,6 +18,9 @@ def format_eta(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min left"
 
 
+INDEXING_CANCEL_TIP = "Stop indexing (it resumes where it stopped next time)"
+
+
 class ProgressPanel(QWidget):
     cancelRequested = Signal()
 
@@ -32,7 +35,7 @@ class ProgressPanel(QWidget):
         self.device.setObjectName("deviceLabel")
         self.cancel = QToolButton()
         self.cancel.setText("Cancel")
-        self.cancel.setToolTip("Stop indexing (it resumes where it stopped next time)")
+        self.cancel.setToolTip(INDEXING_CANCEL_TIP)
         self.cancel.clicked.connect(self.cancelRequested)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -44,8 +47,9 @@ class ProgressPanel(QWidget):
             widget.setSizePolicy(policy)
         self.finish("")
 
-    def start(self, text: str, cancellable: bool = True) -> None:
+    def start(self, text: str, cancellable: bool = True, cancel_tip: str = INDEXING_CANCEL_TIP) -> None:
         self.task.setText(text)
+        self.cancel.setToolTip(cancel_tip)
         self.bar.setRange(0, 0)  # busy until the first progress report
         self.bar.show()
         self.eta.setText("")

@@ -55,6 +55,9 @@ ACTIONS: tuple[ActionSpec, ...] = (
                "Rank the other photos by how alike the whole photos are (no box needed; labels nothing)"),
     ActionSpec("find_more", "Find &more like these", "Search", ("Ctrl+Shift+F",), "find-more",
                "Search with every label of the current category as examples"),
+    ActionSpec("propagate", "Propagate to neighbouring fra&mes", "Search", ("Ctrl+Shift+N",), "find",
+               "Look for the selected label (or hit) of this video frame in the frames around it, nearest in time "
+               "first: hits to review, nothing labelled until accepted"),
     ActionSpec("accept", "&Accept hit", "Search", ("Y",), "accept", "Accept the selected hits as labels"),
     ActionSpec("reject", "&Reject hit", "Search", ("N", "Backspace"), "reject", "Reject the selected hits"),
     ActionSpec("next_hit", "Ne&xt hit", "Search", ("J",), None, "Select the next hit", "arrows in the results"),

@@ -46,6 +46,29 @@ class SearchRequest:
 
 
 @dataclass
+class PropagateRequest:
+    """Look for the instance in `box` of video frame `image` in the frames within `seconds` of
+    it, sampled at `fps` (engine/search/propagate.py)."""
+
+    category: str
+    image: str  # clip.mp4#frame=N
+    box: Box
+    seconds: float
+    fps: float
+
+
+@dataclass
+class Propagated:
+    """Propagation's proposals: one hit per neighbouring frame, nearest in time first, and each
+    frame's time in its video (seconds; frames at a finer sampling than the folder's are not listed)."""
+
+    request: PropagateRequest
+    hits: list[Hit]
+    frame_times: dict[str, float]
+    time: float  # the labelled frame's time
+
+
+@dataclass
 class CandidateRegions:
     """Every indexed region of the hit images, in the index's space: what re-ranking by
     feedback needs, so it runs in the GUI thread in milliseconds without the engine."""
@@ -102,6 +125,9 @@ class Controller(QObject):
     incompatibleIndex = Signal(str)  # the folder's index was made with other settings
     searchStarted = Signal(str)  # what is searched
     searchFinished = Signal(object)  # SearchOutcome
+    propagationProgress = Signal(int, int)  # frames looked at, frames to look at
+    propagationFinished = Signal(object)  # Propagated
+    propagationStopped = Signal()  # cancelled (by the user, or by a newer query)
     hitsRelocated = Signal(object)  # Relocated
     hitsRefined = Signal(object)  # Refined
     failed = Signal(str, str)  # what failed, a message for the user
@@ -184,6 +210,10 @@ class Controller(QObject):
     @property
     def is_searching(self) -> bool:
         return self._search_task is not None
+
+    @property
+    def is_propagating(self) -> bool:
+        return self._search_task is not None and self._search_task.kind == "Propagation"
 
     # ---- opening -----------------------------------------------------------------------------
     def open_folder(self, photos: Path) -> None:
@@ -348,6 +378,70 @@ class Controller(QObject):
                          cancelled=lambda: self._search_done(task))
         self._search_task = task
         self.searchStarted.emit(what)
+
+    def propagate(self, request: PropagateRequest) -> None:
+        """Look for a labelled box in the frames around it (engine/search/propagate.py): a query
+        like a search, so it cancels the search or propagation in flight and a newer one cancels
+        it. The frames need not be indexed: their maps are computed here, on the engine thread."""
+        if self.project is None:
+            return
+        if self._search_task is not None:
+            self._search_task.cancel()
+        self.cancel_refining()  # its hits are about to be replaced
+        if self._index_task is not None:
+            self._pause.set()  # indexing waits behind the propagation, not the other way round
+        args, device = dict(self.extractor_args), self.prefs.device
+
+        def run(progress, cancel):
+            from dasr_annotator.engine.search.propagate import propagate
+            from dasr_annotator.engine.store.video import probe_video, split_frame_name
+
+            searcher = self._engine_searcher(args, device)
+            try:
+                hits = propagate(searcher, request.image, request.box, request.seconds, request.fps,
+                                 progress=progress, cancel=cancel)
+            except ValueError as exc:
+                raise UserMessage(str(exc)) from None
+            if cancel():  # the engine returns what it found so far; a cancelled query shows nothing
+                raise Cancelled()
+            ref = split_frame_name(request.image)
+            info = probe_video(self.project.path_of(ref.video))
+            times = {hit.image: info.time_of(split_frame_name(hit.image).frame) for hit in hits}
+            return Propagated(request, hits, times, info.time_of(ref.frame))
+
+        task = self._run("Propagation", run, progress=lambda done, total: self._propagation_progress(task, done, total),
+                         finished=lambda result: self._propagated(task, result),
+                         failed=lambda message: self._propagation_failed(task, message),
+                         cancelled=lambda: self._propagation_cancelled(task))
+        self._search_task = task
+        self.searchStarted.emit(f"{request.category} in the frames around {request.image}")
+
+    def cancel_propagation(self) -> None:
+        if self.is_propagating:
+            self._search_task.cancel()
+
+    def _propagation_progress(self, task: Task, done: int, total: int) -> None:
+        if self._search_task is task:
+            self.propagationProgress.emit(done, total)
+
+    def _propagated(self, task: Task, result: Propagated) -> None:
+        if self._search_task is task:  # one overtaken by a newer query is dropped
+            self._search_task = None
+            self.propagationFinished.emit(result)
+        else:
+            self.propagationStopped.emit()
+
+    def _propagation_failed(self, task: Task, message: str) -> None:
+        if self._search_task is task:
+            self._search_task = None
+            self.failed.emit(task.kind, message)
+        else:
+            self.propagationStopped.emit()
+
+    def _propagation_cancelled(self, task: Task) -> None:
+        if self._search_task is task:
+            self._search_task = None
+        self.propagationStopped.emit()
 
     def relocate(self, session, windows: WindowQuery, accepted: list[tuple[str, Box]],
                  pending: dict[int, Hit], rejected: dict[str, list[Box]] | None = None,

@@ -70,6 +70,7 @@ class MainWindow(QMainWindow):
         self.current_image: str | None = None
         self.canvas_image: str | None = None  # the photo the canvas shows (lags while loading)
         self._opening: Path | None = None  # the folder being opened, listed before its project opens
+        self.extra_frames: dict[str, float] = {}  # video frames listed beyond the folder's sampling -> seconds
         self._lister = FolderLister(self)
         self.action = action_table.create_actions(self)
         self._build_widgets()
@@ -142,6 +143,7 @@ class MainWindow(QMainWindow):
 
     def _build_menus_and_toolbar(self) -> None:
         menus = {name: self.menuBar().addMenu(f"&{name}") for name in action_table.MENUS}
+        menus["Search"].setToolTipsVisible(True)  # a disabled action's tooltip says why (Propagate)
         for spec in action_table.ACTIONS:
             if spec.menu:
                 if spec.menu not in menus:  # "File/Import": a submenu where its first action stands
@@ -160,7 +162,8 @@ class MainWindow(QMainWindow):
                 toolbar.addAction(self.action[name])
         toolbar.addWidget(QLabel(" Category "))
         toolbar.addWidget(self.category_box)
-        for name in ("find_similar", "find_more"):
+        self.action["propagate"].setIconText("Propagate")
+        for name in ("find_similar", "find_more", "propagate"):
             toolbar.addAction(self.action[name])
         spacer = QWidget()
         spacer.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
@@ -197,7 +200,7 @@ class MainWindow(QMainWindow):
         c.failed.connect(self._engine_failed)
         c.images_loader.loaded.connect(self._image_loaded)
         c.images_loader.failed.connect(self._image_failed)
-        self.progress.cancelRequested.connect(c.cancel_indexing)
+        self.progress.cancelRequested.connect(self._cancel_work)
         self.file_model.thumbnailWanted.connect(
             lambda rel: self._photo_path(rel) and c.images_loader.request(("thumb", rel), self._photo_path(rel), THUMB_MAX_SIDE))
         self._lister.listed.connect(self._folder_listed)
@@ -216,6 +219,13 @@ class MainWindow(QMainWindow):
             lambda ann_id, name: self.edit(lambda d: d.set_annotation_category([ann_id], name)), Qt.QueuedConnection)
         self.labels.selectedIdsChanged.connect(lambda ids: self.canvas.select([f"ann:{i}" for i in ids]))
         self.canvas.selectionChanged.connect(self._canvas_selection)
+
+    def _cancel_work(self) -> None:
+        """The status bar's Cancel: a propagation shows its progress there while it runs."""
+        if self.controller.is_propagating:
+            self.controller.cancel_propagation()
+        else:
+            self.controller.cancel_indexing()
 
     # ---- questions and messages (tests replace these) ----------------------------------------
     def ask_folder(self) -> str | None:
@@ -265,6 +275,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"dasr-annotator — {photos}")
         self.progress.start("Opening the folder…", cancellable=False)
         self._opening = Path(photos).expanduser().resolve()
+        self.extra_frames = {}
         self.file_model.set_images([])
         self.current_image = self.canvas_image = None
         self._lister.start(self._opening)
@@ -302,7 +313,7 @@ class MainWindow(QMainWindow):
             self.current_image = self.canvas_image = None
             self.canvas.set_image(None)
             self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
-        self.results.model.frame_times = project.frame_times
+        self.results.model.frame_times = self.frame_times()
         if not files:
             self.canvas_hint.setText(f"No photos found in {project.photos}.")
         self.statusBar().showMessage(project.state_note, 8000)
@@ -347,6 +358,26 @@ class MainWindow(QMainWindow):
         return None
 
     # ---- images ------------------------------------------------------------------------------
+    def frame_times(self) -> dict[str, float]:
+        """Every listed video frame's time (seconds): the folder's sampling and the frames added."""
+        project = self.project
+        return {**self.extra_frames, **(project.frame_times if project is not None else {})}
+
+    def add_video_frames(self, frame_times: dict[str, float]) -> None:
+        """List frames sampled finer than the folder (a label propagated to them) under their
+        videos, and show their times on hit tiles; kept while the folder is open."""
+        known = self.project.frame_times if self.project is not None else {}
+        self.extra_frames.update({f: t for f, t in frame_times.items() if f not in known})
+        self.file_model.add_frames(self.extra_frames)
+        self.results.model.frame_times = self.frame_times()
+        self.update_file_counts()
+
+    def list_images(self, files: list[str], frame_times: dict[str, float]) -> None:
+        """The file list: the folder's photos and sampled frames, and the frames added since."""
+        self.file_model.set_images(files, frame_times)
+        self.file_model.add_frames(self.extra_frames)
+        self.results.model.frame_times = self.frame_times()
+
     def show_image(self, rel: str) -> None:
         path = self._photo_path(rel)
         if rel == self.current_image or path is None:
@@ -359,6 +390,7 @@ class MainWindow(QMainWindow):
             self.file_view.setCurrentIndex(self.file_model.index(row))
         self.controller.images_loader.request(("canvas", rel), path, DISPLAY_MAX_SIDE, priority=10)
         self.refresh_image_views()
+        self.review.update_propagate()
 
     def step_image(self, step: int) -> None:
         paths = self.file_model.paths()

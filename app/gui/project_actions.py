@@ -136,9 +136,9 @@ class ProjectActions(QObject):
             w.show_info(" ".join(changed), 15000)
             if w.document is not None:
                 w.document.sync()  # indexing moved labels of renamed photos in the labels file
-        if w.controller.images != w.file_model.paths():  # photos added or removed meanwhile
-            w.file_model.set_images(w.controller.images, w.project.frame_times)
-            w.results.model.frame_times = w.project.frame_times
+        listed = [p for p in w.file_model.paths() if p not in w.extra_frames]
+        if w.controller.images != listed:  # photos added or removed meanwhile
+            w.list_images(w.controller.images, w.project.frame_times)
             w.update_file_counts()
 
     def _indexing_stopped(self, why: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QKeySequence, QShortcut
 
-from dasr_annotator.app.gui.controller import SearchOutcome, SearchRequest
+from dasr_annotator.app.gui.controller import PropagateRequest, Propagated, SearchOutcome, SearchRequest
 from dasr_annotator.app.gui.document import (
     ACCEPTED, PENDING, PENDING_COLOR, REJECTED, REJECTED_COLOR, Document, HitSession,
 )
@@ -19,6 +19,7 @@ from dasr_annotator.engine.dasr.relocate import MAX_LOOKS, inscribed_ellipse
 from dasr_annotator.engine.search import feedback
 from dasr_annotator.engine.search.refine import blended_score
 from dasr_annotator.engine.store.imageio import ImageError, image_size
+from dasr_annotator.engine.store.video import format_time, split_frame_name
 from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit
 from dasr_annotator.widgets.canvas import DRAFT_STYLE, MIN_BOX_SIDE, Overlay
 from dasr_annotator.widgets.overlays import BoxStyle
@@ -59,6 +60,8 @@ class Review(QObject):
         a["next_hit"].triggered.connect(lambda: w.results.move(1))
         a["prev_hit"].triggered.connect(lambda: w.results.move(-1))
         a["accept_above"].triggered.connect(self.accept_above)
+        a["propagate"].triggered.connect(self.propagate)
+        self._propagate_tip = a["propagate"].toolTip()
         a["rerank"].triggered.connect(lambda: self.rerank(automatic=False))
         # Queued: the search may add a category, which refills the combo box whose line edit is
         # still delivering this key press.
@@ -75,6 +78,10 @@ class Review(QObject):
         w.controller.searchFinished.connect(self._search_finished)
         w.controller.hitsRelocated.connect(self._relocated)
         w.controller.hitsRefined.connect(self._refined)
+        w.controller.propagationProgress.connect(self._propagation_progress)
+        w.controller.propagationFinished.connect(self._propagated)
+        w.controller.propagationStopped.connect(self._propagation_stopped)
+        self._propagation_start = 0.0
 
     def attach(self, doc: Document | None) -> None:
         self.doc, self.draft, self.decisions, self.query, self._shown = doc, None, 0, None, None
@@ -282,6 +289,89 @@ class Review(QObject):
         self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}; undecided hits "
                                             "ordered by how well their boxes match", 4000)
 
+    # ---- propagating to neighbouring video frames ----------------------------------------------
+    def propagation_source(self) -> tuple[tuple[str, Box, str] | None, str]:
+        """What "Propagate to neighbouring frames" would look for: (frame, box, category) of the
+        label (or hit not rejected) selected on the video frame shown, else of its only label; or
+        None and why not (the action's tooltip while it is disabled)."""
+        w = self.window
+        image = w.current_image
+        if self.doc is None or image is None:
+            return None, "Open a folder and show a video frame first."
+        if split_frame_name(image) is None:
+            return None, "Only a frame of a video has neighbouring frames: this photo is not from a video."
+        hits = self.doc.hits
+        keys = w.canvas.selected_keys() if w.canvas_image == image else []
+        current = w.results.current_key()
+        if current is not None and hits is not None:
+            keys = keys + [f"hit:{current}"]
+        for key in keys:
+            if key.startswith("ann:") and self.doc.has_annotation(key[4:]):
+                ann = self.doc.annotation(key[4:])
+                return (image, ann.box, ann.category), ""
+            if key.startswith("hit:") and hits is not None:
+                entry = next((e for e in hits.entries if e.key == int(key[4:])), None)
+                if entry is not None and entry.image == image and entry.status != REJECTED:
+                    return (image, entry.box, hits.category), ""
+        labels = self.doc.annotations(image)
+        if len(labels) == 1:
+            return (image, labels[0].box, labels[0].category), ""
+        if labels:
+            return None, "This frame has several labels: select the one to propagate (click its box)."
+        return None, "Label a box on this video frame first (or select a hit on it): that box is propagated."
+
+    def update_propagate(self) -> None:
+        source, why = self.propagation_source()
+        action = self.window.action["propagate"]
+        action.setEnabled(source is not None)
+        action.setToolTip(self._propagate_tip if source is not None else why)
+        action.setStatusTip(action.toolTip())
+
+    def propagate(self) -> None:
+        """Look for the selected label (or hit) of the video frame shown in the frames around it
+        (controller.propagate); the proposals come back as hits to review."""
+        w = self.window
+        source, why = self.propagation_source()
+        if source is None:
+            w.show_info(why)
+            return
+        image, box, category = source
+        w.set_category(category)
+        self._propagation_start = time.monotonic()
+        w.progress.start("Propagating to neighbouring frames…", cancel_tip="Stop propagating (nothing is labelled)")
+        w.controller.propagate(PropagateRequest(category, image, box, w.prefs.propagate_seconds, w.prefs.propagate_fps))
+
+    def _propagation_progress(self, done: int, total: int) -> None:
+        elapsed = time.monotonic() - self._propagation_start
+        eta = (total - done) * elapsed / done if done else -1.0
+        self.window.progress.set_progress("Propagating to neighbouring frames", done, total, eta)
+
+    def _propagation_stopped(self) -> None:
+        if not self.window.controller.is_propagating:
+            self.window.progress.finish("Propagation stopped")
+
+    def _propagated(self, result: Propagated) -> None:
+        w, request = self.window, result.request
+        w.progress.finish(f"Propagated to {len(result.hits)} frame{'s' if len(result.hits) != 1 else ''}")
+        if self.doc is None:
+            return
+        w.add_video_frames(result.frame_times)
+        span = f"±{request.seconds:g} s at {request.fps:g} frames per second"
+        if not result.hits:
+            w.show_info(f"No neighbouring frames to look in ({span} around {format_time(result.time)}).")
+            return
+        query_id = self.doc.record_query(request.category, [(request.image, request.box)])
+        note = (f"Proposals in the frames {span} around {format_time(result.time)}, nearest in time first: "
+                "accept (Y) the right ones; nothing is labelled until accepted.")
+        self.decisions = 0
+        session = HitSession.from_hits(result.hits, request.category, query_id, note)
+        session.title = f"{request.category} · frames around {format_time(result.time)}"
+        # every frame around the label is worth a look: none starts below the threshold
+        session.threshold = min(e.score for e in session.entries)
+        self.doc.show_search(session, f"Propagate {request.category}")
+        w.results.view.setFocus()
+        w.statusBar().showMessage(f"{len(result.hits)} neighbouring frames to review for {request.category}", 5000)
+
     # ---- deciding ----------------------------------------------------------------------------
     def _current_entries(self) -> list:
         hits = self.doc.hits if self.doc is not None else None
@@ -412,6 +502,7 @@ class Review(QObject):
         self.window.canvas.select([key], center=True)
 
     def canvas_selected(self, keys: list[str]) -> None:
+        self.update_propagate()
         if self.doc is None or self.doc.hits is None or len(keys) != 1:
             return
         for entry in self.doc.hits.entries:
@@ -542,6 +633,7 @@ class Review(QObject):
             self.window.action[name].setEnabled(has_hits)
         self.window.action["find_similar"].setEnabled(self.doc is not None)
         self.window.action["find_photos_like"].setEnabled(self.doc is not None)
+        self.update_propagate()
 
 
 def decided_boxes(hits: HitSession, status: str) -> list[tuple[str, Box]]:

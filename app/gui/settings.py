@@ -26,10 +26,14 @@ class Preferences:
     overlap_iou: float = 0.5  # a hit overlapping a same-category label this much counts as labelled
     feedback_every: int = 5  # re-rank the remaining hits after this many decisions (0: never)
     label_queries: bool = False  # a box searched with becomes a label at once (else on Ctrl+Enter)
+    # propagating a label to neighbouring video frames (as `search --propagate SECONDS --propagate-fps F`)
+    propagate_seconds: float = 2.0  # as engine.search.propagate.DEFAULT_SECONDS (settings stay free of the engine)
+    propagate_fps: float = 10.0  # as engine.search.propagate.DEFAULT_FPS
 
 
 _GROUP = "preferences"
-_RANGES = {"max_side": (128, 2048), "top_k": (1, 10000), "overlap_iou": (0.05, 1.0), "feedback_every": (0, 100)}
+_RANGES = {"max_side": (128, 2048), "top_k": (1, 10000), "overlap_iou": (0.05, 1.0), "feedback_every": (0, 100),
+           "propagate_seconds": (0.1, 600.0), "propagate_fps": (0.1, 240.0)}
 
 
 def load_preferences(settings: QSettings | None = None, backbones: tuple[str, ...] = ()) -> Preferences:
