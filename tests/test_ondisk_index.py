@@ -169,3 +169,23 @@ def test_an_incompatible_index_is_refused(big_folder, tmp_path):
     project.manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(NoIndex, match="damaged"):
         project.searcher(TinyExtractor())
+
+
+def test_the_latency_benchmark_measures_the_memory_mapped_index(monkeypatch, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "search_latency.py"
+    spec = importlib.util.spec_from_file_location("search_latency", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(faiss_index, "EXACT_MAX_WORK", 1000)  # an IVF index at a size a test can build
+    result = bench.measure_mmap(20_000, queries=20, seed=0, raw_dim=32, train=None, folder=tmp_path / "kept")
+    contract = {"p50_ms", "p95_ms", "recall_at_100", "bytes_per_region", "peak_rss_mb", "build_s"}
+    assert contract <= set(result) and result["mmap"] is True
+    assert result["index_type"].startswith("IVF") and result["dim"] == 32
+    assert 0 < result["p50_ms"] <= result["p95_ms"] and result["build_s"] > 0
+    assert result["recall_at_100"] >= 0.9 and result["peak_rss_mb"] >= result["rss_anon_mb"] > 0
+    # 32 one-byte codes and an 8-byte id a region, plus list slack and the header
+    assert 40 <= result["bytes_per_region"] < 48
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["index.faiss", "index.ivfdata"]
