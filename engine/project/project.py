@@ -13,7 +13,7 @@ in memory, about N x (2 D + 4 d) bytes: at most ~0.2 GB, as exact indexes stop a
 An IVF index (large collections) is built from a training sample plus parts of INDEX_PART_REGIONS
 regions read one at a time, and its inverted lists are stored in `index-<gen>.ivfdata` beside the
 index file, which the searcher memory-maps (engine/search/index.py, docs/index.md); what stays in
-memory is the region table (image, box, ellipse: 40 bytes a region).
+memory is the region table (image, box, ellipse, score: 44 bytes a region).
 """
 from __future__ import annotations
 
