@@ -118,7 +118,7 @@ def big_folder(tmp_path, monkeypatch):
     return root
 
 
-def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder):
+def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, capfd):
     ex = TinyExtractor()
     report = Project.open(big_folder).update_index(ex)
     assert report.regions == 80 and any("memory-mapped" in note for note in report.notes)
@@ -127,6 +127,10 @@ def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder):
     assert info["type"].startswith("IVF") and info["ivfdata"] == info["file"].replace(".faiss", ".ivfdata")
     assert len(info["bytes"]) == 3
     searcher = project.searcher(ex)
+    # faiss prints the lists file's name when it builds and opens it: never onto stdout, where
+    # `index --json` and `search --json` write their JSON
+    out, err = capfd.readouterr()
+    assert out == "" and info["ivfdata"] in err
     assert isinstance(on_disk_lists(searcher.index), faiss.OnDiskInvertedLists)
     assert searcher.index.ntotal == 80 and len(searcher.images) == 40
     for name in ("d0/p00.png", "d1/p07.png", "d2/p38.png"):
