@@ -151,3 +151,4 @@ def test_latency_benchmark_runs_on_a_small_collection():
     assert (result["index_type"], result["dim"], result["recall_at_100"]) == ("Flat", 64, 1.0)
     assert result["bytes_per_region"] == pytest.approx(4 * 64, rel=0.01)
     assert 0 < result["p50_ms"] <= result["p95_ms"]
+    assert result["peak_rss_mb"] > 0  # of a separate process that loads the index and queries it

@@ -8,8 +8,12 @@ as read-only even for root (who could write anyway): the intent of such a mode i
 weights file, the whitening and the current index generation; the index files of a generation are
 written first and the manifest switches to them atomically, so a reader never sees half an index.
 
-Building the index holds every live region's raw descriptor (float16) and its whitened copy in
-memory, about N x (2 D + 4 d) bytes: ~1.1 GB at a million regions of D = 320, d = 112.
+Building an exact index holds every live region's raw descriptor (float16) and its whitened copy
+in memory, about N x (2 D + 4 d) bytes: at most ~0.2 GB, as exact indexes stop at EXACT_MAX_WORK.
+An IVF index (large collections) is built from a training sample plus parts of INDEX_PART_REGIONS
+regions read one at a time, and its inverted lists are stored in `index-<gen>.ivfdata` beside the
+index file, which the searcher memory-maps (engine/search/index.py, docs/index.md); what stays in
+memory is the region table (image, box, ellipse, score: 44 bytes a region).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import io
 import logging
 import os
 import secrets
+import shutil
 import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,8 +35,9 @@ from dasr_annotator.engine.project.extraction import extract_images
 from dasr_annotator.engine.project.lock import StateLock
 from dasr_annotator.engine.search import index as faiss_index
 from dasr_annotator.engine.store.annotations import AnnotationStore
-from dasr_annotator.engine.store.collection import (NPZ_ERRORS, REBUILD_HINT, STATE_FOLDER, FileEntry, RegionStore,
-                                                    ScanResult, content_hash, fingerprint, scan_images, write_json)
+from dasr_annotator.engine.store.collection import (NPZ_ERRORS, REBUILD_HINT, STATE_FOLDER, FileEntry, RegionArrays,
+                                                    RegionStore, ScanResult, content_hash, fingerprint, scan_images,
+                                                    write_json)
 from dasr_annotator.engine.store.storage import (DamagedFile, ProjectFileError, atomic_write_bytes, damaged_copy_path,
                                                  is_writable_dir, read_json, require_intact, restore_backup,
                                                  user_cache_dir)
@@ -45,6 +51,9 @@ WHITEN_SAMPLE = 200_000  # regions a whitening is fitted on at most (plenty for 
 BATCH_FILES = 32  # images per shard ...
 BATCH_SECONDS = 30.0  # ... or fewer when extraction is slow: a kill loses at most this much work
 MAX_VIDEO_FPS = 240.0  # a sampling rate above any camera's is a typo
+# Regions read and added to an on-disk index at a time: ~0.6 GB of float16 descriptors at D = 320
+# plus their whitened float32 copy.
+INDEX_PART_REGIONS = 1_000_000
 
 
 class IncompatibleIndex(Exception):
@@ -369,36 +378,83 @@ class Project:
         if (index_info is not None and index_info.get("content") == content and new_white_info == white_info
                 and self._index_intact(index_info)):
             return n_regions
-        arrays = store.read(live)
-        vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
-        built = faiss_index.build_index(vectors, spec=None if n_regions else "Flat", cancel=cancel)
         gen = _generation()
-        new_index = {"file": f"index-{gen}.faiss", "meta": f"index-{gen}.npz", "type": built.spec,
-                     "metric": "inner_product", "nprobe": built.nprobe, "dim": built.dim, "regions": n_regions,
-                     "images": len(live), "recall_at_100": round(built.recall_at_100, 4), "content": content}
-        atomic_write_bytes(self.state_dir / new_index["file"], built.to_bytes(), backup=False)
+        new_index = {"file": f"index-{gen}.faiss", "meta": f"index-{gen}.npz"}
+        spec = faiss_index.index_spec(n_regions, whitening.output_dim if whitening is not None else dim)
+        if n_regions and faiss_index.stored_on_disk(spec):
+            built, arrays = self._build_ondisk(store, live, whitening, dim, spec, self.state_dir / new_index["file"],
+                                               cancel)
+            new_index["ivfdata"] = Path(new_index["file"]).with_suffix(faiss_index.ONDISK_SUFFIX).name
+        else:
+            arrays = store.read(live)
+            vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
+            built = faiss_index.build_index(vectors, spec=spec if n_regions else "Flat", cancel=cancel)
+            atomic_write_bytes(self.state_dir / new_index["file"], built.to_bytes(), backup=False)
+        new_index.update({"type": built.spec, "metric": "inner_product", "nprobe": built.nprobe, "dim": built.dim,
+                          "regions": n_regions, "images": len(live), "recall_at_100": round(built.recall_at_100, 4),
+                          "content": content})
         sizes = np.array([[store.entries[f].width, store.entries[f].height] for f in live], np.int32).reshape(-1, 2)
         self._save_arrays(new_index["meta"], {
             "images": np.array(live, dtype=str), "sizes": sizes, "image": arrays.image, "boxes": arrays.boxes,
             "ellipses": arrays.ellipses, "scores": arrays.scores})
-        new_index["bytes"] = [(self.state_dir / new_index[k]).stat().st_size for k in ("file", "meta")]
+        new_index["bytes"] = [p.stat().st_size for p in self._index_paths(new_index)]
         manifest.update(index=new_index, whitening=new_white_info)
         self._write_manifest(manifest)
         self._remove_stale_generations(manifest)
         notes.append(f"index: {built.spec} over {n_regions} regions of {built.dim} dims"
-                     + (f", nprobe {built.nprobe} (recall@100 {built.recall_at_100:.3f} vs exact)" if built.nprobe else ""))
+                     + (f", nprobe {built.nprobe} (recall@100 {built.recall_at_100:.3f} vs exact)"
+                        if built.nprobe else "")
+                     + (", opened memory-mapped" if "ivfdata" in new_index else ""))
         return n_regions
 
-    def _fit_whitening(self, store: RegionStore, live: list[str], dim: int | None) -> Whitening:
-        """Fit on the regions of a seeded random subset of images (at most WHITEN_SAMPLE regions)."""
-        rng = np.random.default_rng(0)
+    def _build_ondisk(self, store: RegionStore, live: list[str], whitening: Whitening | None, dim: int, spec: str,
+                      path: Path, cancel: CancelFn):
+        """An IVF index over the regions of `live` written to `path` (+ its lists file), reading
+        INDEX_PART_REGIONS regions at a time; returns it and the region table (no descriptors)."""
+        sample_files = self._sample_files(store, live, faiss_index.training_size(spec), seed=1)
+        sample = faiss_index.index_vectors(store.read(sample_files).descriptors, whitening, dim)
+        chunks: list[list[str]] = [[]]
+        regions = 0
+        for f in live:
+            if regions >= INDEX_PART_REGIONS:
+                chunks.append([])
+                regions = 0
+            chunks[-1].append(f)
+            regions += store.entries[f].count
+        tables: list = []
+
+        def parts():
+            first_image = 0
+            for chunk in chunks:
+                arrays = store.read(chunk)
+                arrays.image += first_image
+                first_image += len(chunk)
+                tables.append((arrays.image, arrays.boxes, arrays.ellipses, arrays.scores))
+                yield faiss_index.index_vectors(arrays.descriptors, whitening, dim)
+
+        built = faiss_index.build_ondisk_index(parts(), sample, path, spec, cancel=cancel)
+        columns = [np.concatenate([t[i] for t in tables]) for i in range(4)]
+        return built, RegionArrays(np.zeros((0, dim), np.float16), columns[1], columns[2], columns[3], columns[0])
+
+    @staticmethod
+    def _sample_files(store: RegionStore, live: list[str], regions: int, seed: int = 0) -> list[str]:
+        """A seeded random subset of `live` (sorted) holding at least `regions` regions, or all of them."""
+        rng = np.random.default_rng(seed)
         chosen, total = [], 0
         for i in rng.permutation(len(live)):
-            if total >= WHITEN_SAMPLE:
+            if total >= regions:
                 break
             chosen.append(live[i])
             total += store.entries[live[i]].count
-        sample = store.read(sorted(chosen)).descriptors.astype(np.float32)
+        return sorted(chosen)
+
+    def _index_paths(self, info: dict) -> list[Path]:
+        """The files of one index generation, in the order `bytes` records their sizes."""
+        return [self.state_dir / info[k] for k in ("file", "meta", "ivfdata") if k in info]
+
+    def _fit_whitening(self, store: RegionStore, live: list[str], dim: int | None) -> Whitening:
+        """Fit on the regions of a seeded random subset of images (about WHITEN_SAMPLE regions)."""
+        sample = store.read(self._sample_files(store, live, WHITEN_SAMPLE)).descriptors.astype(np.float32)
         return Whitening(dim=dim, shrinkage=faiss_index.WHITENING_SHRINKAGE).fit(sample)
 
     def _load_whitening(self, info: dict) -> Whitening | None:
@@ -417,7 +473,7 @@ class Project:
     def _index_intact(self, info: dict) -> bool:
         """The index files are there with the sizes they were written with (a cheap check that
         catches truncation; anything subtler is caught when the searcher loads them)."""
-        paths = [self.state_dir / info["file"], self.state_dir / info["meta"]]
+        paths = self._index_paths(info)
         return all(p.is_file() for p in paths) and [p.stat().st_size for p in paths] == info.get("bytes")
 
     def _write_manifest(self, manifest: dict) -> None:
@@ -425,12 +481,15 @@ class Project:
         write_json(self.manifest_path, manifest)
 
     def _remove_stale_generations(self, manifest: dict) -> None:
-        keep = {manifest["index"]["file"], manifest["index"]["meta"]}
+        keep = {p.name for p in self._index_paths(manifest["index"])}
         if manifest.get("whitening"):
             keep.add(manifest["whitening"]["file"])
         for path in self.state_dir.iterdir():
-            if path.name.startswith(("index-", "whitening-")) and path.name not in keep and path.is_file():
-                path.unlink()
+            if path.name.startswith(("index-", "whitening-")) and path.name not in keep:
+                if path.is_file():
+                    path.unlink()  # a searcher still mapping an old lists file keeps reading it (POSIX)
+                elif path.is_dir() and "-parts-" in path.name:
+                    shutil.rmtree(path, ignore_errors=True)  # the parts of a killed on-disk build
 
     def _clear_search_state(self) -> None:
         """Drop the manifest, whitening and index files (a rebuild); the labels stay."""
@@ -461,13 +520,16 @@ class Project:
         if not self._index_intact(info):
             raise damaged
         try:
-            index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"])
+            if "ivfdata" in info:
+                index = faiss_index.open_index(self.state_dir / info["file"], info["nprobe"])
+            else:
+                index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"])
             with np.load(self.state_dir / info["meta"], allow_pickle=False) as z:
                 meta = {k: z[k] for k in ("images", "sizes", "image", "boxes", "ellipses")}
         except (RuntimeError, *NPZ_ERRORS):
             raise damaged from None
         whitening = self._load_whitening(white_info) if white_info else None
-        if (white_info and whitening is None) or len(meta["image"]) != index.ntotal:
+        if (white_info and whitening is None) or len(meta["image"]) != index.ntotal or index.d != info["dim"]:
             raise damaged
         return Searcher(self, extractor, index, meta, whitening)
 

@@ -1,0 +1,195 @@
+"""The IVF index built from parts into on-disk inverted lists and opened memory-mapped."""
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from dasr_annotator.engine.project import project as project_module
+from dasr_annotator.engine.project.project import IncompatibleIndex, NoIndex, Project
+from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.types import Box, Cancelled
+from tests.test_collection import TinyExtractor, make_image
+from tests.test_index import clustered
+
+SPEC = "IVF128,SQ8"
+
+pytestmark = pytest.mark.skipif(not hasattr(faiss, "OnDiskInvertedLists"),
+                                reason="faiss has no on-disk inverted lists on this platform")
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = clustered(30_100, 32, seed=4)
+    return x[100:], x[:100]  # indexed, held-out queries
+
+
+def training_sample(x, spec=SPEC, seed=0):
+    """The rows `build_index` trains on, so both builds share one quantizer."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), faiss_index.training_size(spec), replace=False))
+    return x[rows]
+
+
+def on_disk_lists(index):
+    return faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+
+
+def test_memory_mapped_index_returns_the_same_hits_as_the_in_memory_one(data, tmp_path):
+    x, queries = data
+    in_memory = faiss_index.build_index(x, spec=SPEC)
+    mapped = faiss_index.build_ondisk_index([x[:12_000], x[12_000:]], training_sample(x), tmp_path / "index-a.faiss",
+                                            SPEC)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index-a.faiss", "index-a.ivfdata"]  # no temp files left
+    reopened = faiss_index.open_index(tmp_path / "index-a.faiss", in_memory.nprobe)
+    assert isinstance(on_disk_lists(reopened), faiss.OnDiskInvertedLists)
+    assert reopened.ntotal == len(x)
+    # the lists live in the file; the header the reader loads is the quantizer and the list offsets
+    assert (tmp_path / "index-a.faiss").stat().st_size < (tmp_path / "index-a.ivfdata").stat().st_size / 10
+    faiss.extract_index_ivf(in_memory.index).nprobe = in_memory.nprobe
+    for opened in (reopened, mapped.index):
+        faiss.extract_index_ivf(opened).nprobe = in_memory.nprobe
+        d_mem, i_mem = in_memory.index.search(queries, 100)
+        d_map, i_map = opened.search(queries, 100)
+        assert np.array_equal(i_map, i_mem) and np.array_equal(d_map, d_mem)
+    ids = np.array([0, 11_999, 12_000, len(x) - 1])
+    assert np.array_equal(faiss_index.reconstruct(reopened, ids), faiss_index.reconstruct(in_memory.index, ids))
+    # tuned as the in-memory build tunes: recall on held-out queries meets the goal at its nprobe
+    faiss.extract_index_ivf(reopened).nprobe = mapped.nprobe
+    _, found = reopened.search(queries, 100)
+    assert faiss_index.recall_at(found, faiss_index.exact_search(x, queries, 100)) >= 0.95
+
+
+def test_parts_added_independently_equal_one_build(data, tmp_path):
+    x, queries = data
+    sample = training_sample(x, seed=3)
+    whole = faiss_index.build_ondisk_index([x], sample, _folder(tmp_path, "whole") / "i.faiss", SPEC)
+    cuts = [0, 7, 9_000, 9_001, 21_500, len(x)]
+    parts = faiss_index.build_ondisk_index((x[a:b] for a, b in zip(cuts, cuts[1:])), sample,
+                                           _folder(tmp_path, "parts") / "i.faiss", SPEC)
+    assert (parts.nprobe, parts.recall_at_100) == (whole.nprobe, whole.recall_at_100)
+    assert parts.index.ntotal == whole.index.ntotal == len(x)
+    d_whole, i_whole = whole.index.search(queries, 100)
+    d_parts, i_parts = parts.index.search(queries, 100)
+    assert np.array_equal(i_parts, i_whole) and np.array_equal(d_parts, d_whole)
+    # every list holds the same ids in the same order
+    a, b = on_disk_lists(whole.index), on_disk_lists(parts.index)
+    for lst in range(a.nlist):
+        assert a.list_size(lst) == b.list_size(lst)
+    assert (tmp_path / "whole" / "i.ivfdata").read_bytes() == (tmp_path / "parts" / "i.ivfdata").read_bytes()
+
+
+def _folder(root, name):
+    folder = root / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def test_a_cancelled_build_leaves_nothing_behind(data, tmp_path):
+    x, _ = data
+    added = []
+
+    def parts():
+        for start in range(0, len(x), 10_000):
+            added.append(start)
+            yield x[start:start + 10_000]
+
+    with pytest.raises(Cancelled):
+        faiss_index.build_ondisk_index(parts(), training_sample(x), tmp_path / "index-b.faiss", SPEC,
+                                       cancel=lambda: len(added) >= 2)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- a project over the size threshold -------------------------------------------------------------
+COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200),
+           (120, 120, 120), (240, 240, 240)]
+
+
+@pytest.fixture
+def big_folder(tmp_path, monkeypatch):
+    """40 photos (80 regions) with the exact-index limit lowered so they get an IVF index, read
+    in parts of 24 regions."""
+    monkeypatch.setattr(faiss_index, "EXACT_MAX_WORK", 100)
+    monkeypatch.setattr(project_module, "INDEX_PART_REGIONS", 24)
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(5)
+    for i in range(40):
+        colour = np.clip(np.array(COLOURS[i % len(COLOURS)]) + rng.integers(-40, 40, 3), 0, 255)
+        make_image(root / f"d{i % 3}" / f"p{i:02d}.png", tuple(int(c) for c in colour), seed=i)
+    return root
+
+
+def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, capfd):
+    ex = TinyExtractor()
+    report = Project.open(big_folder).update_index(ex)
+    assert report.regions == 80 and any("memory-mapped" in note for note in report.notes)
+    project = Project.open(big_folder)
+    info = project.manifest()["index"]
+    assert info["type"].startswith("IVF") and info["ivfdata"] == info["file"].replace(".faiss", ".ivfdata")
+    assert len(info["bytes"]) == 3
+    searcher = project.searcher(ex)
+    # faiss prints the lists file's name when it builds and opens it: never onto stdout, where
+    # `index --json` and `search --json` write their JSON
+    out, err = capfd.readouterr()
+    assert out == "" and info["ivfdata"] in err
+    assert isinstance(on_disk_lists(searcher.index), faiss.OnDiskInvertedLists)
+    assert searcher.index.ntotal == 80 and len(searcher.images) == 40
+    for name in ("d0/p00.png", "d1/p07.png", "d2/p38.png"):
+        desc = searcher.query_descriptor(name, Box(0, 0, 24, 32))
+        hits = searcher.search(desc[None], top_k=3)
+        # (both halves of a one-colour photo look alike to this extractor: only the photo is asserted)
+        assert hits[0].image == name and hits[0].score == pytest.approx(1.0, abs=0.02) and len(hits) == 3
+    # the region table is whole although it was read in parts: every image's regions point back to it
+    assert np.array_equal(np.bincount(searcher.region_image, minlength=40), np.full(40, 2))
+
+    (big_folder / "d1" / "p01.png").unlink()
+    Project.open(big_folder).update_index(TinyExtractor())
+    new_info = Project.open(big_folder).manifest()["index"]
+    assert new_info["file"] != info["file"] and new_info["regions"] == 78
+    left = sorted(p.name for p in project.state_dir.iterdir() if p.name.startswith(("index-", ".index-")))
+    assert left == sorted([new_info["file"], new_info["meta"], new_info["ivfdata"]])  # old generation, temp files gone
+    # the searcher opened before the rebuild still reads its (now unlinked) lists
+    again = searcher.query_descriptor("d0/p00.png", Box(0, 0, 24, 32))
+    assert searcher.search(again[None], top_k=1)[0].image == "d0/p00.png"
+
+
+def test_an_incompatible_index_is_refused(big_folder, tmp_path):
+    project = Project.open(big_folder)
+    project.update_index(TinyExtractor())
+    with pytest.raises(IncompatibleIndex):
+        project.searcher(TinyExtractor(dim=12))
+    # index files of another collection (other descriptor size) put in place of this one's
+    other = tmp_path / "other"
+    for i in range(40):
+        make_image(other / f"o{i}.png", COLOURS[i % len(COLOURS)], seed=100 + i)
+    other_project = Project.open(other)
+    other_project.update_index(TinyExtractor(dim=12))
+    theirs = other_project.manifest()["index"]
+    manifest = project.manifest()
+    ours = manifest["index"]
+    for key in ("file", "ivfdata"):  # same number of regions, so only the dimension tells them apart
+        (project.state_dir / theirs[key]).write_bytes((other_project.state_dir / theirs[key]).read_bytes())
+        ours[key] = theirs[key]
+    ours["bytes"] = [p.stat().st_size for p in project._index_paths(ours)]
+    project.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(NoIndex, match="damaged"):
+        project.searcher(TinyExtractor())
+
+
+def test_the_latency_benchmark_measures_the_memory_mapped_index(monkeypatch, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "search_latency.py"
+    spec = importlib.util.spec_from_file_location("search_latency", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(faiss_index, "EXACT_MAX_WORK", 1000)  # an IVF index at a size a test can build
+    result = bench.measure_mmap(20_000, queries=20, seed=0, raw_dim=32, train=None, folder=tmp_path / "kept")
+    contract = {"p50_ms", "p95_ms", "recall_at_100", "bytes_per_region", "peak_rss_mb", "build_s"}
+    assert contract <= set(result) and result["mmap"] is True
+    assert result["index_type"].startswith("IVF") and result["dim"] == 32
+    assert 0 < result["p50_ms"] <= result["p95_ms"] and result["build_s"] > 0
+    assert result["recall_at_100"] >= 0.9 and result["peak_rss_mb"] >= result["rss_anon_mb"] > 0
+    # 32 one-byte codes and an 8-byte id a region, plus list slack and the header
+    assert 40 <= result["bytes_per_region"] < 48
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["index.faiss", "index.ivfdata"]
