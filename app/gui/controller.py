@@ -336,11 +336,7 @@ class Controller(QObject):
         """Run a search; a search still in flight is cancelled (the latest request wins)."""
         if self.project is None:
             return
-        if self._search_task is not None:
-            self._search_task.cancel()
-        self.cancel_refining()  # its hits are about to be replaced
-        if self._index_task is not None:
-            self._pause.set()  # commit what is indexed so far, then search it
+        self._make_way_for_query()
         args, device, total = dict(self.extractor_args), self.prefs.device, len(self.images)
 
         def run(progress, cancel):
@@ -379,17 +375,23 @@ class Controller(QObject):
         self._search_task = task
         self.searchStarted.emit(what)
 
+    def _make_way_for_query(self) -> None:
+        """Before a search or a propagation: the query in flight is cancelled (the latest wins), so
+        is the refinement of hits about to be replaced, and indexing pauses (it commits what is
+        indexed so far, the query searches that, and indexing resumes behind it)."""
+        if self._search_task is not None:
+            self._search_task.cancel()
+        self.cancel_refining()
+        if self._index_task is not None:
+            self._pause.set()
+
     def propagate(self, request: PropagateRequest) -> None:
         """Look for a labelled box in the frames around it (engine/search/propagate.py): a query
         like a search, so it cancels the search or propagation in flight and a newer one cancels
         it. The frames need not be indexed: their maps are computed here, on the engine thread."""
         if self.project is None:
             return
-        if self._search_task is not None:
-            self._search_task.cancel()
-        self.cancel_refining()  # its hits are about to be replaced
-        if self._index_task is not None:
-            self._pause.set()  # indexing waits behind the propagation, not the other way round
+        self._make_way_for_query()
         args, device = dict(self.extractor_args), self.prefs.device
 
         def run(progress, cancel):

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,19 +23,14 @@ FPS = 4
 
 
 def main() -> int:
+    from qt_waits import in_scratch
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "dev")
     parser.add_argument("--sequence", default="Box")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="dasr-propagate-screens-"))
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["XDG_CONFIG_HOME"] = str(scratch / "config")
-    os.environ["DASR_ANNOTATOR_CACHE"] = str(scratch / "cache")
-    try:
-        return shoot(args, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return in_scratch("dasr-propagate-screens-", shoot, args)
 
 
 def encode_clip(data: Path, sequence: str, path: Path, count: int = 12) -> list[list[float]]:
@@ -60,31 +52,16 @@ def encode_clip(data: Path, sequence: str, path: Path, count: int = 12) -> list[
 
 
 def shoot(args, scratch: Path) -> int:
-    from PySide6.QtCore import QSettings
-
     from dasr_annotator.app.gui import settings as app_settings
-    from dasr_annotator.app.gui.application import create_app
     from dasr_annotator.engine.types import Box
-    from qt_waits import settle, wait_until
+    from qt_waits import indexed_window, settle
 
     photos = scratch / "photos"
     photos.mkdir()
     clip = f"{args.sequence.lower()}.mp4"
     boxes = encode_clip(args.data, args.sequence, photos / clip)
-    app = create_app()  # noqa: F841 - keeps the application alive
-    assert app is not None
-    QSettings.setDefaultFormat(QSettings.IniFormat)
-    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(scratch / "qsettings"))
-    from dasr_annotator.app.gui.main_window import MainWindow
-
-    def wait(condition, timeout_s=300.0):
-        wait_until(condition, lambda: window.message_bar.text(), timeout_s)
-
     prefs = app_settings.Preferences(propagate_seconds=0.5, propagate_fps=FPS)
-    window = MainWindow(photos, prefs=prefs)
-    window.resize(1440, 900)
-    window.show()
-    wait(lambda: not window.controller.is_indexing and window.document is not None)
+    app, window, wait = indexed_window(photos, scratch, prefs)  # noqa: F841 - app: kept alive
     labelled = f"{clip}#frame={FPS}"  # 1.0 s
     window.show_image(labelled)
     wait(lambda: window.canvas_image == labelled)

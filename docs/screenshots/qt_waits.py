@@ -1,5 +1,24 @@
-"""Waiting on a live window from a screenshot script: the event loop runs while we wait."""
+"""Helpers of the screenshot scripts: a scratch home for the window, and waiting on it while
+Qt's event loop runs."""
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def in_scratch(prefix: str, shoot, args) -> int:
+    """`shoot(args, scratch)` with the window's settings and caches in a fresh scratch folder
+    (never the user's), offscreen unless a display is chosen; the folder goes afterwards."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    os.environ["XDG_CONFIG_HOME"] = str(scratch / "config")
+    os.environ["DASR_ANNOTATOR_CACHE"] = str(scratch / "cache")
+    try:
+        return shoot(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def wait_until(condition, describe=lambda: "", timeout_s: float = 300.0) -> None:
@@ -24,3 +43,27 @@ def settle(ms: int = 400) -> None:
     loop = QEventLoop()
     QTimer.singleShot(ms, loop.quit)
     loop.exec()
+
+
+def indexed_window(photos: Path, scratch: Path, prefs=None):
+    """The real window (1440x900) on `photos`, settings kept in `scratch`, once it has indexed
+    them: (application, window, wait), `wait(condition, timeout_s)` naming the window's last
+    message if it times out."""
+    from PySide6.QtCore import QSettings
+
+    from dasr_annotator.app.gui.application import create_app
+
+    app = create_app()
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(scratch / "qsettings"))
+    from dasr_annotator.app.gui.main_window import MainWindow
+
+    window = MainWindow(photos, prefs=prefs)
+
+    def wait(condition, timeout_s=300.0):
+        wait_until(condition, lambda: window.message_bar.text(), timeout_s)
+
+    window.resize(1440, 900)
+    window.show()
+    wait(lambda: not window.controller.is_indexing and window.document is not None)
+    return app, window, wait

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -22,28 +20,22 @@ REPO = HERE.parents[1]
 
 
 def main() -> int:
+    from qt_waits import in_scratch
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "dev-hires")
     parser.add_argument("--instance", default="truck4_2")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="dasr-refine-screens-"))
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["XDG_CONFIG_HOME"] = str(scratch / "config")
-    os.environ["DASR_ANNOTATOR_CACHE"] = str(scratch / "cache")
-    try:
-        return shoot(args, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return in_scratch("dasr-refine-screens-", shoot, args)
 
 
 def shoot(args, scratch: Path) -> int:
-    from PySide6.QtCore import QPointF, QSettings, Qt
+    from PySide6.QtCore import QPointF, Qt
     from PySide6.QtTest import QTest
 
-    from dasr_annotator.app.gui.application import create_app
-    from qt_waits import settle, wait_until
+    from qt_waits import indexed_window, settle
     from dasr_annotator.engine.types import Box
 
     manifest = json.loads((args.data / "manifest.json").read_text())
@@ -57,19 +49,7 @@ def shoot(args, scratch: Path) -> int:
         shutil.copy(args.data / item["file"], photos / rel)
         x, y, w, h = item["box"]
         truth[rel] = Box(x - 1, y - 1, w, h)
-    app = create_app()  # noqa: F841 - keeps the application alive
-    assert app is not None
-    QSettings.setDefaultFormat(QSettings.IniFormat)
-    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(scratch / "qsettings"))
-    from dasr_annotator.app.gui.main_window import MainWindow
-
-    def wait(condition, timeout_s=300.0):
-        wait_until(condition, lambda: window.message_bar.text(), timeout_s)
-
-    window = MainWindow(photos)
-    window.resize(1440, 900)
-    window.show()
-    wait(lambda: not window.controller.is_indexing and window.document is not None)
+    app, window, wait = indexed_window(photos, scratch)  # noqa: F841 - app: kept alive
     query = sorted(truth)[0]
     window.show_image(query)
     wait(lambda: window.current_image == query and window.canvas.image_size is not None)
