@@ -140,6 +140,8 @@ class ProjectActions(QObject):
             w.file_model.set_images(w.controller.images, w.project.frame_times)
             w.results.model.frame_times = w.project.frame_times
             w.update_file_counts()
+        else:  # the same photos: the list takes the engine's names (one copy of each in memory)
+            w.file_model.set_images(w.controller.images, w.project.frame_times)
 
     def _indexing_stopped(self, why: str) -> None:
         if why == "paused":
