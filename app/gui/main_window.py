@@ -114,6 +114,7 @@ class MainWindow(QMainWindow):
         self.canvas_image: str | None = None  # the photo the canvas shows (lags while loading)
         self._opening: Path | None = None  # the folder being opened, listed before its project opens
         self._listing: object | None = None  # the listing of `_opening` whose batches are taken in
+        self._first_shown: str | None = None  # the photo shown on opening, before the user chose one
         self._lister = FolderLister(self)
         self.action = action_table.create_actions(self)
         self._build_widgets()
@@ -317,6 +318,7 @@ class MainWindow(QMainWindow):
         self.file_model.set_images([])
         self.current_image = self.canvas_image = None
         self._listing = object()
+        self._first_shown = None
         self._lister.start(self._opening, self._listing)
         self.controller.open_folder(photos)
 
@@ -342,9 +344,15 @@ class MainWindow(QMainWindow):
         self._show_first_listed()
 
     def _show_first_listed(self) -> None:
-        if self.current_image is None and self.file_model.rowCount():
+        """Show the first row; again when the rows were re-ordered and the photo shown is still
+        the one picked for the user (the first of an earlier batch), never one the user chose."""
+        model = self.file_model
+        first = model.image_at(0) if model.rowCount() else None
+        if first is not None and (self.current_image is None
+                                  or (self.current_image == self._first_shown and first != self.current_image)):
             self.stack.setCurrentWidget(self.canvas)
-            self.file_view.setCurrentIndex(self.file_model.index(0))
+            self.file_view.setCurrentIndex(model.index(0))
+            self._first_shown = first
         elif self.current_image is not None and not self.file_view.currentIndex().isValid():
             self.file_view.setCurrentIndex(self.file_model.index(self.file_model.row_of(self.current_image)))
 
