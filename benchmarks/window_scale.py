@@ -12,7 +12,7 @@ in a fresh process per folder and reports: seconds from the process start, and f
 (a 10 ms timer's largest gap) from `open_folder` until indexing has planned its work; and RSS
 with no folder open, at the first photo, and once indexing has planned its work (the file list,
 the project's scan and the indexing plan all held, no photo extracted yet), and once the project
-is open (list and labels shown, engine loaded). The same is measured on a `--small` folder;
+is open (the list and the labels shown). The same is measured on a `--small` folder;
 (RSS_big - RSS_small) / (photos_big - photos_small) at each moment is the memory each photo costs
 before indexing, with the engine (torch, the model) cancelled out.
 
@@ -99,11 +99,14 @@ def child(args: list[str], tmp: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def timed_update_index(record: dict):
+def timed_update_index(record: dict, project_class=None):
     """Wrap Project.update_index to record how long it ran and how many photos it extracted."""
-    from dasr_annotator.engine.project.project import Project
+    if project_class is None:
+        from dasr_annotator.engine.project.project import Project as project_class
 
-    original = Project.update_index
+    original = project_class.update_index
+    if hasattr(original, "timed"):
+        return
 
     def update_index(self, *a, **kw):
         start = time.perf_counter()
@@ -111,7 +114,8 @@ def timed_update_index(record: dict):
         record.setdefault("runs", []).append({"seconds": time.perf_counter() - start, "indexed": report.indexed})
         return report
 
-    Project.update_index = update_index
+    update_index.timed = True
+    project_class.update_index = update_index
 
 
 # ---- child: the window ------------------------------------------------------------------------
@@ -124,7 +128,6 @@ def window_child(folder: Path, until: str) -> dict:
     from dasr_annotator.app.gui.settings import Preferences
 
     record: dict = {}
-    timed_update_index(record)
     app = create_app()
     window = open_window(None, prefs=Preferences(device="cpu"))
     for _ in range(20):
@@ -152,6 +155,8 @@ def window_child(folder: Path, until: str) -> dict:
                 out["rows_at_first_photo"] = window.file_model.rowCount()
             return False
 
+    thumbnails = []
+    window.file_model.thumbnailWanted.connect(thumbnails.append)
     painted = FirstPaint()
     window.canvas.viewport().installEventFilter(painted)
 
@@ -166,9 +171,12 @@ def window_child(folder: Path, until: str) -> dict:
     def finished(*_):
         marks["stopped"] = time.perf_counter()
 
-    def opened(*_):  # after the window took the project's list in (connected after it)
+    def opened(project, _files):  # after the window took the project's list in (connected after it)
         marks["opened"] = time.perf_counter()
         out["rss_mb_opened"] = rss_mb()
+        # Wrapped only now: importing the engine (torch) before the window would distort start-up;
+        # indexing starts right after this signal, on the engine thread.
+        timed_update_index(record, type(project))
 
     window.controller.projectOpened.connect(opened)
     window.controller.indexingProgress.connect(progressed)
@@ -190,6 +198,7 @@ def window_child(folder: Path, until: str) -> dict:
         s_open_to_opened=marks.get("opened", float("nan")) - marks["open"],
         s_open_to_planned=marks.get("planned", float("nan")) - marks["open"],
         max_ui_stall_ms=stall["max"] * 1000,
+        thumbnails_asked=len(thumbnails),
         rss_mb_end=rss_mb(),
         update_index=record.get("runs", []),
     )
@@ -281,7 +290,9 @@ def main(argv=None) -> int:
         print(f"start-up, {s['photos']} photos ({w['platform']}): first photo painted {w['s_process_to_first_photo']:.2f} s "
               f"after the process started ({w['s_open_to_first_photo']:.2f} s after open_folder; "
               f"{w['rows_at_first_photo']} rows listed then); project open after {w['s_open_to_opened']:.2f} s, "
-              f"indexing planned after {w['s_open_to_planned']:.2f} s; longest UI stall {w['max_ui_stall_ms']:.0f} ms")
+              f"indexing planned after {w['s_open_to_planned']:.2f} s; longest UI stall {w['max_ui_stall_ms']:.0f} ms "
+              f"({s['window_small']['max_ui_stall_ms']:.0f} ms with {s['small']} photos); "
+              f"{w['thumbnails_asked']} thumbnails asked for")
         little = s["window_small"]
         print(f"  RSS MB: empty window {w['rss_mb_empty']:.0f}, first photo {w['rss_mb_first_photo']:.0f}, project "
               f"open {w['rss_mb_opened']:.0f}, indexing planned {w['rss_mb_planned']:.0f} ({s['small']} photos: "
