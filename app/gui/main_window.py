@@ -378,7 +378,7 @@ class MainWindow(QMainWindow):
         self._listing = None  # from now on the project's list is the one shown
         listed = self._opening == project.photos and self.file_model.paths() == files
         self.file_model.set_images(files, project.frame_times)  # listed early: kept as it is, one copy of the names
-        if not listed:  # (photos listed early stay as they are, the one shown too)
+        if not listed:  # (photos listed early keep their rows, and the photo shown stays)
             self.current_image = self.canvas_image = None
             self.canvas.set_image(None)
             self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
