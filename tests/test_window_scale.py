@@ -16,6 +16,7 @@ from PySide6.QtWidgets import QWidget
 from dasr_annotator.app.gui import main_window as main_window_module
 from dasr_annotator.app.gui.workers import ImageLoader
 from dasr_annotator.engine.project import project as project_module
+from dasr_annotator.engine.store.collection import ScanResult
 from dasr_annotator.widgets import file_list
 from dasr_annotator.widgets.file_list import LABELLED, PENDING, UNLABELLED, FileListModel, StatusRole
 from tests.test_gui_flow import window_on  # noqa: F401 - fixture
@@ -180,3 +181,31 @@ def test_a_large_folder_opens_with_a_virtual_list_scanned_off_the_ui_thread(qtbo
     window.file_view.setFocus()
     window.step_image(2500)
     assert window.current_image == "d002/02500.jpg" and view.currentIndex().row() == 2500
+
+
+def test_a_stopped_listing_sends_nothing_more(qtbot, monkeypatch):
+    """Opening another folder (or closing the window) stops the walk: no batch or list of the
+    old folder arrives afterwards."""
+    reached, finished = threading.Event(), threading.Event()
+
+    def scan(folder, on_folder):
+        try:
+            on_folder(["a.jpg"], {})
+            reached.wait(10)
+            on_folder(["b.jpg"], {})  # the walk goes on into the next folder
+            return ScanResult(["a.jpg", "b.jpg"], [])
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(main_window_module, "scan_images", scan)
+    lister = main_window_module.FolderLister()
+    got = []
+    lister.batch.connect(lambda token, files, times: got.append(files))
+    lister.listed.connect(lambda token, files, times: got.append("listed"))
+    lister.start(main_window_module.Path("."), object())
+    qtbot.waitUntil(lambda: got == [["a.jpg"]], timeout=10_000)
+    lister.stop()
+    reached.set()
+    assert finished.wait(10)
+    qtbot.wait(50)  # let any queued signal arrive
+    assert got == [["a.jpg"]]

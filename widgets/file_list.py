@@ -141,6 +141,7 @@ class FileListModel(QAbstractListModel):
         """Hold the strings of `paths` (equal to ours) instead of our own: one copy of each
         path in the process, not two."""
         self._order[:] = paths
+        self._positions = None
         if self._groups:
             for group in self._groups.values():
                 group.frames[:] = [paths[self._position(f)] for f in group.frames]

@@ -76,7 +76,7 @@ class FolderLister(QObject):
                 last[0] = now
 
         def send() -> None:
-            if waiting:
+            if waiting and not stop.is_set():
                 self.batch.emit(token, list(waiting), dict(times))
                 waiting.clear()
                 times.clear()
@@ -685,6 +685,7 @@ class MainWindow(QMainWindow):
             event.ignore()  # the edits stay in memory; the save keeps being retried
             return
         app_settings.save_layout(self.saveGeometry(), self.saveState(app_settings.LAYOUT_VERSION))
+        self._lister.stop()
         self._detach_document()
         self.controller.shutdown()
         for dock in self.findChildren(QDockWidget):
