@@ -1,7 +1,11 @@
 """The folder's images: thumbnail, name and a status line (unlabelled / labelled / hits pending).
 
-The model holds no annotations: the window tells it each image's counts. Thumbnails are asked for
-(`thumbnailWanted`) only when a row is first painted, so a large folder opens at once.
+The model holds no annotations: the window tells it each image's counts. It is built for folders
+of 100k photos and more: the view asks only for the rows it paints (uniform item sizes), a row is
+the image's path string and nothing else (counts and problems are kept only for the images that
+have them, a path's row is found by bisection in the sorted list), thumbnails are asked for
+(`thumbnailWanted`) only when a row is first painted and at most THUMB_CACHE of them are kept,
+and a folder's list may arrive in batches (`append_images`) while it is still being scanned.
 
 A video's sampled frames (`clip.mp4#frame=N`) are listed as one row for the video, with the
 counts of all its frames; it expands (`toggle`, double-click) to one row per frame showing the
@@ -10,7 +14,8 @@ frame's time. `paths()` stays every image and frame in order (for stepping throu
 """
 from __future__ import annotations
 
-import bisect
+from bisect import bisect, bisect_left
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QSize, Qt, Signal
@@ -20,6 +25,7 @@ from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemD
 from dasr_annotator.engine.store.video import format_time, split_frame_name
 
 THUMB_PX = 56
+THUMB_CACHE = 1000  # thumbnails kept (~10 KB each); scrolled-away ones are asked for again
 StatusRole = Qt.UserRole + 1
 PathRole = Qt.UserRole + 2
 
@@ -49,7 +55,7 @@ class ImageState:
         return " · ".join(parts) or UNLABELLED
 
 
-@dataclass
+@dataclass(eq=False)
 class VideoGroup:
     """One video's frames, listed as one row unless expanded."""
 
@@ -57,13 +63,15 @@ class VideoGroup:
     frames: list[str] = field(default_factory=list)
     expanded: bool = False
 
-    def totals(self, states: dict[str, ImageState]) -> ImageState:
+    def totals(self, state_of) -> ImageState:
         """The video's counts: the sums over its frames (a problem only if every frame has one)."""
         total = ImageState(self.video)
+        problems = set()
         for f in self.frames:
-            total.labels += states[f].labels
-            total.pending += states[f].pending
-        problems = {states[f].problem for f in self.frames}
+            state = state_of(f)
+            total.labels += state.labels
+            total.pending += state.pending
+            problems.add(state.problem)
         total.problem = problems.pop() if len(problems) == 1 else ""
         return total
 
@@ -74,25 +82,76 @@ class FileListModel(QAbstractListModel):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._order: list[str] = []  # every image and frame
-        self._by_path: dict[str, ImageState] = {}
+        self._sorted = True  # `_order` is sorted: a path's position is found by bisection
+        self._positions: dict[str, int] | None = None  # else path -> position, made when first needed
+        self._labels: dict[str, int] = {}  # only images with labels ...
+        self._pending: dict[str, int] = {}  # ... with hits waiting ...
+        self._problems: dict[str, str] = {}  # ... or that cannot be read
         self._groups: dict[str, VideoGroup] = {}
         self._times: dict[str, float] = {}
-        self._visible: list[str | VideoGroup] = []  # rows: an image or frame path, or a video
+        # Rows: without videos `_visible` is `_order` itself (no second list); with videos it
+        # lists an image or frame path, or a VideoGroup, per row, and `_rows` maps paths to rows.
+        self._visible: list = self._order
         self._rows: dict[str, int] = {}
-        self._thumbs: dict[str, QPixmap] = {}
+        self._group_rows: dict[str, int] = {}
+        self._thumbs: OrderedDict[str, QPixmap] = OrderedDict()
         self._asked: set[str] = set()
 
+    # ---- filling ----------------------------------------------------------------------------
     def set_images(self, paths: list[str], frame_times: dict[str, float] | None = None) -> None:
         """`paths` in order; video frames (`clip.mp4#frame=N`) grouped under their video, shown
-        with their time from `frame_times` (seconds) when given."""
+        with their time from `frame_times` (seconds) when given. The same paths again keep the
+        rows as they are (counts, thumbnails, expanded videos) and only take the new strings."""
+        times = dict(frame_times or {})
+        if paths == self._order and times == self._times:
+            self._adopt(paths)
+            return
         self.beginResetModel()
         self._order = list(paths)
-        self._by_path = {p: ImageState(p) for p in paths}
-        self._times = dict(frame_times or {})
+        self._times = times
+        self._sorted = _is_sorted(self._order)
+        self._positions = None
         self._groups = {}
+        self._visible = self._order
+        self._rows, self._group_rows = {}, {}
+        for counts in (self._labels, self._pending, self._problems):
+            for gone in [p for p in counts if self._position(p) < 0]:
+                del counts[gone]
+        self._thumbs.clear()
+        self._asked.clear()
+        if any(split_frame_name(p) is not None for p in self._order if "#" in p):
+            self._group_videos()
+        self.endResetModel()
+
+    def append_images(self, paths: list[str], frame_times: dict[str, float] | None = None) -> None:
+        """Add `paths` after the images listed so far (a folder listed in batches)."""
+        if not paths:
+            return
+        if self._groups or any(split_frame_name(p) is not None for p in paths if "#" in p):
+            self.set_images(self._order + list(paths), {**self._times, **(frame_times or {})})
+            return
+        first = len(self._order)
+        self.beginInsertRows(QModelIndex(), first, first + len(paths) - 1)
+        self._sorted = self._sorted and (first == 0 or self._order[-1] < paths[0]) and _is_sorted(paths)
+        self._order.extend(paths)
+        self._positions = None
+        self.endInsertRows()
+
+    def _adopt(self, paths: list[str]) -> None:
+        """Hold the strings of `paths` (equal to ours) instead of our own: one copy of each
+        path in the process, not two."""
+        self._order[:] = paths
+        self._positions = None
+        if self._groups:
+            for group in self._groups.values():
+                group.frames[:] = [paths[self._position(f)] for f in group.frames]
+            self._visible[:] = [e if isinstance(e, VideoGroup) else paths[self._position(e)] for e in self._visible]
+            self._index_rows()
+
+    def _group_videos(self) -> None:
         self._visible = []
-        for p in paths:
-            ref = split_frame_name(p)
+        for p in self._order:
+            ref = split_frame_name(p) if "#" in p else None
             if ref is None:
                 self._visible.append(p)
                 continue
@@ -101,21 +160,42 @@ class FileListModel(QAbstractListModel):
                 self._visible.append(self._groups[ref.video])
             self._groups[ref.video].frames.append(p)
         self._index_rows()
-        self._thumbs.clear()
-        self._asked.clear()
-        self.endResetModel()
 
     def _index_rows(self) -> None:
-        self._rows = {}
+        self._rows, self._group_rows = {}, {}
         for row, entry in enumerate(self._visible):
             if isinstance(entry, VideoGroup):
+                self._group_rows[entry.video] = row
                 for f in entry.frames:  # a frame of a collapsed video: its video's row
                     self._rows.setdefault(f, row)
             else:
                 self._rows[entry] = row
 
+    # ---- looking up -------------------------------------------------------------------------
+    def _position(self, path: str) -> int:
+        """Where `path` is in `paths()`, -1 when it is not there."""
+        if self._sorted:
+            i = bisect_left(self._order, path)
+            return i if i < len(self._order) and self._order[i] == path else -1
+        if self._positions is None:
+            self._positions = {p: i for i, p in enumerate(self._order)}
+        return self._positions.get(path, -1)
+
     def paths(self) -> list[str]:
         return list(self._order)
+
+    def __contains__(self, path: str) -> bool:
+        return self._position(path) >= 0
+
+    def step_from(self, path: str | None, step: int) -> str | None:
+        """The image `step` places after `path` in `paths()` (clamped); the first one when
+        `path` is not listed; None for an empty list."""
+        if not self._order:
+            return None
+        here = self._position(path) if path is not None else -1
+        if here < 0:
+            return self._order[min(max(step - 1, 0), len(self._order) - 1)]
+        return self._order[min(max(here + step, 0), len(self._order) - 1)]
 
     def add_frames(self, frame_times: dict[str, float]) -> list[str]:
         """List frames of listed videos that are not listed yet (frame -> seconds; e.g. those a
@@ -124,10 +204,10 @@ class FileListModel(QAbstractListModel):
         added = []
         for path, seconds in frame_times.items():
             ref = split_frame_name(path)
-            if path in self._by_path or ref is None or ref.video not in self._groups:
+            if path in self or ref is None or ref.video not in self._groups:
                 continue
             group = self._groups[ref.video]
-            position = bisect.bisect([split_frame_name(f).frame for f in group.frames], ref.frame)
+            position = bisect([split_frame_name(f).frame for f in group.frames], ref.frame)
             neighbour = group.frames[position - 1] if position else group.frames[0]
             at = self._order.index(neighbour) + (1 if position else 0)
             row = self._visible.index(group) + 1 + position
@@ -135,8 +215,8 @@ class FileListModel(QAbstractListModel):
                 self.beginInsertRows(QModelIndex(), row, row)
             group.frames.insert(position, path)
             self._order.insert(at, path)
-            self._by_path[path] = ImageState(path)
             self._times[path] = seconds
+            self._sorted, self._positions = _is_sorted(self._order), None
             if group.expanded:
                 self._visible.insert(row, path)
             self._index_rows()
@@ -147,6 +227,8 @@ class FileListModel(QAbstractListModel):
         return added
 
     def row_of(self, path: str) -> int:
+        if self._visible is self._order:
+            return self._position(path)
         return self._rows.get(path, -1)
 
     def image_at(self, row: int) -> str:
@@ -184,35 +266,56 @@ class FileListModel(QAbstractListModel):
             self.toggle(row)
 
     def state(self, path: str) -> ImageState:
-        return self._by_path[path]
+        if self._position(path) < 0:
+            raise KeyError(path)
+        return self._state(path)
 
+    def _state(self, path: str) -> ImageState:
+        return ImageState(path, self._labels.get(path, 0), self._pending.get(path, 0), self._problems.get(path, ""))
+
+    # ---- changes ----------------------------------------------------------------------------
     def _changed(self, path: str, roles=()) -> None:
         """Repaint the row of `path` and, for a frame, its video's row."""
-        rows = {self._rows.get(path, -1)}
-        ref = split_frame_name(path)
-        if ref is not None and ref.video in self._groups:
-            rows.add(self._visible.index(self._groups[ref.video]))
+        rows = {self.row_of(path)}
+        ref = split_frame_name(path) if "#" in path else None
+        if ref is not None and ref.video in self._group_rows:
+            rows.add(self._group_rows[ref.video])
         for row in sorted(r for r in rows if r >= 0):
             self.dataChanged.emit(self.index(row), self.index(row), list(roles))
 
     def set_counts(self, labels: dict[str, int], pending: dict[str, int]) -> None:
-        """Update every image's label and pending-hit counts; repaints only rows that changed."""
-        for state in self._by_path.values():
-            new = (labels.get(state.path, 0), pending.get(state.path, 0))
-            if new != (state.labels, state.pending):
-                state.labels, state.pending = new
-                self._changed(state.path, [StatusRole, Qt.ToolTipRole])
+        """Set every image's label and pending-hit counts (images not named have none); repaints
+        only the rows that changed (the work grows with the labelled images, not the folder)."""
+        changed = _differing(self._labels, labels) | _differing(self._pending, pending)
+        self._labels = {p: n for p, n in labels.items() if n}
+        self._pending = {p: n for p, n in pending.items() if n}
+        for path in sorted(changed):
+            self._changed(path, [StatusRole, Qt.ToolTipRole])
 
     def set_problem(self, path: str, reason: str) -> None:
-        if path in self._by_path:
-            self._by_path[path].problem = reason
+        if self._position(path) >= 0:
+            self._problems[path] = reason
             self._changed(path)
 
     def set_thumbnail(self, path: str, image: QImage) -> None:
-        if path in self._by_path:
-            self._thumbs[path] = QPixmap.fromImage(image)
-            self._changed(path, [Qt.DecorationRole])
+        self._asked.discard(path)
+        if self._position(path) < 0:
+            return
+        pixmap = QPixmap.fromImage(image)
+        if THUMB_PX not in (pixmap.width(), pixmap.height()) and not pixmap.isNull():  # once, not at every paint
+            pixmap = pixmap.scaled(THUMB_PX, THUMB_PX, Qt.KeepAspectRatio, Qt.SmoothTransformation)
+        self._thumbs[path] = pixmap
+        self._thumbs.move_to_end(path)
+        while len(self._thumbs) > THUMB_CACHE:
+            self._thumbs.popitem(last=False)
+        self._changed(path, [Qt.DecorationRole])
 
+    def forget_thumbnail_requests(self) -> None:
+        """Thumbnails asked for but not arrived are asked for again when their rows are next
+        painted (the window dropped the requests of rows scrolled past)."""
+        self._asked.clear()
+
+    # ---- the view's questions ---------------------------------------------------------------
     def rowCount(self, parent=QModelIndex()) -> int:
         return 0 if parent.isValid() else len(self._visible)
 
@@ -222,47 +325,58 @@ class FileListModel(QAbstractListModel):
         return f"    {format_time(time)}  · frame {ref.frame}" if time is not None else f"    frame {ref.frame}"
 
     def data(self, index: QModelIndex, role: int = Qt.DisplayRole):
-        if not index.isValid():
+        if not index.isValid() or index.row() >= len(self._visible):
             return None
         entry = self._visible[index.row()]
         if isinstance(entry, VideoGroup):
             return self._video_data(entry, role)
-        state = self._by_path[entry]
         if role == Qt.DisplayRole:
-            return self._frame_text(state.path) if split_frame_name(state.path) else state.path
+            return self._frame_text(entry) if "#" in entry and split_frame_name(entry) else entry
         if role == PathRole:
-            return state.path
+            return entry
         if role == StatusRole:
-            return state.status
+            return self._state(entry).status
         if role == Qt.ToolTipRole:
-            return f"{state.path}\n{state.status_text()}"
+            return f"{entry}\n{self._state(entry).status_text()}"
         if role == Qt.DecorationRole:
-            return self._thumb_of(state.path)
+            return self._thumb_of(entry)
         return None
 
     def _video_data(self, group: VideoGroup, role: int):
-        total = group.totals(self._by_path)
         first = group.frames[0]
         if role == Qt.DisplayRole:
             return f"{'▾' if group.expanded else '▸'} {group.video}"
         if role == PathRole:
             return first
         if role == StatusRole:
-            return total.status
+            return group.totals(self._state).status
         if role == Qt.ToolTipRole:
             span = self._times.get(group.frames[-1])
             length = f", {format_time(span)}" if span is not None else ""
-            return (f"{group.video}\n{len(group.frames)} frames{length} · {total.status_text()}"
+            return (f"{group.video}\n{len(group.frames)} frames{length} · {group.totals(self._state).status_text()}"
                     "\n(double-click to list its frames)")
         if role == Qt.DecorationRole:
             return self._thumb_of(first)
         return None
 
     def _thumb_of(self, path: str):
-        if path not in self._thumbs and path not in self._asked:
+        thumb = self._thumbs.get(path)
+        if thumb is not None:
+            self._thumbs.move_to_end(path)
+        elif path not in self._asked:
             self._asked.add(path)
             self.thumbnailWanted.emit(path)
-        return self._thumbs.get(path)
+        return thumb
+
+
+def _is_sorted(paths: list[str]) -> bool:
+    return all(a < b for a, b in zip(paths, paths[1:]))
+
+
+def _differing(old: dict[str, int], new: dict[str, int]) -> set[str]:
+    """Paths whose count differs between `old` and `new` (a missing path counts 0)."""
+    return ({p for p, n in new.items() if old.get(p, 0) != n}
+            | {p for p, n in old.items() if n and new.get(p, 0) != n})
 
 
 class FileDelegate(QStyledItemDelegate):
@@ -279,9 +393,8 @@ class FileDelegate(QStyledItemDelegate):
         thumb = index.data(Qt.DecorationRole)
         thumb_rect = QRect(rect.left(), rect.top(), THUMB_PX, THUMB_PX)
         if isinstance(thumb, QPixmap) and not thumb.isNull():
-            scaled = thumb.scaled(thumb_rect.size(), Qt.KeepAspectRatio, Qt.SmoothTransformation)
-            painter.drawPixmap(thumb_rect.left() + (THUMB_PX - scaled.width()) // 2,
-                               thumb_rect.top() + (THUMB_PX - scaled.height()) // 2, scaled)
+            painter.drawPixmap(thumb_rect.left() + (THUMB_PX - thumb.width()) // 2,
+                               thumb_rect.top() + (THUMB_PX - thumb.height()) // 2, thumb)
         else:
             painter.fillRect(thumb_rect, QColor("#3a3a3a"))
         text_left = thumb_rect.right() + 8

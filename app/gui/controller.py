@@ -116,7 +116,7 @@ class Relocated:
 
 
 class Controller(QObject):
-    projectOpened = Signal(object, list)  # Project, image paths
+    projectOpened = Signal(object, object)  # Project, image paths (a list; `object`: Qt would copy every string)
     deviceReady = Signal(str)  # human-readable device name
     indexingStarted = Signal()
     indexingProgress = Signal(int, int, float)  # done, total, seconds left (-1: not known yet)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
@@ -44,19 +45,61 @@ SIDE_PANEL_MIN = 150
 
 class FolderLister(QObject):
     """Lists a folder's photos on a thread of its own: a directory walk, no engine, so the photos
-    show while the engine (torch, faiss: a minute on a cold disk) is still starting."""
+    show while the engine (torch, faiss: a minute on a cold disk) is still starting. The photos
+    arrive in batches while the walk goes on (`batch`: the first folder at once, then at most
+    every BATCH_S), then the whole sorted list (`listed`). Signals carry Python objects as they
+    are (`object`): a `list` signal would copy 100k strings through Qt."""
 
-    listed = Signal(str, list, dict)  # folder, photo paths relative to it, video frame -> seconds
+    BATCH_S = 0.25
+    batch = Signal(object, object, object)  # listing token, photo paths relative to the folder, frame -> seconds
+    listed = Signal(object, object, object)  # listing token, every photo path (sorted), frame -> seconds
 
-    def start(self, folder: Path) -> None:
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._stop: threading.Event | None = None
+
+    def start(self, folder: Path, token: object) -> None:
+        self.stop()
+        stop = self._stop = threading.Event()
+        waiting: list[str] = []
+        times: dict[str, float] = {}
+        last = [None]
+
+        def on_folder(files: list[str], frame_times: dict[str, float]) -> None:
+            if stop.is_set():
+                raise _Stopped()
+            waiting.extend(files)
+            times.update(frame_times)
+            now = time.monotonic()
+            if last[0] is None or now - last[0] >= self.BATCH_S:
+                send()
+                last[0] = now
+
+        def send() -> None:
+            if waiting and not stop.is_set():
+                self.batch.emit(token, list(waiting), dict(times))
+                waiting.clear()
+                times.clear()
+
         def walk():
-            try:
-                scanned = scan_images(folder)  # videos at the default sampling; the project may re-list
-            except OSError:
+            try:  # videos at the default sampling; the project may re-list
+                scanned = scan_images(folder, on_folder=on_folder)
+            except (OSError, _Stopped):
                 return  # opening the project reports it
-            self.listed.emit(str(folder), scanned.files, scanned.frame_times)
+            send()
+            if not stop.is_set():
+                self.listed.emit(token, scanned.files, scanned.frame_times)
 
         threading.Thread(target=walk, name="list-photos", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop the walk in progress (its folder is no longer wanted)."""
+        if self._stop is not None:
+            self._stop.set()
+
+
+class _Stopped(Exception):
+    pass
 
 
 class MainWindow(QMainWindow):
@@ -71,6 +114,8 @@ class MainWindow(QMainWindow):
         self.canvas_image: str | None = None  # the photo the canvas shows (lags while loading)
         self._opening: Path | None = None  # the folder being opened, listed before its project opens
         self.extra_frames: dict[str, float] = {}  # video frames listed beyond the folder's sampling -> seconds
+        self._listing: object | None = None  # the listing of `_opening` whose batches are taken in
+        self._first_shown: str | None = None  # the photo shown on opening, before the user chose one
         self._lister = FolderLister(self)
         self.action = action_table.create_actions(self)
         self._build_widgets()
@@ -203,6 +248,11 @@ class MainWindow(QMainWindow):
         self.progress.cancelRequested.connect(self._cancel_work)
         self.file_model.thumbnailWanted.connect(
             lambda rel: self._photo_path(rel) and c.images_loader.request(("thumb", rel), self._photo_path(rel), THUMB_MAX_SIDE))
+        # Scrolling through a long list asks for the thumbnails of every row it passes; once it
+        # rests, the requests not started are dropped and the rows now shown ask again.
+        self._scroll_rest = QTimer(self, singleShot=True, interval=150, timeout=self._drop_passed_thumbnails)
+        self.file_view.verticalScrollBar().valueChanged.connect(lambda _: self._scroll_rest.start())
+        self._lister.batch.connect(self._folder_batch)
         self._lister.listed.connect(self._folder_listed)
         self.file_view.selectionModel().currentChanged.connect(
             lambda index, _: index.isValid() and self.show_image(self.file_model.image_at(index.row())))
@@ -278,7 +328,9 @@ class MainWindow(QMainWindow):
         self.extra_frames = {}
         self.file_model.set_images([])
         self.current_image = self.canvas_image = None
-        self._lister.start(self._opening)
+        self._listing = object()
+        self._first_shown = None
+        self._lister.start(self._opening, self._listing)
         self.controller.open_folder(photos)
 
     def _photo_path(self, rel: str) -> Path | None:
@@ -286,13 +338,39 @@ class MainWindow(QMainWindow):
             return self.project.path_of(rel)
         return self._opening / rel if self._opening is not None else None
 
-    def _folder_listed(self, folder: str, files: list[str], frame_times: dict[str, float]) -> None:
-        """The photos are listed: show them (and the first one) while the project opens."""
-        if self.document is not None or self._opening is None or Path(folder) != self._opening or not files:
+    def _folder_batch(self, token: object, files: list[str], frame_times: dict[str, float]) -> None:
+        """More photos of the folder being opened are listed: show them, and the first one, while
+        the scan goes on and the project opens."""
+        if token is not self._listing or self.document is not None:
+            return
+        self.file_model.append_images(files, frame_times)
+        self._show_first_listed()
+
+    def _folder_listed(self, token: object, files: list[str], frame_times: dict[str, float]) -> None:
+        """The whole folder is listed (sorted): the rows are put in that order if the batches
+        came in another, the photo shown stays."""
+        if token is not self._listing or self.document is not None or not files:
             return
         self.file_model.set_images(files, frame_times)
-        self.stack.setCurrentWidget(self.canvas)
-        self.file_view.setCurrentIndex(self.file_model.index(0))
+        self._show_first_listed()
+
+    def _show_first_listed(self) -> None:
+        """Show the first row; again when the rows were re-ordered and the photo shown is still
+        the one picked for the user (the first of an earlier batch), never one the user chose."""
+        model = self.file_model
+        first = model.image_at(0) if model.rowCount() else None
+        if first is not None and (self.current_image is None
+                                  or (self.current_image == self._first_shown and first != self.current_image)):
+            self.stack.setCurrentWidget(self.canvas)
+            self.file_view.setCurrentIndex(model.index(0))
+            self._first_shown = first
+        elif self.current_image is not None and not self.file_view.currentIndex().isValid():
+            self.file_view.setCurrentIndex(self.file_model.index(self.file_model.row_of(self.current_image)))
+
+    def _drop_passed_thumbnails(self) -> None:
+        if self.controller.images_loader.drop("thumb"):
+            self.file_model.forget_thumbnail_requests()
+            self.file_view.viewport().update()
 
     def _project_opened(self, project, files: list[str]) -> None:
         app_settings.remember_folder(str(project.photos))
@@ -307,9 +385,11 @@ class MainWindow(QMainWindow):
             self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
             self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
         self.review.attach(self.document)
+        self._lister.stop()
+        self._listing = None  # from now on the project's list is the one shown
         listed = self._opening == project.photos and self.file_model.paths() == files
-        if not listed:  # (photos listed early stay as they are, the one shown too)
-            self.file_model.set_images(files, project.frame_times)
+        self.file_model.set_images(files, project.frame_times)  # listed early: kept as it is, one copy of the names
+        if not listed:  # (photos listed early keep their rows, and the photo shown stays)
             self.current_image = self.canvas_image = None
             self.canvas.set_image(None)
             self.stack.setCurrentWidget(self.canvas if files else self.canvas_hint)
@@ -321,8 +401,7 @@ class MainWindow(QMainWindow):
             self._document_changed(Change("reset"))
             self._show_saved(True)
         self._update_enabled()
-        if files and self.current_image is None:
-            self.file_view.setCurrentIndex(self.file_model.index(0))
+        self._show_first_listed()
 
     def _load_labels(self, project):
         """The project's labels; a damaged labels file with a good backup is offered for restore.
@@ -393,10 +472,9 @@ class MainWindow(QMainWindow):
         self.review.update_propagate()
 
     def step_image(self, step: int) -> None:
-        paths = self.file_model.paths()
-        if paths:
-            row = paths.index(self.current_image) if self.current_image in paths else -1
-            self.show_image(paths[min(max(row + step, 0), len(paths) - 1)])
+        target = self.file_model.step_from(self.current_image, step)
+        if target is not None:
+            self.show_image(target)
 
     def _image_loaded(self, tag, image, size) -> None:
         kind = tag[0]
@@ -532,8 +610,7 @@ class MainWindow(QMainWindow):
         finally:
             doc.changed.disconnect(collect)
         self.statusBar().showMessage(f"{'Undone' if undo else 'Redone'}: {text}", 5000)
-        known = set(self.file_model.paths())
-        images = [i for i in dict.fromkeys(touched) if i in known]
+        images = [i for i in dict.fromkeys(touched) if i in self.file_model]
         if images and self.current_image not in images and len(images) <= 3:
             self.show_image(images[0])
 
@@ -640,6 +717,7 @@ class MainWindow(QMainWindow):
             event.ignore()  # the edits stay in memory; the save keeps being retried
             return
         app_settings.save_layout(self.saveGeometry(), self.saveState(app_settings.LAYOUT_VERSION))
+        self._lister.stop()
         self._detach_document()
         self.controller.shutdown()
         for dock in self.findChildren(QDockWidget):

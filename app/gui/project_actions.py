@@ -140,6 +140,8 @@ class ProjectActions(QObject):
         if w.controller.images != listed:  # photos added or removed meanwhile
             w.list_images(w.controller.images, w.project.frame_times)
             w.update_file_counts()
+        else:  # the same photos: the list takes the engine's names (one copy of each in memory)
+            w.list_images(w.controller.images, w.project.frame_times)
 
     def _indexing_stopped(self, why: str) -> None:
         if why == "paused":

@@ -137,11 +137,16 @@ class _Signals(QObject):
 
 
 class _LoadJob(QRunnable):
-    def __init__(self, signals: _Signals, tag, path: Path, max_side: int, crop: Box | None):
+    def __init__(self, signals: _Signals, tag, path: Path, max_side: int, crop: Box | None, queued: set):
         super().__init__()
         self.signals, self.tag, self.path, self.max_side, self.crop = signals, tag, path, max_side, crop
+        self.queued = queued
+        self.dropped = False
 
     def run(self) -> None:
+        self.queued.discard(self)
+        if self.dropped:
+            return
         try:
             image, size = load_display_image(self.path, self.max_side, self.crop)
         except ImageError as exc:
@@ -166,14 +171,27 @@ class ImageLoader(QObject):
         self._signals = _Signals(self)
         self._signals.loaded.connect(self.loaded)
         self._signals.failed.connect(self.failed)
+        self._queued: set[_LoadJob] = set()  # requests not started yet
 
     def request(self, tag, path: Path, max_side: int, crop: Box | None = None, priority: int = 0) -> None:
-        self._pool.start(_LoadJob(self._signals, tag, Path(path), max_side, crop), priority)
+        job = _LoadJob(self._signals, tag, Path(path), max_side, crop, self._queued)
+        self._queued.add(job)
+        self._pool.start(job, priority)
+
+    def drop(self, kind: str) -> int:
+        """Drop the requests of `kind` (a tag's first item) that have not started, e.g. the
+        thumbnails of rows scrolled past in a long list; returns how many were dropped."""
+        dropped = [job for job in list(self._queued) if job.tag[0] == kind]
+        for job in dropped:
+            job.dropped = True
+            self._queued.discard(job)
+        return len(dropped)
 
     def clear(self) -> None:
         """Drop requests that have not started (e.g. thumbnails of a folder no longer shown)."""
         self._pool.clear()
+        self._queued.clear()
 
     def wait(self, msecs: int = 5000) -> bool:
-        self._pool.clear()
+        self.clear()
         return self._pool.waitForDone(msecs)

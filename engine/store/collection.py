@@ -22,11 +22,13 @@ import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from dasr_annotator.engine.store.imageio import ImageError, is_image_name
-from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS, frame_name, is_video_name, media_file, probe_video
+from dasr_annotator.engine.store.imageio import IMAGE_EXTENSIONS, ImageError
+from dasr_annotator.engine.store.video import (DEFAULT_VIDEO_FPS, VIDEO_EXTENSIONS, frame_name, is_video_name,
+                                               media_file, probe_video)
 from dasr_annotator.engine.store.storage import ProjectFileError, atomic_write_bytes, read_json
 from dasr_annotator.engine.types import ImageRegions
 
@@ -48,11 +50,14 @@ class ScanResult:
     frame_times: dict[str, float] = field(default_factory=dict)  # video frame name -> seconds into its video
 
 
-def scan_images(root: Path, video_fps: float = DEFAULT_VIDEO_FPS) -> ScanResult:
+def scan_images(root: Path, video_fps: float = DEFAULT_VIDEO_FPS,
+                on_folder: Callable[[list[str], dict[str, float]], None] | None = None) -> ScanResult:
     """Every image under `root` (any letter case of a known suffix), following symlinks but never
     a folder twice (so link loops end), skipping state folders. A video counts as its frames
     sampled at `video_fps` (`clip.mp4#frame=N`, engine/store/video.py); one that cannot be read
-    is a problem with its reason."""
+    is a problem with its reason. `on_folder(files, frame_times)`, when given, is told each
+    folder's images and frames (sorted) as soon as that folder is read, so a caller can show a
+    large folder while it is still being scanned; the result is sorted as a whole."""
     root = Path(root)
     files: list[str] = []
     problems: list[dict] = []
@@ -70,20 +75,35 @@ def scan_images(root: Path, video_fps: float = DEFAULT_VIDEO_FPS) -> ScanResult:
             continue
         seen_dirs.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if d != STATE_FOLDER)
-        rel_folder = Path(folder).relative_to(root)
-        files.extend((rel_folder / n).as_posix() for n in names if is_image_name(n))
-        for n in sorted(names):
-            if is_video_name(n):
-                rel = (rel_folder / n).as_posix()
-                try:
-                    info = probe_video(Path(folder) / n)
-                except ImageError as exc:
-                    problems.append({"file": rel, "reason": exc.reason})
-                    continue
-                for frame in info.sample(video_fps):
-                    frame_times[frame_name(rel, frame)] = info.time_of(frame)
-    files.extend(frame_times)
+        rel_folder = Path(folder).relative_to(root).as_posix()
+        prefix = "" if rel_folder == "." else rel_folder + "/"  # plain strings: 100k Path objects cost seconds
+        here = [prefix + n for n in names if _suffix(n) in IMAGE_SUFFIXES]
+        times: dict[str, float] = {}
+        for n in sorted(n for n in names if _suffix(n) in VIDEO_SUFFIXES):
+            rel = prefix + n
+            try:
+                info = probe_video(Path(folder) / n)
+            except ImageError as exc:
+                problems.append({"file": rel, "reason": exc.reason})
+                continue
+            for frame in info.sample(video_fps):
+                times[frame_name(rel, frame)] = info.time_of(frame)
+        here.extend(times)
+        files.extend(here)
+        frame_times.update(times)
+        if on_folder is not None and here:
+            on_folder(sorted(here), times)
     return ScanResult(sorted(files), problems, frame_times)
+
+
+IMAGE_SUFFIXES, VIDEO_SUFFIXES = frozenset(IMAGE_EXTENSIONS), frozenset(VIDEO_EXTENSIONS)
+
+
+def _suffix(name: str) -> str:
+    """`Path(name).suffix.lower()` (what is_image_name and is_video_name test) for a bare file
+    name, without making a Path: a scan asks it for every file."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
 def write_json(path: Path, obj, backup: bool = True) -> None:
@@ -99,7 +119,7 @@ def write_json(path: Path, obj, backup: bool = True) -> None:
 
 
 # ---- fingerprints ---------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per photo while indexing plans: kept small
 class Fingerprint:
     size: int
     mtime_ns: int
@@ -107,7 +127,10 @@ class Fingerprint:
 
 def fingerprint(path: Path) -> Fingerprint:
     """Size and modification time of the file (of its video, for a frame)."""
-    st = os.stat(media_file(path))
+    try:
+        st = os.stat(path)  # a file of its own (even one named like a frame), the common case
+    except OSError:
+        st = os.stat(media_file(path))
     return Fingerprint(st.st_size, st.st_mtime_ns)
 
 
