@@ -11,7 +11,8 @@ is resumed by the next run, local or on Ray, which skips the photos already comm
 A worker that dies loses the photos of the task it was running (`photos_per_task`); Ray restarts
 the actor and runs that task again (Ray Data's actor pools default to `max_restarts=-1` and
 `max_task_retries=-1`: a dead actor is always replaced), and the driver keeps each photo once.
-Workers read the photos from shared storage (an NFS mount, at the same path as on the driver); they are named relative to the collection root, as everywhere in the project.
+Workers read the photos from shared storage (an NFS mount, at the same path as on the driver);
+they are named relative to the collection root, as everywhere in the project.
 
 Ray is imported only here and only when called, so the plain install never needs it.
 """
@@ -27,6 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from dasr_annotator.engine.dasr.relocate import FeatureMap
 from dasr_annotator.engine.search.map_cache import MapCache
 from dasr_annotator.engine.store.collection import FileEntry, content_hash, fingerprint
 from dasr_annotator.engine.store.imageio import ImageError, load_image
@@ -121,13 +125,11 @@ class PhotoExtractor:
         self.on_gpu = self.extractor.device.startswith("cuda")
 
     def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
         rels = [str(r) for r in batch["rel"]]
         planned = [(int(s), int(m)) for s, m in zip(batch["size"], batch["mtime_ns"])]
         paths = [self.root / rel for rel in rels]
         if self.on_gpu:  # decoding on one thread would starve a GPU
-            with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
+            with ThreadPoolExecutor(max_workers=max(1, min(8, len(paths)))) as pool:
                 loaded = list(pool.map(self._load, paths))
         else:
             loaded = [self._load(p) for p in paths]
@@ -241,8 +243,6 @@ class RayExtraction:
                     batch.append((FileEntry(rel, fp.size, fp.mtime_ns, result["sha256"], result["width"],
                                             result["height"]), result["regions"]))
                     if maps is not None and result["sha256"] and result["map"] is not None:
-                        from dasr_annotator.engine.dasr.relocate import FeatureMap
-
                         maps.put(project.path_of(rel), FeatureMap.from_arrays(result["map"]))
                 progress(len(received), len(todo))
                 if len(batch) >= batch_files or time.monotonic() - started >= batch_seconds:
