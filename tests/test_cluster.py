@@ -192,6 +192,17 @@ def test_a_stopped_driver_resumes_and_a_dead_workers_batch_is_retried_without_do
     assert sorted(stored) == sorted(r for v in frames.values() for r, _ in v)  # each photo once, the lost ones too
 
 
+@needs_ray
+def test_the_command_line_runs_on_ray_and_finds_nothing_left_to_do(photos_pair):
+    _, on_ray, frames, *_ = photos_pair
+    n = sum(len(v) for v in frames.values())
+    rc, out, err = cli("index", on_ray, "--ray", "--json")  # the module's Ray instance serves it
+    assert rc == 0, err
+    assert "extracting on a local Ray instance" in err
+    report = json.loads(out)
+    assert (report["images"], report["indexed"], report["reused"]) == (n, 0, n)
+
+
 def test_ray_without_the_cluster_extra_says_how_to_install_it(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
         monkeypatch.delitem(sys.modules, name)
