@@ -211,3 +211,9 @@ def test_ray_without_the_cluster_extra_says_how_to_install_it(tmp_path, monkeypa
     assert rc == 2 and out == ""
     assert "pip install -e '.[cluster]'" in err
     assert not (tmp_path / ".dasr").exists()  # refused before anything was written
+
+
+def test_ray_actors_without_ray_is_refused(tmp_path):
+    rc, _, err = cli("index", tmp_path, "--ray-actors", "2")
+    assert rc == 2 and "--ray-actors needs --ray" in err
+    assert not (tmp_path / ".dasr").exists()

@@ -74,6 +74,9 @@ def run(args) -> int:
     from dasr_annotator.engine.store.storage import ProjectFileError
 
     on_ray = args.ray is not None
+    if args.ray_actors is not None and not on_ray:
+        print("dasr-annotator index: --ray-actors needs --ray", file=sys.stderr)
+        return 2
     cluster_errors: tuple = ()
     if on_ray:
         from dasr_annotator.engine.project.cluster import ClusterError, RayMissing, import_ray
