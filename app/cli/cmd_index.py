@@ -82,7 +82,6 @@ def run(args) -> int:
         from dasr_annotator.engine.project.cluster import ClusterError, RayMissing, import_ray
 
         cluster_errors = (ClusterError,)
-
         try:
             import_ray()
         except RayMissing as exc:
@@ -124,7 +123,7 @@ def run(args) -> int:
         bar.close()
         print(f"dasr-annotator index: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    except cluster_errors as exc:  # unreachable, no GPU for --device cuda, or a batch failed on every retry
+    except cluster_errors as exc:  # unreachable, no GPU for --device cuda, or a failure Ray gave up on
         bar.close()
         print(f"dasr-annotator index: {exc.message}", file=sys.stderr)
         return 1

@@ -180,6 +180,7 @@ class RayExtraction:
     `extractor_args` (the same settings as the driver's, which only checks and records them)."""
 
     extractor_args: dict
+    address: str | None = None  # None: a local Ray instance (see ray_session)
     device: str = "auto"  # auto: the GPUs when the cluster has them, else the CPUs
     actors: int | None = None  # default: one per GPU, else one per CPU of the cluster
     photos_per_task: int | None = None  # default from the device (PHOTOS_PER_TASK_CPU / _GPU)
@@ -203,8 +204,12 @@ class RayExtraction:
         (number extracted, skipped entries, files not reached)."""
         progress(0, len(todo))
         if not todo:
-            return 0, [], []
-        ray = import_ray()
+            return 0, [], []  # nothing to extract: no cluster is reached, no instance started
+        with ray_session(self.address) as ray:
+            return self._extract(ray, project, extractor, todo, store, progress, cancel, pause, batch_files,
+                                 batch_seconds)
+
+    def _extract(self, ray, project, extractor, todo, store, progress, cancel, pause, batch_files, batch_seconds):
         plan = self.plan(ray, len(todo))
         log.info("extracting %d photos on Ray: %s", len(todo), plan)
         per_task, device = plan["photos_per_task"], plan["device"]
@@ -286,10 +291,8 @@ def index_on_ray(project, extractor_args: dict, address: str | None = None, devi
     import_ray()  # before loading a model: say at once what is missing
     if extractor is None:
         extractor = Extractor(device="cpu", **extractor_args)
-    extraction = RayExtraction(extractor_args, device=device, actors=actors, photos_per_task=photos_per_task,
-                               actor=actor)
+    extraction = RayExtraction(extractor_args, address=address, device=device, actors=actors,
+                               photos_per_task=photos_per_task, actor=actor)
     options = {} if batch_files is None else {"batch_files": batch_files}
-    with ray_session(address):
-        return project.update_index(extractor, progress=progress, cancel=cancel, rebuild=rebuild,
-                                    weights=extractor_args.get("weights"), pause=pause, extract=extraction,
-                                    **options)
+    return project.update_index(extractor, progress=progress, cancel=cancel, rebuild=rebuild,
+                                weights=extractor_args.get("weights"), pause=pause, extract=extraction, **options)
