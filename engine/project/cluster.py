@@ -97,7 +97,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
 
 
 def _quiet_data(ray) -> None:
-    """No Ray Data progress bars: the caller reports progress its own way."""
+    """No Ray Data progress bars or execution-plan lines: the caller reports progress its own way."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     if hasattr(context, "enable_operator_progress_bars"):
