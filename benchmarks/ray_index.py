@@ -89,9 +89,10 @@ def run(photos: Path, how) -> dict:
 
 
 def run_local(photos: Path) -> dict:
-    """Local indexing in a child process in a session of its own, like the Ray processes: Linux
-    shares the CPU between sessions first (autogroup scheduling), so on a busy machine a process
-    in the benchmark's own session would get less of it than Ray's workers do."""
+    """Local indexing in a child process, in a session of its own: it imports no Ray, and on a
+    shared machine (Linux shares the CPU between sessions first, autogroup scheduling) it gets a
+    share of its own, while the Ray runs share the benchmark's session: if anything, this favours
+    local indexing."""
     child = subprocess.run([sys.executable, __file__, "--local-child", str(photos)], capture_output=True,
                            text=True, start_new_session=True, check=True)
     return json.loads(child.stdout)
