@@ -39,6 +39,12 @@ def add_arguments(parser) -> None:
                         help="images per saved batch (a killed run loses at most one batch)")
     parser.add_argument("--video-fps", type=float, metavar="F",
                         help="frames sampled per second of each video (default 1; the folder keeps it for later runs)")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="extract on a Ray cluster (the `cluster` extra): at ADDRESS (auto, HOST:PORT or "
+                        "ray://HOST:PORT), or on a local Ray instance when no ADDRESS is given; workers must see "
+                        "PHOTOS at the same path (shared storage)")
+    parser.add_argument("--ray-actors", type=int, metavar="N",
+                        help="extractor actors on Ray (default: one per GPU, else one per CPU core of the cluster)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
@@ -67,6 +73,23 @@ def run(args) -> int:
     from dasr_annotator.engine.project.project import IncompatibleIndex, Project
     from dasr_annotator.engine.store.storage import ProjectFileError
 
+    on_ray = args.ray is not None
+    if args.ray_actors is not None and not on_ray:
+        print("dasr-annotator index: --ray-actors needs --ray", file=sys.stderr)
+        return 2
+    cluster_errors: tuple = ()
+    if on_ray:
+        from dasr_annotator.engine.project.cluster import ClusterError, RayMissing, import_ray
+
+        cluster_errors = (ClusterError,)
+        try:
+            import_ray()
+        except RayMissing as exc:
+            print(f"dasr-annotator index: --ray: {exc.message}", file=sys.stderr)
+            return 2
+        if args.ray_actors is not None and args.ray_actors < 1:
+            print("dasr-annotator index: --ray-actors must be at least 1", file=sys.stderr)
+            return 2
     try:
         project = Project.open(args.photos)
     except FileNotFoundError as exc:
@@ -77,7 +100,8 @@ def run(args) -> int:
         options = settings(args, project)
         if options.get("max_side", 32) < 32:
             raise ValueError(f"--max-side {options['max_side']} is too small (at least 32)")
-        extractor = Extractor(device=args.device, **options)
+        # on Ray the driver's extractor only states the settings; the actors extract (and get the GPUs)
+        extractor = Extractor(device="cpu" if on_ray else args.device, **options)
         if args.video_fps is not None:
             project.set_video_fps(args.video_fps)
     except (ValueError, WeightsMissing, ProjectFileError) as exc:
@@ -90,12 +114,19 @@ def run(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        report = project.update_index(extractor, progress=progress, rebuild=args.rebuild,
-                                      weights=options.get("weights"), batch_files=max(1, args.batch_size))
+        if on_ray:
+            report = _index_on_ray(args, project, extractor, options, progress)
+        else:
+            report = project.update_index(extractor, progress=progress, rebuild=args.rebuild,
+                                          weights=options.get("weights"), batch_files=max(1, args.batch_size))
     except (IncompatibleIndex, ProjectBusy, ProjectFileError) as exc:
         bar.close()
         print(f"dasr-annotator index: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
+    except cluster_errors as exc:  # unreachable, no GPU for --device cuda, or a failure Ray gave up on
+        bar.close()
+        print(f"dasr-annotator index: {exc.message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         bar.close()
         print("interrupted: finished batches are saved; run the same command again to continue", file=sys.stderr)
@@ -115,3 +146,12 @@ def run(args) -> int:
               else f"dasr-annotator index: no images found in {project.photos}", file=sys.stderr)
         return 1
     return 0
+
+
+def _index_on_ray(args, project, extractor, options: dict, progress):
+    from dasr_annotator.engine.project.cluster import index_on_ray
+
+    print(f"extracting on {'the Ray cluster at ' + args.ray if args.ray else 'a local Ray instance'}", file=sys.stderr)
+    return index_on_ray(project, options, address=args.ray or None, device=args.device, actors=args.ray_actors,
+                        progress=progress, rebuild=args.rebuild, batch_files=max(1, args.batch_size),
+                        extractor=extractor)

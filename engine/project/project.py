@@ -255,13 +255,15 @@ class Project:
 
     def update_index(self, extractor, progress: ProgressFn = no_progress, cancel: CancelFn = never_cancel,
                      rebuild: bool = False, weights: str | None = None, batch_files: int = BATCH_FILES,
-                     batch_seconds: float = BATCH_SECONDS, pause: CancelFn = never_cancel) -> IndexReport:
+                     batch_seconds: float = BATCH_SECONDS, pause: CancelFn = never_cancel,
+                     extract=extract_images) -> IndexReport:
         """Bring the regions and the index up to date with the folder: extract new or changed
         images, drop removed ones, reuse the rest. Finished batches are saved as they complete, so
         a cancelled (or killed) run is resumed by the next one. When `pause()` turns true the run
         stops extracting, indexes what it has and returns (`pending` images are left for the next
         run), so a search can use the images done so far. Raises IncompatibleIndex when the
-        folder was indexed with other settings, unless `rebuild`."""
+        folder was indexed with other settings, unless `rebuild`. `extract` does the extracting
+        (`extraction.extract_images` in this process; `cluster.RayExtraction` on a Ray cluster)."""
         config = extractor.config()
         with StateLock(self.state_dir / "lock"):
             manifest = None
@@ -281,8 +283,8 @@ class Project:
             skipped = scan.problems + plan.skipped
             for entry in plan.refreshed.values():
                 store.entries[entry.file] = entry
-            extracted, failed, pending = extract_images(self, extractor, plan.extract, store, progress, cancel, pause,
-                                                      batch_files, batch_seconds)
+            extracted, failed, pending = extract(self, extractor, plan.extract, store, progress, cancel, pause,
+                                                 batch_files, batch_seconds)
             skipped += failed
             # unreadable, or changed and not yet extracted again: their stored regions are stale
             unusable = {s["file"] for s in skipped} | set(pending)
