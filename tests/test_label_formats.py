@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 from pycocotools.coco import COCO
@@ -442,6 +442,7 @@ def valid_boxes(draw):
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(labels=st.lists(valid_boxes(), min_size=1, max_size=6))
+@example(labels=[("deep/er/r.jpg", "cup", Box(0.0, 0.9, 1.0, 1.0), None)])  # clipped to 0.9999999999999999 px
 def test_any_valid_boxes_survive_every_round_trip(two_folders, tmp_path_factory, labels):
     for i, (image, category, box, _) in enumerate(labels):  # distinct labels, not near-duplicates
         for other_image, other_category, other, _ in labels[i + 1:]:
@@ -457,7 +458,8 @@ def test_any_valid_boxes_survive_every_round_trip(two_folders, tmp_path_factory,
     for name, fmt in FORMATS.items():
         shutil.rmtree(dst / ".dasr", ignore_errors=True)
         out = out_path(out_root, name)
-        fmt.export(Project.open(src), out)
+        exported = fmt.export(Project.open(src), out)
+        assert not exported.skipped, (name, exported.skipped)
         report = fmt.import_labels(Project.open(dst), out)
         assert report.added == len(labels), name
         got = Project.open(dst).annotations.list()

@@ -142,11 +142,12 @@ def gather(project, all_images: bool,
             continue
         for ann in by_image.get(name, []):
             box = ann.box.clipped(width, height)
-            if box.w < MIN_BOX_SIDE or box.h < MIN_BOX_SIDE:
+            # a 1-px box at a fractional place clips to 0.9999999999999999 px: that is not a sliver
+            if box.w < MIN_BOX_SIDE - ROUNDING_TOLERANCE or box.h < MIN_BOX_SIDE - ROUNDING_TOLERANCE:
                 sliver = f" (less than {MIN_BOX_SIDE:g} pixel a side inside it)" if box.area > 0 else ""
                 skipped.append({"file": name, "reason": f"annotation {ann.id} lies outside the image{sliver}"})
                 continue
-            image.labels.append((ann, box))
+            image.labels.append((ann, box.at_least(MIN_BOX_SIDE, width, height)))
         images.append(image)
     return images, skipped
 
