@@ -38,6 +38,8 @@ ABLATIONS = ("whitening", "layer", "nms", "method", "side", "mode", "tau")
 # Candidate descriptor layers (stride >= 16: coarser than that, a region is a handful of cells).
 LAYERS = {
     "efficientnet-lite0": ("blocks.7", "blocks.10", "blocks.12", "blocks.14", "blocks.15", "head"),
+    # the same positions in Lite2's stages (last of stage 4 / 5, mid / last of 6, last block, head)
+    "efficientnet-lite2": ("blocks.10", "blocks.14", "blocks.17", "blocks.19", "blocks.20", "head"),
     "resnet50": ("layer3", "layer4.0", "layer4.1", "layer4"),
     "vgg16": ("conv5_1", "conv5_2", "conv5_3"),
 }

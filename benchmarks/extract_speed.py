@@ -10,7 +10,7 @@ the batched rule); "fast" mode (moments rank, NMS, near-exact modulated maps for
 and "moments" mode (every box from moment propagation). Their boxes are compared with the exact ones per final
 region (each exact region after NMS against its best match) and, for moments, per seed.
 `--options` also measures the alternatives; `--calibrate` prints the support/mass spread ratio
-that `moments.BOX_SCALE` holds. The per-image comparison runs on `--threads` threads (CPU
+that the backbone's `box_scale` holds (`networks.LITE_SPECS`). The per-image comparison runs on `--threads` threads (CPU
 seconds); then the headline `*_s_per_image` figures are wall seconds per photo on `--cores` cores,
 as the indexer runs them (one photo per core, one thread each). Prints one JSON object with --json.
 """
@@ -108,7 +108,7 @@ def _fast_variant(ex: Extractor, rank_stride: int, rounds: int | None, coarse_st
 def fast_options(ex: Extractor, prep, exact_geo, exact_final, gts) -> dict:
     """Every fast-mode alternative against the exact rule's boxes (same seeds; final regions)."""
     bb = ex.backbone
-    scale = moments.BOX_SCALE[bb.name]
+    scale = bb.box_scale
     height, width = prep.pixels.shape[-2:]
     beta, stride = ex.nms_beta, bb.descriptor_stride
     ij, scores = exact_geo.ij, exact_geo.scores
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
                     help="cpu: this process's CPU seconds (steady on a shared machine with --threads 1); wall")
     ap.add_argument("--offset", type=float, default=0.5, help="where in each sequence to take frames (0..1)")
     ap.add_argument("--options", action="store_true", help="also measure the fast-mode alternatives")
-    ap.add_argument("--calibrate", action="store_true", help="print the spread ratio for moments.BOX_SCALE")
+    ap.add_argument("--calibrate", action="store_true", help="print the spread ratio for the backbone's box_scale")
     ap.add_argument("--cores", type=int, default=torch.get_num_threads(),
                     help="time wall seconds per image on this many cores as the indexer runs them (one image "
                          "per core): the *_s_per_image figures; 0 skips it (default: torch's thread count)")
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         "gt_best_iou_exact": mean("gt_best_iou_exact"),
         "gt_best_iou_fast": mean("gt_best_iou_fast"),
         "gt_best_iou_moments": mean("gt_best_iou_moments"),
-        "moments_box_scale": moments.BOX_SCALE[bb.name],
+        "moments_box_scale": bb.box_scale,
         "moments_start_stride": moments.DEFAULT_START_STRIDE,
         "fast_rank_stride": fast.rank_stride,
         "fast_nms_rounds": fast.fast_rounds,

@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/located.py ../shared/data/dev-hires/manifest.json [--max-side N]
         [--top 100] [--per-instance 3] [--work DIR] [--keep] [--json OUT.json]
+        [--index-args "--backbone efficientnet-lite2 --method dasr"] [--search-args "--no-refine"]
 
 The manifest's photos are linked into a fresh folder, `dasr-annotator index` indexes it and
 `dasr-annotator search --queries` asks every query (the instance's box in its first, middle and
 last frame) for its top hits, each command timed as a user would see it. Reported, per set:
-- image-level mAP@50 (the right photo) and mAP@50-located (right photo AND its box centre inside
+- image-level mAP@50 / @100 (the right photo), mAP@all over the returned list (exact when --top
+  covers every other photo; otherwise relevant photos ranked below --top count as missed), and
+  mAP@50-located (right photo AND its box centre inside
   the ground-truth box), the query's own photo left out as the CLI does;
 - loc recall@0.5 / @0.7: share of the instance's other frames returned with a box at IoU >= 0.5
   (0.7: a box an annotator accepts as it is), and the mean IoU of the returned relevant boxes;
@@ -53,7 +56,8 @@ def link_photos(manifest, folder: Path) -> None:
 
 def score_queries(manifest, queries, answers: dict, top: int, sizes: dict) -> dict:
     """The figures of the module docstring from the CLI's answers (query id -> hits)."""
-    ap, ap_loc, ious_by_bin, returned_by_bin, total_by_bin = [], [], {}, {}, {}
+    ap, ap100, ap_all, ap_loc = [], [], [], []
+    ious_by_bin, returned_by_bin, total_by_bin = {}, {}, {}
     ap_by_query_bin: dict[str, list[float]] = {}  # does a small query object rank its photos worse?
     all_ious, n_relevant_total = [], 0
     for qi, q in enumerate(queries):
@@ -75,6 +79,8 @@ def score_queries(manifest, queries, answers: dict, top: int, sizes: dict) -> di
                 found[h["image"]] = float(iou_xywh(box[None], gt[None])[0])
         n = len(relevant)
         ap.append(average_precision_at_k(np.array(rel_flags, bool), n, 50))
+        ap100.append(average_precision_at_k(np.array(rel_flags, bool), n, 100))
+        ap_all.append(average_precision_at_k(np.array(rel_flags, bool), n))
         ap_loc.append(average_precision_at_k(np.array(loc_flags, bool), n, 50))
         ap_by_query_bin.setdefault(size_bin(q.box, sizes[q.file]), []).append(ap[-1])
         n_relevant_total += n
@@ -89,6 +95,8 @@ def score_queries(manifest, queries, answers: dict, top: int, sizes: dict) -> di
     out = {
         "queries": len(queries),
         "map50": float(np.mean(ap)),
+        "map100": float(np.mean(ap100)),
+        "map_all_returned": float(np.mean(ap_all)),
         "map50_located": float(np.mean(ap_loc)),
         "loc_recall_05": float((ious >= 0.5).sum() / n_relevant_total),
         "loc_recall_07": float((ious >= 0.7).sum() / n_relevant_total),
@@ -116,6 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--per-instance", type=int, default=3)
     parser.add_argument("--work", help="folder for the linked photos and their index (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (reuse its index next time)")
+    parser.add_argument("--index-args", default="", help="extra arguments for index, space separated "
+                        "(e.g. \"--backbone efficientnet-lite2 --method dasr\")")
     parser.add_argument("--search-args", default="", help="extra arguments for search, space separated")
     parser.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -132,6 +142,7 @@ def main(argv=None) -> int:
             index_args += ["--max-side", str(args.max_side)]
         if args.mode:
             index_args += ["--mode", args.mode]
+        index_args += args.index_args.split()
         out, index_s = cli(*index_args)
         report = json.loads(out)
         spec = [{"id": str(i), "image": q.file, "box": [float(v) for v in q.box]} for i, q in enumerate(queries)]
@@ -149,6 +160,7 @@ def main(argv=None) -> int:
         "index_s_per_photo": index_s / max(1, report.get("indexed", 0) or len(manifest.files)),
         "index_indexed": report.get("indexed"),
         "search_s_per_query": search_s / len(queries), "top": args.top,
+        "map_all_exact": args.top >= len(manifest.files) - 1,
         "max_side": args.max_side, "mode": args.mode,
         "command": " ".join(["benchmarks/located.py", *(argv if argv is not None else sys.argv[1:])]),
     })

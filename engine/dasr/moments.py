@@ -7,9 +7,9 @@ pools use their all-ones kernel). Six fields (1, x, y, x^2, xy, y^2) give the ma
 centre and covariance of all seeds' maps at once, whatever their number.
 
 The exact rule's boxes come from the tau-thresholded support, not from mass-weighted moments;
-the maps have long low tails, so mass-weighted spreads are larger. `BOX_SCALE` maps the
-mass-weighted spread to the support's spread; it was calibrated against the exact rule on dev
-images (docs/benchmarks.md, "Extraction"). The pass may also start at a coarser layer (stride 8
+the maps have long low tails, so mass-weighted spreads are larger. The backbone's `box_scale`
+(`networks.LITE_SPECS`) maps the mass-weighted spread to the support's spread; it was calibrated
+against the exact rule on dev images (docs/benchmarks.md, "Extraction"). The pass may also start at a coarser layer (stride 8
 or 16): mass is then placed at cell centres, with the cell's own variance (s^2 / 12) added.
 """
 from __future__ import annotations
@@ -21,10 +21,6 @@ from dasr_annotator.engine.dasr.excitation import EPS, Excitation, PositiveLinea
 from dasr_annotator.engine.dasr.layers import Trace
 from dasr_annotator.engine.dasr.regions import ellipse_from_moments
 
-# Support spread / mass-weighted spread, per backbone, from `benchmarks/extract_speed.py
-# --calibrate` (Lite0: median 0.634 over 612 seed axes of 8 dev photos). No resnet50/vgg16 weights
-# were at hand: they borrow Lite0's value until someone calibrates them with their weights.
-BOX_SCALE = {"efficientnet-lite0": 0.63, "resnet50": 0.63, "vgg16": 0.63}
 # Where the pass starts: mode "moments" (boxes straight from the moments), and mode "fast"
 # (moments only rank the seeds for NMS; the kept ones get near-exact maps, NMS again: two rounds,
 # IoU 0.88 with the exact rule's regions; until every kept region has one (None): 0.94 at ~8 %

