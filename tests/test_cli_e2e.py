@@ -267,6 +267,7 @@ INDEX_LISTS = {"skipped", "renamed", "missing_labelled"}  # renamed, missing_lab
 INDEX_KEYS = {"images", "indexed", "reused", "removed", "regions"} | INDEX_LISTS
 SEARCH_KEYS, QUERY_KEYS = {"queries"}, {"id", "hits"}
 HIT_KEYS, ELLIPSE_KEYS = {"image", "score", "box", "ellipse"}, {"cx", "cy", "a", "b", "angle"}
+REFINED_HIT_KEYS = HIT_KEYS | {"region_score", "box_score"}  # a refined hit also says what its score blends
 LABEL_KEYS = {"category", "query_id", "added", "duplicates"}
 ANNOTATION_KEYS = {"id", "image", "category", "box", "score", "query_id", "source"}
 LABEL_DUPLICATE_KEYS = {"image", "box", "existing"}
@@ -305,7 +306,8 @@ def test_every_json_output_keeps_its_keys(project_copy, tmp_path):
     box_arg = ",".join(map(str, box))
     queries = tmp_path / "queries.json"
     queries.write_text(json.dumps([{"id": "q1", "image": rel, "box": box}]))
-    for how in (("--query", rel, "--box", box_arg), ("--queries", queries)):
+    for how, keys in ((("--query", rel, "--box", box_arg), REFINED_HIT_KEYS), (("--queries", queries), REFINED_HIT_KEYS),
+                      (("--query", rel, "--box", box_arg, "--no-refine"), HIT_KEYS)):
         rc, out, err = cli("search", photos, *how, "--top", 2, "--json")
         assert rc == 0, err
         found = json.loads(out)
@@ -313,9 +315,12 @@ def test_every_json_output_keeps_its_keys(project_copy, tmp_path):
         [query] = found["queries"]
         assert set(query) == QUERY_KEYS and len(query["hits"]) == 2
         for hit in query["hits"]:
-            assert set(hit) == HIT_KEYS and set(hit["ellipse"]) == ELLIPSE_KEYS
+            assert set(hit) == keys and set(hit["ellipse"]) == ELLIPSE_KEYS
             assert isinstance(hit["image"], str) and isinstance(hit["score"], float) and _box_of_numbers(hit["box"])
-    assert json.loads(out)["queries"][0]["id"] == "q1"
+            if keys is REFINED_HIT_KEYS:  # the score ranked by is the mean of region and box score
+                assert hit["score"] == pytest.approx((hit["region_score"] + hit["box_score"]) / 2)
+        if "--queries" in how:
+            assert query["id"] == "q1"
 
     label = ("label", photos, "--query", rel, "--box", box_arg, "--category", "box", "--accept-top", 2, "--json")
     rc, out, err = cli(*label)
