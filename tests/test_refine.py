@@ -118,6 +118,20 @@ def moved(rgb: np.ndarray, box: Box, scale: float, shift: tuple[float, float], s
     return out, Box(box.x * scale + shift[0], box.y * scale + shift[1], box.w * scale, box.h * scale)
 
 
+def query_photo(truck, tmp_path: Path) -> Path:
+    """The truck's frame saved as the query photo."""
+    query = tmp_path / "query.png"
+    Image.fromarray(truck[0]).save(query)
+    return query
+
+
+def target_photo(truck, path: Path, scale: float, shift: tuple[float, float], size=(1280, 720)):
+    """The truck's frame moved and rescaled (`moved`), saved at `path`: (pixels, true box)."""
+    seen, truth = moved(*truck, scale, shift, size)
+    Image.fromarray(seen).save(path)
+    return seen, truth
+
+
 def save_oriented(seen: np.ndarray, path: Path, orientation: int) -> None:
     """A JPEG that a viewer shows as `seen` once its EXIF orientation is applied."""
     image = Image.fromarray(seen)
@@ -142,8 +156,7 @@ def refine_one(extractor, query_path: Path, query_box: Box, target_path: Path, r
 def test_a_small_object_is_boxed_in_its_oriented_pixels_for_every_exif_orientation(
         truck, extractor, tmp_path, orientation):
     rgb, box = truck
-    query = tmp_path / "query.png"
-    Image.fromarray(rgb).save(query)
+    query = query_photo(truck, tmp_path)
     seen, truth = moved(rgb, box, 1.15, (-90.0, 40.0), (1280, 720))
     target = tmp_path / f"target-{orientation}.jpg"
     save_oriented(seen, target, orientation)
@@ -157,12 +170,10 @@ def test_a_small_object_is_boxed_in_its_oriented_pixels_for_every_exif_orientati
 def test_photos_larger_and_smaller_than_max_side_get_boxes_in_their_own_pixels(truck, extractor, tmp_path,
                                                                               long_side):
     rgb, box = truck
-    query = tmp_path / "query.png"
-    Image.fromarray(rgb).save(query)
+    query = query_photo(truck, tmp_path)
     scale = long_side / 1280
-    seen, truth = moved(rgb, box, scale, (0.0, 0.0), (long_side, round(720 * scale)))
     target = tmp_path / "target.png"
-    Image.fromarray(seen).save(target)
+    _, truth = target_photo(truck, target, scale, (0.0, 0.0), (long_side, round(720 * scale)))
     found, _ = refine_one(extractor, query, box, target)
     assert iou(found, truth) >= 0.5, (found, truth)
     assert found.x2 <= long_side and found.y2 <= round(720 * scale)
@@ -173,13 +184,11 @@ def test_refined_boxes_are_far_closer_than_the_stored_map_places_them(truck, ext
     from dasr_annotator.engine.dasr.relocate import best_window
 
     rgb, box = truck
-    query = tmp_path / "query.png"
-    Image.fromarray(rgb).save(query)
+    query = query_photo(truck, tmp_path)
     coarse_ious, fine_ious = [], []
     for i, (scale, shift) in enumerate([(1.0, (37.0, -23.0)), (0.9, (101.0, 55.0)), (1.2, (-150.0, -60.0))]):
-        seen, truth = moved(rgb, box, scale, shift, (1280, 720))
         target = tmp_path / f"t{i}.png"
-        Image.fromarray(seen).save(target)
+        _, truth = target_photo(truck, target, scale, shift)
         _, windows = extractor.describe_query(load_image(query, max_side=extractor.max_side), box)
         fmap = extractor.relocation_map(load_image(target, max_side=extractor.max_side))
         coarse_ious.append(iou(best_window(fmap, windows)[1], truth))
@@ -189,11 +198,9 @@ def test_refined_boxes_are_far_closer_than_the_stored_map_places_them(truck, ext
 
 def test_a_rejected_box_is_never_chosen_again(truck, extractor, tmp_path):
     rgb, box = truck
-    query = tmp_path / "query.png"
-    Image.fromarray(rgb).save(query)
-    seen, truth = moved(rgb, box, 1.0, (20.0, 10.0), (1280, 720))
+    query = query_photo(truck, tmp_path)
     target = tmp_path / "target.png"
-    Image.fromarray(seen).save(target)
+    _, truth = target_photo(truck, target, 1.0, (20.0, 10.0))
     first, refiner = refine_one(extractor, query, box, target)
     assert iou(first, truth) >= 0.5
     again, _ = refine_one(extractor, query, box, target, refiner, rejected={target.name: [first]})
@@ -206,8 +213,7 @@ def test_a_photo_whose_refined_box_holds_the_instance_ranks_above_one_whose_box_
     the best fine window matches the query worse, and the blend with the region score puts the
     photo that has the truck first even when the regions scored it a little lower."""
     rgb, box = truck
-    query = tmp_path / "query.png"
-    Image.fromarray(rgb).save(query)
+    query = query_photo(truck, tmp_path)
     with_truck, truth = moved(rgb, box, 1.0, (60.0, 25.0), (1280, 720))
     without = with_truck.copy()  # the truck covered by the road just left of it
     x, y, w, h = (int(round(v)) for v in (truth.x - 4, truth.y - 4, truth.w + 8, truth.h + 8))
@@ -251,11 +257,9 @@ def test_a_hit_that_could_not_be_refined_ranks_by_its_region_score():
 
 def test_refined_results_are_cached_until_the_photo_changes(truck, extractor, tmp_path, monkeypatch):
     rgb, box = truck
-    query = tmp_path / "query.png"
-    Image.fromarray(rgb).save(query)
-    seen, _ = moved(rgb, box, 1.0, (30.0, 30.0), (1280, 720))
+    query = query_photo(truck, tmp_path)
     target = tmp_path / "target.png"
-    Image.fromarray(seen).save(target)
+    seen, _ = target_photo(truck, target, 1.0, (30.0, 30.0))
     first, refiner = refine_one(extractor, query, box, target)
     passes = []
     real = Refiner._features
@@ -270,13 +274,11 @@ def test_refined_results_are_cached_until_the_photo_changes(truck, extractor, tm
 def test_a_cancel_stops_refining_between_crops_and_keeps_the_chunks_already_reported(truck, extractor, tmp_path,
                                                                                      monkeypatch):
     rgb, box = truck
-    query = tmp_path / "query.png"
-    Image.fromarray(rgb).save(query)
+    query = query_photo(truck, tmp_path)
     hits, maps = [], {}
     for i in range(6):
-        seen, _ = moved(rgb, box, 1.0, (10.0 * i, 5.0 * i), (1280, 720))
         path = tmp_path / f"t{i}.png"
-        Image.fromarray(seen).save(path)
+        target_photo(truck, path, 1.0, (10.0 * i, 5.0 * i))
         maps[path.name] = extractor.relocation_map(load_image(path, max_side=extractor.max_side))
         hits.append(Hit(path.name, 1.0 - i / 10, Box(0, 0, 1, 1), None))
     monkeypatch.setattr(refine_module, "CHUNK_CPU", 2)

@@ -51,11 +51,10 @@ def main() -> int:
 
 def shoot(data: Path, out: Path, scratch: Path) -> int:
     import torch
-    from PySide6.QtCore import QPointF, QSettings, Qt
-    from PySide6.QtTest import QTest
+    from PySide6.QtCore import QSettings
 
     from dasr_annotator.app.gui.application import create_app
-    from qt_waits import settle, wait_until
+    from qt_waits import drag_box, settle, wait_until
     from dasr_annotator.engine.types import Box
 
     torch.set_num_threads(1)
@@ -86,12 +85,7 @@ def shoot(data: Path, out: Path, scratch: Path) -> int:
     wait(lambda: window.current_image == query and window.canvas.image_size is not None)
     window.canvas.fit()
     gt = Box.from_list(truth[query])
-    viewport = window.canvas.viewport()
-    p1, p2 = (window.canvas.mapFromScene(QPointF(x, y)) for x, y in ((gt.x, gt.y), (gt.x2, gt.y2)))
-    QTest.mousePress(viewport, Qt.LeftButton, Qt.NoModifier, p1)
-    QTest.mouseMove(viewport, (p1 + p2) / 2)
-    QTest.mouseMove(viewport, p2)
-    QTest.mouseRelease(viewport, Qt.LeftButton, Qt.NoModifier, p2)
+    drag_box(window.canvas, gt)
     window.category_box.setEditText("box")
     save(window, "02-query.png")
 

@@ -67,3 +67,16 @@ def indexed_window(photos: Path, scratch: Path, prefs=None):
     window.show()
     wait(lambda: not window.controller.is_indexing and window.document is not None)
     return app, window, wait
+
+
+def drag_box(canvas, box) -> None:
+    """Draw `box` (image pixels) on the canvas with the mouse, as an annotator does."""
+    from PySide6.QtCore import QPointF, Qt
+    from PySide6.QtTest import QTest
+
+    viewport = canvas.viewport()
+    p1, p2 = (canvas.mapFromScene(QPointF(x, y)) for x, y in ((box.x, box.y), (box.x2, box.y2)))
+    QTest.mousePress(viewport, Qt.LeftButton, Qt.NoModifier, p1)
+    QTest.mouseMove(viewport, (p1 + p2) / 2)
+    QTest.mouseMove(viewport, p2)
+    QTest.mouseRelease(viewport, Qt.LeftButton, Qt.NoModifier, p2)

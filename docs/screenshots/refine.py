@@ -32,10 +32,7 @@ def main() -> int:
 
 
 def shoot(args, scratch: Path) -> int:
-    from PySide6.QtCore import QPointF, Qt
-    from PySide6.QtTest import QTest
-
-    from qt_waits import indexed_window, settle
+    from qt_waits import drag_box, indexed_window, settle
     from dasr_annotator.engine.types import Box
 
     manifest = json.loads((args.data / "manifest.json").read_text())
@@ -55,12 +52,7 @@ def shoot(args, scratch: Path) -> int:
     wait(lambda: window.current_image == query and window.canvas.image_size is not None)
     window.canvas.fit()
     gt = truth[query]
-    viewport = window.canvas.viewport()
-    p1, p2 = (window.canvas.mapFromScene(QPointF(x, y)) for x, y in ((gt.x, gt.y), (gt.x2, gt.y2)))
-    QTest.mousePress(viewport, Qt.LeftButton, Qt.NoModifier, p1)
-    QTest.mouseMove(viewport, (p1 + p2) / 2)
-    QTest.mouseMove(viewport, p2)
-    QTest.mouseRelease(viewport, Qt.LeftButton, Qt.NoModifier, p2)
+    drag_box(window.canvas, gt)
     window.category_box.setEditText("object")
     real_refine = window.controller.refine
 
