@@ -306,6 +306,11 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     # ... and once all are refined, the undecided hits are ordered by region and box score together,
     # the annotator staying on the hit they were at
     current = window.results.current_key()
+
+    def worth_reviewing():
+        return sum(e.status == PENDING and e.score >= window.results.threshold() for e in doc.hits.entries)
+
+    worth = worth_reviewing()
     qtbot.waitUntil(lambda: any(c.complete for c in chunks), timeout=120_000)
     window.controller.hitsRefined.disconnect(chunks.append)
     box_scores = {k: v for c in chunks for k, v in c.box_scores.items()}
@@ -314,6 +319,7 @@ def test_feedback_more_examples_and_labelled_marks(qtbot, tmp_path, indexed_fold
     for e in pending:
         assert e.score == pytest.approx(blended_score(e.hit.score, box_scores.get(e.key)))
     assert window.results.current_key() == current
+    assert worth_reviewing() == worth  # the scores changed scale, the threshold followed them
     # Newer decisions make a re-localisation still in flight stale: it is cancelled, not applied.
     received = []
     window.controller.hitsRelocated.connect(received.append)

@@ -283,11 +283,28 @@ class Review(QObject):
                    for e in hits.entries if e.status == PENDING and e.key in box_scores}
         if blended:
             current = self.window.results.current_key()
+            threshold = self.window.results.threshold()
+            worth = sum(e.status == PENDING and e.score >= threshold for e in hits.entries)
             self.doc.order_pending(blended)
+            self._keep_share_to_review(hits, worth)
             if current is not None:  # the annotator stays on the hit they were looking at
                 self.window.results.select_key(current)
-        self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}; undecided hits "
-                                            "ordered by how well their boxes match", 4000)
+        self.window.statusBar().showMessage(f"All {result.total} boxes refined; undecided hits ordered by box match",
+                                            4000)
+
+    def _keep_share_to_review(self, hits: HitSession, worth: int) -> None:
+        """After re-scoring, the slider spans the new scores and its threshold keeps as many
+        undecided hits worth reviewing as before (the scale changed, not the annotator's choice)."""
+        scores = [e.score for e in hits.entries]
+        pending = sorted((e.score for e in hits.entries if e.status == PENDING), reverse=True)
+        if worth >= len(pending):
+            threshold = min(scores)
+        elif worth == 0:
+            threshold = max(scores)
+        else:  # between the last hit worth reviewing and the next (the slider moves in steps)
+            threshold = (pending[worth - 1] + pending[worth]) / 2
+        self.window.results.set_range(min(scores), max(scores), threshold)
+        hits.threshold = self.window.results.threshold()
 
     # ---- propagating to neighbouring video frames ----------------------------------------------
     def propagation_source(self) -> tuple[tuple[str, Box, str] | None, str]:
@@ -583,7 +600,7 @@ class Review(QObject):
         self._shown, self.decisions = hits, 0
         if hits is None or not hits.entries:
             return
-        scores = [e.hit.score for e in hits.entries]
+        scores = [e.score for e in hits.entries]  # as ranked and shown (re-scoring changes them)
         w.results.set_range(min(scores), max(scores), hits.threshold)
         hits.threshold = w.results.threshold()
 
