@@ -350,11 +350,8 @@ class Document(QObject):
             if entry.box == entry.hit.box:
                 entry.box = new.box
             entry.hit, entry.score = new, float(new.score)
-        decided = [e for e in self.hits.entries if e.status != PENDING]
-        pending = sorted((e for e in self.hits.entries if e.status == PENDING), key=lambda e: -e.score)
-        self.hits.entries = decided + pending
         self.hits.reranked += 1
-        self.changed.emit(Change("hits", frozenset(e.image for e in self.hits.entries)))
+        self._sort_pending()
 
     def order_pending(self, scores: dict[int, float]) -> None:
         """New ranking scores for pending hits (key -> score; each keeps its hit, box and region
@@ -365,6 +362,10 @@ class Document(QObject):
         for entry in self.hits.entries:
             if entry.key in scores and entry.status == PENDING:
                 entry.score = float(scores[entry.key])
+        self._sort_pending()
+
+    def _sort_pending(self) -> None:
+        """Decided hits first (in their order), then the pending ones by score."""
         decided = [e for e in self.hits.entries if e.status != PENDING]
         pending = sorted((e for e in self.hits.entries if e.status == PENDING), key=lambda e: -e.score)
         self.hits.entries = decided + pending

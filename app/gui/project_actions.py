@@ -137,11 +137,10 @@ class ProjectActions(QObject):
             if w.document is not None:
                 w.document.sync()  # indexing moved labels of renamed photos in the labels file
         listed = [p for p in w.file_model.paths() if p not in w.extra_frames]
+        # the same photos: the list takes the engine's names (one copy of each in memory)
+        w.list_images(w.controller.images, w.project.frame_times)
         if w.controller.images != listed:  # photos added or removed meanwhile
-            w.list_images(w.controller.images, w.project.frame_times)
             w.update_file_counts()
-        else:  # the same photos: the list takes the engine's names (one copy of each in memory)
-            w.list_images(w.controller.images, w.project.frame_times)
 
     def _indexing_stopped(self, why: str) -> None:
         if why == "paused":

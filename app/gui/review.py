@@ -327,8 +327,11 @@ class Review(QObject):
                 ann = self.doc.annotation(key[4:])
                 return (image, ann.box, ann.category), ""
             if key.startswith("hit:") and hits is not None:
-                entry = next((e for e in hits.entries if e.key == int(key[4:])), None)
-                if entry is not None and entry.image == image and entry.status != REJECTED:
+                try:
+                    entry = hits.entry(int(key[4:]))
+                except KeyError:
+                    continue
+                if entry.image == image and entry.status != REJECTED:
                     return (image, entry.box, hits.category), ""
         labels = self.doc.annotations(image)
         if len(labels) == 1:
