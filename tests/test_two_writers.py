@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,12 @@ WRITER = textwrap.dedent("""
     from dasr_annotator.engine.store.annotations import AnnotationStore
     from dasr_annotator.engine.types import Box
 
-    path, name, seconds, start = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-    while time.time() < start:  # both writers begin together
+    path, name, seconds = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    # both writers begin together, however long each took to start (a loaded machine)
+    path.with_name(name + ".ready").touch()
+    while len(list(path.parent.glob("*.ready"))) < 2:
         time.sleep(0.001)
+    start = time.time()
     store = AnnotationStore.load(path)
     added, removed, merges, i = [], [], 0, 0
     while time.time() < start + seconds:
@@ -47,9 +49,8 @@ def test_two_processes_saving_labels_in_a_loop_lose_nothing(tmp_path):
     seed.save()
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    start = time.time() + 1.5
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    procs = [subprocess.Popen([sys.executable, str(script), str(path), name, "3", str(start)],
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), name, "3"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for name in ("window", "cli")]
     results = []
