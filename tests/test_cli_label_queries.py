@@ -196,3 +196,75 @@ def test_queries_do_not_mix_with_other_query_options(indexed, tmp_path):
     assert rc == 2 and "--import-coco takes no query options" in err
     rc, _, err = cli("label", photos, "--queries", path, "--category", "x")
     assert rc == 2 and "--accept-top N or --accept-above SCORE" in err
+
+
+# ---- label accepts what search lists (issue #24) ----------------------------------------------------
+def search_hits(photos, rel, box, top, *options) -> list[dict]:
+    rc, out, err = cli("search", photos, "--query", rel, "--box", ",".join(map(str, box)), "--top", top,
+                       *options, "--json")
+    assert rc == 0, err
+    return json.loads(out)["queries"][0]["hits"]
+
+
+def label_box(photos, rel, box, category, *options) -> list[dict]:
+    """The search hits a --query/--box label run recorded (the query box itself left out)."""
+    rc, out, err = cli("label", photos, "--query", rel, "--box", ",".join(map(str, box)), "--category", category,
+                       *options, "--json")
+    assert rc == 0, err
+    added = json.loads(out)["added"]
+    assert added[0]["source"] == "manual" and all(a["source"] == "search" for a in added[1:])
+    return added[1:]
+
+
+def same_hits(recorded: list[dict], listed: list[dict]) -> bool:
+    return ([a["image"] for a in recorded] == [h["image"] for h in listed]
+            and all(a["box"] == pytest.approx(h["box"], abs=1e-3) and a["score"] == pytest.approx(h["score"], abs=1e-6)
+                    for a, h in zip(recorded, listed)))
+
+
+def test_label_accept_top_records_the_first_hits_search_lists(indexed):
+    from dasr_annotator.app.cli.cmd_label import REFINE_POOL
+
+    photos, frames = indexed
+    rel, box = frames["Dog"][0]
+    listed = search_hits(photos, rel, box, REFINE_POOL)
+    assert len(listed) == len(photos_of(frames)) - 1  # every other photo: the pool covers this folder
+    region_order = sorted(listed, key=lambda h: -h["region_score"])
+    # the box score re-orders the list (else this test could not tell the orders apart)
+    assert [h["image"] for h in listed] != [h["image"] for h in region_order]
+    for n in (1, 4, 7):
+        recorded = label_box(photos, rel, box, f"dog top {n}", "--accept-top", n)
+        assert same_hits(recorded, listed[:n]), (n, recorded, listed[:n])
+
+
+def test_label_accept_above_records_the_hits_search_scores_above_the_cut(indexed, monkeypatch):
+    from dasr_annotator.engine.search.searcher import Searcher
+
+    photos, frames = indexed
+    rel, box = frames["Box"][0]
+    listed = search_hits(photos, rel, box, 100)
+    refined = []
+    plain_refine = Searcher.refine
+    monkeypatch.setattr(Searcher, "refine", lambda self, hits, *a, **kw: refined.append(len(hits))
+                        or plain_refine(self, hits, *a, **kw))
+    refined_per_cut = []
+    for k in (1, 3, 5):
+        cut = (listed[k - 1]["score"] + listed[k]["score"]) / 2
+        refined.clear()
+        recorded = label_box(photos, rel, box, f"box above {k}", "--accept-above", cut)
+        assert same_hits(recorded, [h for h in listed if h["score"] > cut]) and len(recorded) == k
+        # only photos whose region score could still blend above the cut are refined
+        assert refined == [sum(h["region_score"] > 2 * cut - 1 for h in listed)], refined
+        refined_per_cut.append(refined[0])
+    assert refined_per_cut[0] < len(listed), "the highest cut still refined every photo"
+
+
+def test_label_no_refine_records_the_best_by_region_score(indexed):
+    photos, frames = indexed
+    rel, box = frames["Surfer"][0]
+    listed = search_hits(photos, rel, box, 5, "--no-refine")
+    recorded = label_box(photos, rel, box, "surfer plain", "--accept-top", 5, "--no-refine")
+    assert same_hits(recorded, listed) and all("region_score" not in h for h in listed)
+    cut = (listed[1]["score"] + listed[2]["score"]) / 2
+    recorded = label_box(photos, rel, box, "surfer plain above", "--accept-above", cut, "--no-refine")
+    assert same_hits(recorded, listed[:2])

@@ -21,6 +21,17 @@ their score and the id of the query, which the store keeps with its positive and
 A box that matches an existing annotation of the category (IoU >= 0.9) is reported as a
 duplicate and not added.
 
+Which hits are accepted: the ones `search` lists first, with the scores it shows. Hit boxes are
+refined on zoomed crops of the photos (search/refine.py) and refined hits are ordered by the mean
+of region and box score (`refine.rank_by_box`), as `search`, `eval` and the window order them;
+so `--accept-top N` takes the first N of what `search --top max(N, 100)` lists for the same query
+(the 100 best images by region score are refined, then re-ordered), and `--accept-above S` takes
+every hit whose blended score, the `score` of `search --json`, is above S. A box score is at most
+1, so only images whose region score is above 2S - 1 are refined: a low S refines many photos.
+The score recorded with each label is that blended score. `--no-refine` keeps the boxes on the
+stored maps and takes the best hits by region score (recorded as their score), as before refining
+existed. With several positives the region score is the fused one (`--fusion`).
+
 `--import` brings in the labels of a label file or folder (`engine/store/formats/`): checked whole
 first (a box outside its photo, a negative size, an unknown photo or an unreadable file refuses
 it, each reason naming the file and line), then added with source "import", duplicates of
@@ -43,6 +54,12 @@ from dasr_annotator.engine.types import Box
 
 DUPLICATE_IOU = 0.9
 SEARCH_STEP = 100  # hits fetched at a time while looking for the --accept-above cut
+# Hits refined and re-ordered before --accept-top N takes the first N: the first N of what
+# `search --top max(N, REFINE_POOL)` lists (a hit whose box matches well can rise from far down).
+REFINE_POOL = 100
+# The largest box score (a cosine; the margin covers float rounding), bounding what a region
+# score can still reach once blended with one.
+BOX_SCORE_MAX = 1.0 + 1e-4
 MAX_REASONS = 20  # problems of a query file shown at most
 EXAMPLE_KEYS = ("id", "image", "box", "negative")
 REQUIRED_KEYS = ("id", "image", "box")
@@ -195,14 +212,9 @@ def run_query(args, project) -> int:
             query = query_from_box(searcher, project, query_image(project, args.query), args.box)
         positives, windows = _query_vectors(searcher, query.positives)
         negatives = _descriptors(searcher, query.negatives)
-        hits = accepted_hits(searcher, positives, negatives, query.exclude, args.accept_top, args.accept_above,
-                             args.fusion or "max")
-        # the regions chose the images; the boxes recorded are the re-localised ones (dasr/relocate.py),
-        # refined on zoomed crops of the photos (search/refine.py) unless asked not to
-        hits = searcher.relocate(hits, windows)
-        if not args.no_refine:
-            examples = [searcher.example(image, box) for image, box in query.positives]
-            hits = searcher.refine(hits, [e for e in examples if e is not None], windows)
+        examples = [] if args.no_refine else [searcher.example(image, box) for image, box in query.positives]
+        hits = chosen_hits(searcher, positives, negatives, windows, [e for e in examples if e is not None],
+                           query.exclude, args.accept_top, args.accept_above, args.fusion or "max")
     except (FileNotFoundError, UsageError, BoxError, NoIndex, WeightsMissing, DeviceUnavailable) as exc:
         print(f"dasr-annotator label: {exc}", file=sys.stderr)
         return 2
@@ -339,6 +351,32 @@ def _checked_example(item, where: str, project, reasons: list[str]) -> Example |
 
 
 # ---- ranking -----------------------------------------------------------------------------------
+def chosen_hits(searcher, positives: np.ndarray, negatives: np.ndarray | None, windows, examples: list,
+                exclude: set[str], top: int | None, above: float | None, fusion: str = "max") -> list:
+    """The hits to record, best first (module docstring, "Which hits are accepted").
+
+    Refined (`examples` given and the searcher can refine): the candidates `search` would list
+    for the query (the `max(top, REFINE_POOL)` best images by region score, or every image that
+    could still pass `above`), re-localised, refined and ordered by `refine.rank_by_box`; the cut
+    applies to that blended score, the one `search --json` shows. Otherwise (`--no-refine`): the
+    best by region score, boxes re-localised on the stored maps."""
+    from dasr_annotator.engine.search.refine import rank_by_box
+
+    if not examples or windows is None or searcher.refiner is None:
+        # the regions chose the images; the boxes are the re-localised ones (dasr/relocate.py)
+        return searcher.relocate(accepted_hits(searcher, positives, negatives, exclude, top, above, fusion), windows)
+    if top == 0:
+        return []
+    if top is not None:
+        candidates = accepted_hits(searcher, positives, negatives, exclude, max(top, REFINE_POOL), None, fusion)
+    else:
+        # the blend is the mean of region and box score, and a box score is a cosine (at most 1):
+        # a region score at or below 2 * above - 1 cannot pass, so paging stops there
+        candidates = accepted_hits(searcher, positives, negatives, exclude, None, 2 * above - BOX_SCORE_MAX, fusion)
+    ranked = rank_by_box(searcher.refine(searcher.relocate(candidates, windows), examples, windows))
+    return ranked[:top] if top is not None else [h for h in ranked if h.score > above]
+
+
 def accepted_hits(searcher, positives: np.ndarray, negatives: np.ndarray | None, exclude: set[str],
                   top: int | None, above: float | None, fusion: str = "max") -> list:
     """The `top` best hits, or every hit scoring above `above`, `exclude`d images left out.
