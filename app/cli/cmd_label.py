@@ -364,7 +364,8 @@ def chosen_hits(searcher, positives: np.ndarray, negatives: np.ndarray | None, w
 
     if not examples or windows is None or searcher.refiner is None:
         # the regions chose the images; the boxes are the re-localised ones (dasr/relocate.py)
-        return searcher.relocate(accepted_hits(searcher, positives, negatives, exclude, top, above, fusion), windows)
+        hits = accepted_hits(searcher, positives, negatives, exclude, top, above, fusion)
+        return searcher.relocate(hits, windows)
     if top == 0:
         return []
     if top is not None:
