@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 
+import pytest
+
 from dasr_annotator.app.main import main
 from dasr_annotator.engine.project.project import Project
 from dasr_annotator.engine.types import Box
@@ -83,3 +85,42 @@ def test_labels_of_a_renamed_video_follow_frame_by_frame_and_resampling_moves_no
     assert after == {labels[2]: "renamed.mp4#frame=2", labels[4]: "renamed.mp4#frame=4"}
     sampled = set(Project.open(photos).scan())
     assert {m["file"] for m in report["missing_labelled"]} == {n for n in after.values() if n not in sampled}
+
+
+def test_a_photo_changed_while_it_was_extracted_is_kept_without_hash_or_map(dev_data, dev_manifest, tmp_path,
+                                                                            one_torch_thread):
+    """The per-photo step local and Ray indexing share (extraction.finish_photo): a photo whose
+    file changed after it was planned keeps its regions but no content hash (so it is extracted
+    again and never matched by content) and no relocation map; a photo gone is skipped with a reason."""
+    from dasr_annotator.engine.dasr.extractor import Extractor
+    from dasr_annotator.engine.project.extraction import finish_photo, skip_reason
+    from dasr_annotator.engine.store.collection import FileEntry, content_hash, fingerprint
+    from dasr_annotator.engine.store.imageio import load_image
+
+    extractor = Extractor(device="cpu", max_side=96)
+    first, second = (dev_data / i["images"][0]["file"] for i in dev_manifest["instances"][:2])
+    path = tmp_path / "a.jpg"
+    shutil.copy(first, path)
+
+    def finish(planned):
+        image = load_image(path, max_side=96)
+        return finish_photo(extractor, "a.jpg", planned, path, image, extractor.extract(image))
+
+    planned = fingerprint(path)
+    photo = finish(planned)
+    assert photo.entry == FileEntry("a.jpg", planned.size, planned.mtime_ns, content_hash(path),
+                                    photo.regions.width, photo.regions.height)
+    assert photo.regions.regions and photo.relocation_map is not None
+    assert photo.regions.relocation_map is None  # the map is stored apart from the regions
+
+    shutil.copy(second, path)  # the file changes between planning and hashing
+    changed = finish(planned)
+    assert changed.entry.sha256 == "" and changed.relocation_map is None
+    assert (changed.entry.size, changed.entry.mtime_ns) == (planned.size, planned.mtime_ns)
+
+    image = load_image(path, max_side=96)
+    regions = extractor.extract(image)
+    path.unlink()
+    with pytest.raises(OSError) as gone:
+        finish_photo(extractor, "a.jpg", planned, path, image, regions)
+    assert skip_reason(gone.value).startswith("cannot read the file:")

@@ -2,8 +2,9 @@
 
 Ray Data reads the list of photos to extract and streams it through a pool of extractor actors,
 one model each (one per GPU when the cluster has GPUs, else one per CPU core, as local indexing
-extracts one photo per core). The driver receives each photo's regions and relocation map and
-commits them through the project's own path (`Project.update_index` with this module's extraction
+extracts one photo per core). Each worker finishes its photos with `extraction.finish_photo` and
+the driver keeps them with `extraction.keep_photo`, the per-photo steps of local indexing (what is
+stored per photo is decided there once), and commits them through the project's own path (`Project.update_index` with this module's extraction
 in place of `extraction.extract_images`): the same shards, catalog, maps, whitening and index that
 local indexing writes, so the window and `search` open the project unchanged, and a killed driver
 is resumed by the next run, local or on Ray, which skips the photos already committed.
@@ -32,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from dasr_annotator.engine.dasr.relocate import FeatureMap
-from dasr_annotator.engine.search.map_cache import MapCache
-from dasr_annotator.engine.store.collection import FileEntry, content_hash, fingerprint
+from dasr_annotator.engine.project.extraction import (ExtractedPhoto, finish_photo, keep_photo, relocation_maps,
+                                                      skip_reason)
+from dasr_annotator.engine.store.collection import Fingerprint
 from dasr_annotator.engine.store.imageio import ImageError, load_image
 from dasr_annotator.engine.types import CancelFn, Cancelled, ProgressFn, never_cancel, no_progress
 
@@ -113,8 +115,8 @@ class PhotoExtractor:
     """A Ray Data actor: one Extractor (one model), turning batches of photo names into regions.
 
     A batch is columns `rel`, `size`, `mtime_ns` (the fingerprint the driver planned with); each
-    output row is `rel` and `result`, a pickled dict with the FileEntry fields and the regions and
-    relocation map, or the reason the photo was skipped."""
+    output row is `rel` and `result`, a pickled dict: the photo's FileEntry, regions and relocation
+    map (as arrays), as `extraction.finish_photo` makes them, or the reason it was skipped."""
 
     def __init__(self, extractor_args: dict, device: str, root: str):
         import torch
@@ -131,7 +133,7 @@ class PhotoExtractor:
 
     def __call__(self, batch: dict) -> dict:
         rels = [str(r) for r in batch["rel"]]
-        planned = [(int(s), int(m)) for s, m in zip(batch["size"], batch["mtime_ns"])]
+        planned = [Fingerprint(int(s), int(m)) for s, m in zip(batch["size"], batch["mtime_ns"])]
         paths = [self.root / rel for rel in rels]
         if self.on_gpu:  # decoding on one thread would starve a GPU
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(paths)))) as pool:
@@ -148,7 +150,7 @@ class PhotoExtractor:
         else:
             extracted = [self.extractor.extract(image) for _, image in images]
         for (i, image), regions in zip(images, extracted):
-            results[i] = self._finish(paths[i], planned[i], image, regions)
+            results[i] = self._finish(rels[i], paths[i], planned[i], image, regions)
         return {"rel": np.array(rels, dtype=object),
                 "result": np.array([pickle.dumps(r, protocol=5) for r in results], dtype=object)}
 
@@ -156,26 +158,16 @@ class PhotoExtractor:
         """The decoded photo, or why it cannot be read (the same reasons local indexing gives)."""
         try:
             return load_image(path, max_side=self.max_side)
-        except ImageError as exc:
-            return exc.reason
-        except OSError as exc:
-            return f"cannot read the file: {exc.strerror or exc}"
+        except (ImageError, OSError) as exc:
+            return skip_reason(exc)
 
-    def _finish(self, path: Path, planned: tuple[int, int], image, regions) -> dict:
+    def _finish(self, rel: str, path: Path, planned: Fingerprint, image, regions) -> dict:
         try:
-            # hashed after extraction, as locally: if the file changed meanwhile the hash may not
-            # match the regions, so none is recorded
-            digest = content_hash(path)
-            now = fingerprint(path)
-            digest = digest if (now.size, now.mtime_ns) == planned else ""
+            photo = finish_photo(self.extractor, rel, planned, path, image, regions)
         except OSError as exc:
-            return {"skip": f"cannot read the file: {exc.strerror or exc}"}
-        fmap = regions.relocation_map
-        if fmap is None and hasattr(self.extractor, "relocation_map"):
-            fmap = self.extractor.relocation_map(image)
-        regions.relocation_map = None  # travels as arrays, below
-        return {"sha256": digest, "width": regions.width, "height": regions.height, "regions": regions,
-                "map": None if fmap is None else fmap.to_arrays()}
+            return {"skip": skip_reason(exc)}
+        fmap = photo.relocation_map  # travels as arrays
+        return {"entry": photo.entry, "regions": photo.regions, "map": None if fmap is None else fmap.to_arrays()}
 
 
 @dataclass
@@ -229,8 +221,7 @@ class RayExtraction:
             fn_constructor_kwargs={"extractor_args": self.extractor_args, "device": device,
                                    "root": str(project.photos)},
             **resources)
-        maps = (MapCache(None, extractor.relocation_config(), project.state_dir)
-                if hasattr(extractor, "relocation_config") else None)
+        maps = relocation_maps(project, extractor)
         wanted = {rel: fp for rel, fp in todo}
         received: set[str] = set()
         batch, failed, started = [], [], time.monotonic()
@@ -252,11 +243,8 @@ class RayExtraction:
                 if "skip" in result:
                     failed.append({"file": rel, "reason": result["skip"]})
                 else:
-                    fp = wanted[rel]
-                    batch.append((FileEntry(rel, fp.size, fp.mtime_ns, result["sha256"], result["width"],
-                                            result["height"]), result["regions"]))
-                    if maps is not None and result["sha256"] and result["map"] is not None:
-                        maps.put(project.path_of(rel), FeatureMap.from_arrays(result["map"]))
+                    fmap = None if result["map"] is None else FeatureMap.from_arrays(result["map"])
+                    keep_photo(project, ExtractedPhoto(result["entry"], result["regions"], fmap), batch, maps)
                 progress(len(received), len(todo))
                 if len(batch) >= batch_files or time.monotonic() - started >= batch_seconds:
                     flush()

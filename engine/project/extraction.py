@@ -1,5 +1,10 @@
 """Extracting a project's new or changed photos: decoding ahead on threads, one photo per CPU core
-(or groups on a GPU), shards committed as batches finish so a killed run loses at most one batch."""
+(or groups on a GPU), shards committed as batches finish so a killed run loses at most one batch.
+
+What is kept of each photo is decided here once, for this process and for the Ray workers
+(engine/project/cluster.py) alike: `skip_reason` says why an unreadable photo is skipped,
+`finish_photo` turns an extracted photo into its catalog entry, regions and relocation map, and
+`keep_photo` adds them to the batch being written and to the map cache."""
 from __future__ import annotations
 
 import contextlib
@@ -7,11 +12,65 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
+from dasr_annotator.engine.dasr.relocate import FeatureMap
 from dasr_annotator.engine.search.map_cache import MapCache
-from dasr_annotator.engine.store.collection import FileEntry, RegionStore, content_hash, fingerprint
+from dasr_annotator.engine.store.collection import FileEntry, Fingerprint, RegionStore, content_hash, fingerprint
 from dasr_annotator.engine.store.imageio import ImageError, load_image
-from dasr_annotator.engine.types import Cancelled
+from dasr_annotator.engine.types import Cancelled, ImageRegions
+
+
+@dataclass
+class ExtractedPhoto:
+    """What indexing stores for one photo: its catalog entry (fingerprint as planned, content
+    hash, oriented size), its regions, and its relocation map (None when the extractor makes
+    none, or when the file changed during extraction and so has no content hash)."""
+
+    entry: FileEntry
+    regions: ImageRegions
+    relocation_map: FeatureMap | None
+
+
+def skip_reason(exc: ImageError | OSError) -> str:
+    """Why a photo that cannot be decoded or read is skipped (the index report's reason)."""
+    if isinstance(exc, ImageError):
+        return exc.reason
+    return f"cannot read the file: {exc.strerror or exc}"
+
+
+def finish_photo(extractor, rel: str, planned: Fingerprint, path: Path, image, regions: ImageRegions
+                 ) -> ExtractedPhoto:
+    """The photo `rel` at `path`, planned with fingerprint `planned`, decoded as `image` and
+    extracted as `regions`, made ready to store. Raises OSError when the file cannot be read."""
+    # hashed after extraction (a refused image costs no read); if the file changed meanwhile the
+    # hash may not match the regions: record none, and no map either
+    digest = content_hash(path)
+    digest = digest if fingerprint(path) == planned else ""
+    fmap = getattr(regions, "relocation_map", None)
+    regions.relocation_map = None  # stored apart from the regions, in the map cache
+    if not digest:
+        fmap = None
+    elif fmap is None and hasattr(extractor, "relocation_map"):
+        fmap = extractor.relocation_map(image)
+    entry = FileEntry(rel, planned.size, planned.mtime_ns, digest, regions.width, regions.height)
+    return ExtractedPhoto(entry, regions, fmap)
+
+
+def relocation_maps(project, extractor) -> MapCache | None:
+    """Where indexing stores the photos' relocation maps, so that the first search need not make
+    them (search/map_cache.py); None for an extractor without them."""
+    if not hasattr(extractor, "relocation_config"):
+        return None
+    return MapCache(None, extractor.relocation_config(), project.state_dir)
+
+
+def keep_photo(project, photo: ExtractedPhoto, batch: list, maps: MapCache | None) -> None:
+    """Add `photo` to `batch` (the next shard's (entry, regions)) and its map to `maps`."""
+    batch.append((photo.entry, photo.regions))
+    if maps is not None and photo.relocation_map is not None:
+        maps.put(project.path_of(photo.entry.file), photo.relocation_map)
 
 
 def extract_images(project, extractor, todo, store: RegionStore, progress, cancel, pause, batch_files: int,
@@ -31,9 +90,7 @@ def extract_images(project, extractor, todo, store: RegionStore, progress, cance
     # starve it. On a CPU the cores are busy extracting and one decoder keeps ahead.
     decoders = min(8, os.cpu_count() or 1) if on_gpu else 1
     batch, failed, done, started = [], [], 0, time.monotonic()
-    # relocation maps are made now, so that the first search need not (search/map_cache.py)
-    maps = (MapCache(None, extractor.relocation_config(), project.state_dir)
-            if hasattr(extractor, "relocation_map") else None)
+    maps = relocation_maps(project, extractor)
     progress(0, len(todo))
 
     def flush():
@@ -43,10 +100,7 @@ def extract_images(project, extractor, todo, store: RegionStore, progress, cance
         batch, started = [], time.monotonic()
 
     def skip(rel, exc):
-        if isinstance(exc, ImageError):
-            failed.append({"file": rel, "reason": exc.reason})
-        else:
-            failed.append({"file": rel, "reason": f"cannot read the file: {exc.strerror or exc}"})
+        failed.append({"file": rel, "reason": skip_reason(exc)})
 
     def extract_group(group):
         images = [image for _, _, _, image in group]
@@ -57,18 +111,12 @@ def extract_images(project, extractor, todo, store: RegionStore, progress, cance
         nonlocal done
         for (rel, fp, path, image), regions in zip(group, results):
             try:
-                # hashed after extraction (a refused image costs no read); if the file
-                # changed meanwhile the hash may not match the regions: record none
-                digest = content_hash(path)
-                digest = digest if fingerprint(path) == fp else ""
+                photo = finish_photo(extractor, rel, fp, path, image, regions)
             except OSError as exc:
                 skip(rel, exc)
                 continue
-            batch.append((FileEntry(rel, fp.size, fp.mtime_ns, digest, regions.width, regions.height), regions))
+            keep_photo(project, photo, batch, maps)
             done += 1
-            if maps is not None and digest:
-                fmap = getattr(regions, "relocation_map", None)
-                maps.put(path, fmap if fmap is not None else extractor.relocation_map(image))
 
     def finish_running():
         """Keep what the groups in flight produce (a cancel or pause waits for them)."""
