@@ -44,6 +44,35 @@ def test_image_names():
     assert {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"} <= set(imageio.IMAGE_EXTENSIONS)
 
 
+AWKWARD_NAMES = ["IMG_0001.JPG", "holiday.2019.final.jpeg", "a.b.c.Png", ".jpg", "photo.", "photo..jpg", "jpg",
+                 "dir.with.dots/photo", "dir.jpg/notes.txt", "dir/sub.d/Clip.MOV", "clip.mp4#frame=12",
+                 "photo.jpg.part", "photo.tar.gz", "..", ".hidden.webp", "x/", "trailing.gif/", "",
+                 "caf\udce9.JPG", "spaces in name .TIFF"]
+
+
+def test_name_suffix_is_the_paths_suffix_and_decides_what_is_a_photo_or_a_video(tmp_path):
+    """The scan asks every file name whether it is a photo or a video (is_image_name,
+    is_video_name) without making a Path; the answer is the Path's."""
+    from dasr_annotator.engine.store.collection import scan_images
+    from dasr_annotator.engine.store.video import VIDEO_EXTENSIONS, is_video_name
+
+    for name in AWKWARD_NAMES:
+        assert imageio.name_suffix(name) == Path(name).suffix.lower(), name
+        assert imageio.name_suffix(os.fsencode(name)) == Path(name).suffix.lower(), name
+        assert is_image_name(name) == (Path(name).suffix.lower() in imageio.IMAGE_EXTENSIONS), name
+        assert is_video_name(name) == (Path(name).suffix.lower() in VIDEO_EXTENSIONS), name
+    assert is_video_name("dir/sub.d/Clip.MOV") and not is_video_name("clip.mp4#frame=12")
+
+    for name in ("IMG_0001.JPG", "holiday.2019.final.jpeg", "a.b.c.Png", ".jpg", "photo.", "photo..jpg",
+                 "notes.txt", ".hidden.webp", "spaces in name .TIFF"):
+        (tmp_path / name).write_bytes(b"")  # scanning lists names; nothing is read
+    (tmp_path / "dir.jpg").mkdir()
+    (tmp_path / "dir.jpg" / "inside.Gif").write_bytes(b"")
+    assert scan_images(tmp_path).files == sorted(["IMG_0001.JPG", "holiday.2019.final.jpeg", "a.b.c.Png",
+                                                  "photo..jpg", ".hidden.webp", "spaces in name .TIFF",
+                                                  "dir.jpg/inside.Gif"])
+
+
 def test_every_loadable_awkward_image_loads_with_its_size_and_colours(awkward):
     root, cases = awkward
     failures = []

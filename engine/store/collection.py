@@ -26,9 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from dasr_annotator.engine.store.imageio import IMAGE_EXTENSIONS, ImageError
-from dasr_annotator.engine.store.video import (DEFAULT_VIDEO_FPS, VIDEO_EXTENSIONS, frame_name, is_video_name,
-                                               media_file, probe_video)
+from dasr_annotator.engine.store.imageio import ImageError, is_image_name
+from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS, frame_name, is_video_name, media_file, probe_video
 from dasr_annotator.engine.store.storage import ProjectFileError, atomic_write_bytes, read_json
 from dasr_annotator.engine.types import ImageRegions
 
@@ -77,9 +76,9 @@ def scan_images(root: Path, video_fps: float = DEFAULT_VIDEO_FPS,
         dirs[:] = sorted(d for d in dirs if d != STATE_FOLDER)
         rel_folder = Path(folder).relative_to(root).as_posix()
         prefix = "" if rel_folder == "." else rel_folder + "/"  # plain strings: 100k Path objects cost seconds
-        here = [prefix + n for n in names if _suffix(n) in IMAGE_SUFFIXES]
+        here = [prefix + n for n in names if is_image_name(n)]
         times: dict[str, float] = {}
-        for n in sorted(n for n in names if _suffix(n) in VIDEO_SUFFIXES):
+        for n in sorted(n for n in names if is_video_name(n)):
             rel = prefix + n
             try:
                 info = probe_video(Path(folder) / n)
@@ -94,16 +93,6 @@ def scan_images(root: Path, video_fps: float = DEFAULT_VIDEO_FPS,
         if on_folder is not None and here:
             on_folder(sorted(here), times)
     return ScanResult(sorted(files), problems, frame_times)
-
-
-IMAGE_SUFFIXES, VIDEO_SUFFIXES = frozenset(IMAGE_EXTENSIONS), frozenset(VIDEO_EXTENSIONS)
-
-
-def _suffix(name: str) -> str:
-    """`Path(name).suffix.lower()` (what is_image_name and is_video_name test) for a bare file
-    name, without making a Path: a scan asks it for every file."""
-    dot = name.rfind(".")
-    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
 def write_json(path: Path, obj, backup: bool = True) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dasr_annotator.engine.store.imageio import MAX_DECODE_PIXELS, ImageError, LoadedImage
+from dasr_annotator.engine.store.imageio import MAX_DECODE_PIXELS, ImageError, LoadedImage, name_suffix
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm")
 DEFAULT_VIDEO_FPS = 1.0  # frames sampled per second of video, unless a folder says otherwise
@@ -39,7 +39,10 @@ _PROBE_MEMORY = 64  # probed videos remembered per process
 
 def is_video_name(path: str | bytes | os.PathLike) -> bool:
     """True when the file name has one of VIDEO_EXTENSIONS (case-insensitive)."""
-    return Path(os.fsdecode(path)).suffix.lower() in VIDEO_EXTENSIONS
+    return name_suffix(path) in _VIDEO_SUFFIXES
+
+
+_VIDEO_SUFFIXES = frozenset(VIDEO_EXTENSIONS)
 
 
 def frame_name(video: str, frame: int) -> str:
