@@ -5,6 +5,8 @@ links to the dev photos (benchmarks/window_scale.py measures 100k)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -216,6 +218,16 @@ def test_the_image_loader_drops_requests_not_started(qapp, qtbot, dev_data):
 
 
 # ---- the window -----------------------------------------------------------------------------
+def test_the_window_module_loads_no_torch_or_faiss():
+    """torch and faiss load on the engine thread while the first photo shows; imported with the
+    window's own modules they would hold the start-up for seconds (7 s for 100k photos here)."""
+    code = ("import sys; from dasr_annotator.app.gui import main_window; "
+            "print(sorted(m for m in ('torch', 'faiss') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_a_large_folder_opens_with_a_virtual_list_scanned_off_the_ui_thread(qtbot, tmp_path, dev_data, window_on,
                                                                            monkeypatch):
     photos = linked_folder(tmp_path / "photos", dev_data, 3 * PER_FOLDER)
