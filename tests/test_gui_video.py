@@ -12,6 +12,7 @@ from dasr_annotator.app.gui import settings as app_settings
 from dasr_annotator.app.gui.document import ACCEPTED, PENDING
 from dasr_annotator.app.gui.main_window import MainWindow
 from dasr_annotator.engine.project.project import Project
+from dasr_annotator.engine.store.collection import scan_images
 from dasr_annotator.engine.types import Box
 from dasr_annotator.widgets.file_list import FileListModel, StatusRole
 from dasr_annotator.widgets.result_grid import HitListModel, HitRow
@@ -77,6 +78,37 @@ def test_window_lists_the_video_and_shows_its_frames(qtbot, folder, window_on): 
     assert window.current_image == FRAMES[2]
     window.step_image(1)
     assert window.current_image == "photo.jpg"
+
+
+def test_frames_are_in_frame_number_order_in_the_scan_and_the_window(qtbot, tmp_path, dev_data, window_on):  # noqa: F811
+    """A video of 12 sampled frames among photos: frame 10 comes after frame 8, not after frame 0
+    (plain string order), in the scan, the file list, stepping and frames added later."""
+    photos = tmp_path / "photos"
+    (photos / "clips").mkdir(parents=True)
+    frames = [rgb for rgb, _ in dev_frames(dev_data, 24)]
+    Image.fromarray(frames[0]).save(photos / "clips" / "a.jpg")
+    Image.fromarray(frames[1]).save(photos / "clips" / "c.jpg")
+    dev_clip(photos / "clips" / "b.mp4", frames, fps=2)
+    sampled = [f"clips/b.mp4#frame={n}" for n in range(0, 24, 2)]  # 1 frame per second of a 12 s clip
+    listed = ["clips/a.jpg", *sampled, "clips/c.jpg"]
+    assert scan_images(photos).files == listed
+
+    window = window_on(photos, prefs=app_settings.Preferences(device="cpu", max_side=128))
+    qtbot.waitUntil(lambda: window.document is not None, timeout=60_000)
+    model = window.file_model
+    assert model.paths() == listed
+    wait_for_image(qtbot, window, sampled[4])  # frame 8: its video expands
+    assert [model.image_at(row) for row in range(2, 14)] == sampled
+    assert shown(model)[6:8] == ["    0:04.0  · frame 8", "    0:05.0  · frame 10"]
+    window.add_video_frames({"clips/b.mp4#frame=19": 9.5, "clips/b.mp4#frame=9": 4.5})
+    assert model.paths()[5:8] == ["clips/b.mp4#frame=8", "clips/b.mp4#frame=9", "clips/b.mp4#frame=10"]
+    assert model.paths()[11:14] == ["clips/b.mp4#frame=18", "clips/b.mp4#frame=19", "clips/b.mp4#frame=20"]
+    assert model.row_of("clips/b.mp4#frame=9") == model.row_of("clips/b.mp4#frame=8") + 1
+    window.step_image(1)
+    assert window.current_image == "clips/b.mp4#frame=9"
+    window.step_image(1)
+    assert window.current_image == "clips/b.mp4#frame=10"
+    assert window.file_view.currentIndex().row() == model.row_of("clips/b.mp4#frame=10") == 8
 
 
 def test_video_sampling_and_propagation_span_are_set_in_settings(qtbot, folder, window_on, monkeypatch):  # noqa: F811

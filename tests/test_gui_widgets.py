@@ -171,7 +171,7 @@ def test_zoom_steps_wheel_and_fit(canvas):
 # ---- models and panels ------------------------------------------------------------------------
 def test_file_list_status_and_lazy_thumbnails(qapp, qtbot):
     model = FileListModel()
-    model.set_images(["a.jpg", "sub/b.jpg", "c.jpg"])
+    model.set_images(["a.jpg", "sub/b.jpg", "sub/c.jpg"])
     model.set_counts({"a.jpg": 2}, {"sub/b.jpg": 1})
     statuses = [model.index(r).data(StatusRole) for r in range(3)]
     assert statuses == [LABELLED, PENDING, UNLABELLED]

@@ -18,7 +18,8 @@ from dasr_annotator.engine.project.project import Project
 from dasr_annotator.engine.store.coco import export_coco, import_coco
 from dasr_annotator.engine.store.collection import content_hash, fingerprint, scan_images
 from dasr_annotator.engine.store.imageio import ImageError, image_size, load_image
-from dasr_annotator.engine.store.video import (format_time, frame_name, media_file, probe_video, split_frame_name)
+from dasr_annotator.engine.store.video import (format_time, frame_name, media_file, order_key, probe_video,
+                                               split_frame_name)
 from dasr_annotator.engine.types import Box
 from tests.video_clips import audio_only, av_clip, dev_clip, dev_frames, numbered
 
@@ -331,3 +332,15 @@ def test_cli_propagates_a_box_to_neighbouring_frames_nearest_first(indexed_clips
     overlaps = [_iou(h["box"], truth["box"][int(h["image"].split("=")[1])]) for h in propagated]
     # dev frames lie 5+ tracker frames apart, so the box moves a lot between clip frames
     assert min(overlaps) > 0.15 and np.mean(overlaps) > 0.35, overlaps
+
+
+def test_the_collection_order_puts_frames_by_number_at_their_video_s_place():
+    names = ["b.jpg", "clip.mp4#frame=10", "clip.mp4#frame=9", "clip.mp4.jpg", "clip.mp4 b.jpg", "a.jpg",
+             "clip.mp4#frame=100", "clip.mp4#frame=0", "c.MOV#frame=2", "c.MOV#frame=11", "d#e.jpg", "clip.mp4#frame=009"]
+    assert sorted(names, key=order_key) == [
+        "a.jpg", "b.jpg", "c.MOV#frame=2", "c.MOV#frame=11", "clip.mp4#frame=0", "clip.mp4#frame=9",
+        "clip.mp4#frame=009", "clip.mp4#frame=10", "clip.mp4#frame=100", "clip.mp4 b.jpg", "clip.mp4.jpg", "d#e.jpg"]
+    # the key reads a frame name exactly as split_frame_name does (it skips the regular expression)
+    for name in names + [".mp4#frame=3", "g.txt#frame=3", "h.mp4#frame=1#frame=2", "i.webm#frame=٣", "j.mp4#frame=²",
+                         "k.mp4x#frame=1", "f.mp4#frame=3.jpg", "c.mov#frame="]:
+        assert (order_key(name) != name) == (split_frame_name(name) is not None), name

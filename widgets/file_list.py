@@ -4,7 +4,8 @@ The model holds no annotations: the window tells it each image's counts. It is b
 of 100k photos and more: the view asks only for the rows it paints (uniform item sizes), a row is
 the image's path string and nothing else (counts and problems are kept only for the images that
 have them, a path's row is found by bisection in the sorted list), thumbnails are asked for
-(`thumbnailWanted`) only when a row is first painted and at most THUMB_CACHE of them are kept,
+(`thumbnailWanted`) only when a row is first painted and at most THUMB_CACHE of them are kept
+(decoded at the size shown by the window's loader: the UI thread only wraps them),
 and a folder's list may arrive in batches (`append_images`) while it is still being scanned.
 
 A video's sampled frames (`clip.mp4#frame=N`) are listed as one row for the video, with the
@@ -14,15 +15,15 @@ frame's time. `paths()` stays every image and frame in order (for stepping throu
 """
 from __future__ import annotations
 
-from bisect import bisect, bisect_left
+from bisect import bisect_left
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QSize, Qt, Signal
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QListView, QStyle, QStyledItemDelegate
 
-from dasr_annotator.engine.store.video import format_time, split_frame_name
+from dasr_annotator.engine.store.video import format_time, order_key, split_frame_name, video_order_key
 
 THUMB_PX = 56
 THUMB_CACHE = 1000  # thumbnails kept (~10 KB each); scrolled-away ones are asked for again
@@ -60,8 +61,12 @@ class VideoGroup:
     """One video's frames, listed as one row unless expanded."""
 
     video: str
-    frames: list[str] = field(default_factory=list)
+    frames: list[str] = field(default_factory=list)  # in `order_key` order
     expanded: bool = False
+
+    @property
+    def key(self) -> str:
+        return video_order_key(self.video)
 
     def totals(self, state_of) -> ImageState:
         """The video's counts: the sums over its frames (a problem only if every frame has one)."""
@@ -81,72 +86,141 @@ class FileListModel(QAbstractListModel):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._order: list[str] = []  # every image and frame
-        self._sorted = True  # `_order` is sorted: a path's position is found by bisection
-        self._positions: dict[str, int] | None = None  # else path -> position, made when first needed
+        self._order: list[str] = []  # every image and frame, in `order_key` order
         self._labels: dict[str, int] = {}  # only images with labels ...
         self._pending: dict[str, int] = {}  # ... with hits waiting ...
         self._problems: dict[str, str] = {}  # ... or that cannot be read
         self._groups: dict[str, VideoGroup] = {}
         self._times: dict[str, float] = {}
         # Rows: without videos `_visible` is `_order` itself (no second list); with videos it
-        # lists an image or frame path, or a VideoGroup, per row, and `_rows` maps paths to rows.
+        # lists an image or frame path, or a VideoGroup, per row, in the same order (a group
+        # where its video's frames begin, an expanded video's frames after it): a path's row is
+        # found by bisection either way.
         self._visible: list = self._order
-        self._rows: dict[str, int] = {}
-        self._group_rows: dict[str, int] = {}
         self._thumbs: OrderedDict[str, QPixmap] = OrderedDict()
         self._asked: set[str] = set()
 
     # ---- filling ----------------------------------------------------------------------------
     def set_images(self, paths: list[str], frame_times: dict[str, float] | None = None) -> None:
-        """`paths` in order; video frames (`clip.mp4#frame=N`) grouped under their video, shown
-        with their time from `frame_times` (seconds) when given. The same paths again keep the
-        rows as they are (counts, thumbnails, expanded videos) and only take the new strings."""
+        """`paths` (listed in `order_key` order whatever their order here); video frames
+        (`clip.mp4#frame=N`) grouped under their video, shown with their time from
+        `frame_times` (seconds) when given. The same paths again keep the rows as they are
+        (counts, thumbnails, expanded videos) and only take the new strings; other paths reset
+        the list, keeping the thumbnails of the images still listed."""
         times = dict(frame_times or {})
         if paths == self._order and times == self._times:
             self._adopt(paths)
             return
         self.beginResetModel()
-        self._order = list(paths)
+        self._order = sorted(paths, key=order_key)
         self._times = times
-        self._sorted = _is_sorted(self._order)
-        self._positions = None
         self._groups = {}
         self._visible = self._order
-        self._rows, self._group_rows = {}, {}
-        for counts in (self._labels, self._pending, self._problems):
-            for gone in [p for p in counts if self._position(p) < 0]:
-                del counts[gone]
-        self._thumbs.clear()
+        for kept in (self._labels, self._pending, self._problems, self._thumbs):
+            for gone in [p for p in kept if self._position(p) < 0]:
+                del kept[gone]
         self._asked.clear()
         if any(split_frame_name(p) is not None for p in self._order if "#" in p):
             self._group_videos()
         self.endResetModel()
 
     def append_images(self, paths: list[str], frame_times: dict[str, float] | None = None) -> None:
-        """Add `paths` after the images listed so far (a folder listed in batches)."""
-        if not paths:
-            return
-        if self._groups or any(split_frame_name(p) is not None for p in paths if "#" in p):
-            self.set_images(self._order + list(paths), {**self._times, **(frame_times or {})})
-            return
-        first = len(self._order)
-        self.beginInsertRows(QModelIndex(), first, first + len(paths) - 1)
-        self._sorted = self._sorted and (first == 0 or self._order[-1] < paths[0]) and _is_sorted(paths)
-        self._order.extend(paths)
-        self._positions = None
-        self.endInsertRows()
+        """Add `paths` to the images listed so far (a folder listed in batches), each at its place
+        in the order: only the new rows are inserted, the rows there keep their thumbnails and the
+        view its current row and selection."""
+        self._times.update(frame_times or {})
+        self._insert(paths)
+
+    def add_frames(self, frame_times: dict[str, float]) -> list[str]:
+        """List frames of listed videos that are not listed yet (frame -> seconds; e.g. those a
+        label was propagated to, sampled finer than the folder), each under its video in frame
+        order; returns the frames added. One merge per call, whatever the number of frames."""
+        wanted = {}
+        for path, seconds in frame_times.items():
+            ref = split_frame_name(path)
+            if ref is not None and ref.video in self._groups:
+                wanted[path] = seconds  # (a frame listed already has the same time)
+        self._times.update(wanted)
+        return self._insert(list(wanted))
+
+    def _insert(self, paths: list[str]) -> list[str]:
+        """Merge the paths not listed yet into the list; one row insertion per run of rows that
+        land together (the work grows with the paths added and the runs, not per path with the
+        list). Returns the paths added, in order."""
+        new = sorted(set(paths), key=order_key)
+        if not new:
+            return []
+        keys = [order_key(p) for p in new]
+        if self._order and keys[0] <= order_key(self._order[-1]):  # not simply after the end
+            keep = [self._position(p) < 0 for p in new]
+            new = [p for p, k in zip(new, keep) if k]
+            keys = [k for k, wanted in zip(keys, keep) if wanted]
+            if not new:
+                return []
+        frames = [split_frame_name(p) if "#" in p else None for p in new]
+        if self._visible is self._order:
+            if not any(frames):  # the rows are the list: insert into it
+                self._insert_runs(self._order, new, keys, order_key)
+                return new
+            self._visible = list(self._order)  # the first video: the rows become a list of their own
+        self._order = _merged(self._order, new, keys)
+        shown, shown_keys, touched = [], [], set()
+        for path, key, ref in zip(new, keys, frames):
+            if ref is None:
+                shown.append(path)
+                shown_keys.append(key)
+                continue
+            group = self._groups.get(ref.video)
+            if group is None:
+                group = self._groups[ref.video] = VideoGroup(ref.video)
+                shown.append(group)
+                shown_keys.append(group.key)
+            elif group.expanded:
+                shown.append(path)
+                shown_keys.append(key)
+            group.frames.append(path)
+            touched.add(group)
+        for group in touched:
+            group.frames.sort(key=order_key)
+        self._insert_runs(self._visible, shown, shown_keys, _entry_key)
+        for group in touched:
+            self._changed(group.frames[0])  # the video's row: its counts and frame count
+        return new
+
+    def _insert_runs(self, rows: list, entries: list, keys: list[str], key) -> None:
+        """Insert `entries` (sorted, with their order keys) into `rows` (the visible rows, sorted
+        by `key`), announcing each contiguous run to the view."""
+        runs: list[tuple[int, int, int]] = []  # (row before the insertion, first entry, end entry)
+        lo = 0
+        for i, k in enumerate(keys):
+            at = bisect_left(rows, k, lo, key=key)
+            if runs and runs[-1][0] == at:
+                runs[-1] = (at, runs[-1][1], i + 1)
+            else:
+                runs.append((at, i, i + 1))
+            lo = at
+        shift = 0
+        for at, first, end in runs:
+            row = at + shift
+            self.beginInsertRows(QModelIndex(), row, row + end - first - 1)
+            rows[row:row] = entries[first:end]
+            self.endInsertRows()
+            shift += end - first
 
     def _adopt(self, paths: list[str]) -> None:
         """Hold the strings of `paths` (equal to ours) instead of our own: one copy of each
         path in the process, not two."""
         self._order[:] = paths
-        self._positions = None
         if self._groups:
             for group in self._groups.values():
-                group.frames[:] = [paths[self._position(f)] for f in group.frames]
-            self._visible[:] = [e if isinstance(e, VideoGroup) else paths[self._position(e)] for e in self._visible]
-            self._index_rows()
+                start = self._position(group.frames[0])
+                group.frames[:] = paths[start:start + len(group.frames)]
+            at = 0
+            for row, entry in enumerate(self._visible):  # the rows are `paths` in order, groups added
+                if not isinstance(entry, VideoGroup):
+                    while paths[at] != entry:
+                        at += 1
+                    self._visible[row] = paths[at]
 
     def _group_videos(self) -> None:
         self._visible = []
@@ -159,27 +233,12 @@ class FileListModel(QAbstractListModel):
                 self._groups[ref.video] = VideoGroup(ref.video)
                 self._visible.append(self._groups[ref.video])
             self._groups[ref.video].frames.append(p)
-        self._index_rows()
-
-    def _index_rows(self) -> None:
-        self._rows, self._group_rows = {}, {}
-        for row, entry in enumerate(self._visible):
-            if isinstance(entry, VideoGroup):
-                self._group_rows[entry.video] = row
-                for f in entry.frames:  # a frame of a collapsed video: its video's row
-                    self._rows.setdefault(f, row)
-            else:
-                self._rows[entry] = row
 
     # ---- looking up -------------------------------------------------------------------------
     def _position(self, path: str) -> int:
         """Where `path` is in `paths()`, -1 when it is not there."""
-        if self._sorted:
-            i = bisect_left(self._order, path)
-            return i if i < len(self._order) and self._order[i] == path else -1
-        if self._positions is None:
-            self._positions = {p: i for i, p in enumerate(self._order)}
-        return self._positions.get(path, -1)
+        i = bisect_left(self._order, order_key(path), key=order_key)
+        return i if i < len(self._order) and self._order[i] == path else -1
 
     def paths(self) -> list[str]:
         return list(self._order)
@@ -197,39 +256,22 @@ class FileListModel(QAbstractListModel):
             return self._order[min(max(step - 1, 0), len(self._order) - 1)]
         return self._order[min(max(here + step, 0), len(self._order) - 1)]
 
-    def add_frames(self, frame_times: dict[str, float]) -> list[str]:
-        """List frames of listed videos that are not listed yet (frame -> seconds; e.g. those a
-        label was propagated to, sampled finer than the folder), each under its video in frame
-        order; returns the frames added."""
-        added = []
-        for path, seconds in frame_times.items():
-            ref = split_frame_name(path)
-            if path in self or ref is None or ref.video not in self._groups:
-                continue
-            group = self._groups[ref.video]
-            position = bisect([split_frame_name(f).frame for f in group.frames], ref.frame)
-            neighbour = group.frames[position - 1] if position else group.frames[0]
-            at = self._order.index(neighbour) + (1 if position else 0)
-            row = self._visible.index(group) + 1 + position
-            if group.expanded:
-                self.beginInsertRows(QModelIndex(), row, row)
-            group.frames.insert(position, path)
-            self._order.insert(at, path)
-            self._times[path] = seconds
-            self._sorted, self._positions = _is_sorted(self._order), None
-            if group.expanded:
-                self._visible.insert(row, path)
-            self._index_rows()
-            if group.expanded:
-                self.endInsertRows()
-            self._changed(path)  # the video's row: its frame count
-            added.append(path)
-        return added
-
     def row_of(self, path: str) -> int:
+        """The row showing `path`: its own, or its video's while the video is collapsed."""
         if self._visible is self._order:
             return self._position(path)
-        return self._rows.get(path, -1)
+        rows = self._visible
+        i = bisect_left(rows, order_key(path), key=_entry_key)
+        if i < len(rows) and rows[i] == path:
+            return i
+        ref = split_frame_name(path) if "#" in path else None
+        group = self._groups.get(ref.video) if ref is not None else None
+        if group is None or group.expanded or self._position(path) < 0:
+            return -1
+        return self._group_row(group)
+
+    def _group_row(self, group: VideoGroup) -> int:
+        return bisect_left(self._visible, group.key, key=_entry_key)
 
     def image_at(self, row: int) -> str:
         """The image a row shows: its image or frame, or a video's first frame."""
@@ -248,13 +290,11 @@ class FileListModel(QAbstractListModel):
             self.beginRemoveRows(QModelIndex(), row + 1, row + len(group.frames))
             del self._visible[row + 1:row + 1 + len(group.frames)]
             group.expanded = False
-            self._index_rows()
             self.endRemoveRows()
         else:
             self.beginInsertRows(QModelIndex(), row + 1, row + len(group.frames))
             self._visible[row + 1:row + 1] = group.frames
             group.expanded = True
-            self._index_rows()
             self.endInsertRows()
         self.dataChanged.emit(self.index(row), self.index(row))
         return True
@@ -278,8 +318,8 @@ class FileListModel(QAbstractListModel):
         """Repaint the row of `path` and, for a frame, its video's row."""
         rows = {self.row_of(path)}
         ref = split_frame_name(path) if "#" in path else None
-        if ref is not None and ref.video in self._group_rows:
-            rows.add(self._group_rows[ref.video])
+        if ref is not None and ref.video in self._groups:
+            rows.add(self._group_row(self._groups[ref.video]))
         for row in sorted(r for r in rows if r >= 0):
             self.dataChanged.emit(self.index(row), self.index(row), list(roles))
 
@@ -298,12 +338,16 @@ class FileListModel(QAbstractListModel):
             self._changed(path)
 
     def set_thumbnail(self, path: str, image: QImage) -> None:
+        """`image` decoded off the UI thread at the size shown (THUMB_PX at the screen's device
+        pixel ratio on its longer side, in a format the screen takes as it is): it is wrapped,
+        not scaled. It is shown THUMB_PX logical pixels wide or high whatever its size (its
+        device pixel ratio says so), so a differently sized one is scaled while painted."""
         self._asked.discard(path)
         if self._position(path) < 0:
             return
         pixmap = QPixmap.fromImage(image)
-        if THUMB_PX not in (pixmap.width(), pixmap.height()) and not pixmap.isNull():  # once, not at every paint
-            pixmap = pixmap.scaled(THUMB_PX, THUMB_PX, Qt.KeepAspectRatio, Qt.SmoothTransformation)
+        if not pixmap.isNull():
+            pixmap.setDevicePixelRatio(max(pixmap.width(), pixmap.height()) / THUMB_PX)
         self._thumbs[path] = pixmap
         self._thumbs.move_to_end(path)
         while len(self._thumbs) > THUMB_CACHE:
@@ -369,8 +413,23 @@ class FileListModel(QAbstractListModel):
         return thumb
 
 
-def _is_sorted(paths: list[str]) -> bool:
-    return all(a < b for a, b in zip(paths, paths[1:]))
+def _entry_key(entry) -> str:
+    """A row's place in `order_key` order: a video's row comes where its frames begin."""
+    return entry.key if isinstance(entry, VideoGroup) else order_key(entry)
+
+
+def _merged(old: list[str], new: list[str], keys: list[str]) -> list[str]:
+    """`old` and `new` (both in `order_key` order, `keys` those of `new`) as one ordered list:
+    one bisection per new path and one pass over `old`."""
+    out: list[str] = []
+    done = 0
+    for path, key in zip(new, keys):
+        at = bisect_left(old, key, done, key=order_key)
+        out += old[done:at]
+        out.append(path)
+        done = at
+    out += old[done:]
+    return out
 
 
 def _differing(old: dict[str, int], new: dict[str, int]) -> set[str]:
@@ -393,8 +452,10 @@ class FileDelegate(QStyledItemDelegate):
         thumb = index.data(Qt.DecorationRole)
         thumb_rect = QRect(rect.left(), rect.top(), THUMB_PX, THUMB_PX)
         if isinstance(thumb, QPixmap) and not thumb.isNull():
-            painter.drawPixmap(thumb_rect.left() + (THUMB_PX - thumb.width()) // 2,
-                               thumb_rect.top() + (THUMB_PX - thumb.height()) // 2, thumb)
+            shown = thumb.deviceIndependentSize()  # at most THUMB_PX either way (set_thumbnail)
+            painter.drawPixmap(QRectF(thumb_rect.left() + (THUMB_PX - shown.width()) / 2,
+                                      thumb_rect.top() + (THUMB_PX - shown.height()) / 2, shown.width(), shown.height()),
+                               thumb, QRectF(thumb.rect()))
         else:
             painter.fillRect(thumb_rect, QColor("#3a3a3a"))
         text_left = thumb_rect.right() + 8

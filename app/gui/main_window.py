@@ -27,9 +27,10 @@ from dasr_annotator.app.gui.review import Review
 from dasr_annotator.engine.store.collection import scan_images
 from dasr_annotator.engine.store.formats import FORMATS
 from dasr_annotator.engine.store.storage import DamagedFile, ProjectFileError, damaged_copy_path
+from dasr_annotator.engine.store.video import order_key
 from dasr_annotator.widgets import dialogs
 from dasr_annotator.widgets.canvas import ImageCanvas
-from dasr_annotator.widgets.file_list import FileListModel, FileListView
+from dasr_annotator.widgets.file_list import THUMB_PX, FileListModel, FileListView
 from dasr_annotator.widgets.label_panel import AnnotationTable, CategoryPanel, CategoryRow
 from dasr_annotator.widgets.message_bar import MessageBar
 from dasr_annotator.widgets.progress_panel import ProgressPanel
@@ -38,7 +39,6 @@ from dasr_annotator.widgets.result_grid import ResultPanel
 log = logging.getLogger(__name__)
 
 DISPLAY_MAX_SIDE = 2048  # the canvas shows photos reduced to this; boxes stay in original pixels
-THUMB_MAX_SIDE = 112
 PHOTO_SHARE = 0.55  # on a narrow window the side panels shrink until the photo gets this much
 SIDE_PANEL_MIN = 150
 
@@ -77,6 +77,7 @@ class FolderLister(QObject):
 
         def send() -> None:
             if waiting and not stop.is_set():
+                waiting.sort(key=order_key)  # here, not on the UI thread (the list merges it in order)
                 self.batch.emit(token, list(waiting), dict(times))
                 waiting.clear()
                 times.clear()
@@ -246,8 +247,7 @@ class MainWindow(QMainWindow):
         c.images_loader.loaded.connect(self._image_loaded)
         c.images_loader.failed.connect(self._image_failed)
         self.progress.cancelRequested.connect(self._cancel_work)
-        self.file_model.thumbnailWanted.connect(
-            lambda rel: self._photo_path(rel) and c.images_loader.request(("thumb", rel), self._photo_path(rel), THUMB_MAX_SIDE))
+        self.file_model.thumbnailWanted.connect(self._request_thumbnail)
         # Scrolling through a long list asks for the thumbnails of every row it passes; once it
         # rests, the requests not started are dropped and the rows now shown ask again.
         self._scroll_rest = QTimer(self, singleShot=True, interval=150, timeout=self._drop_passed_thumbnails)
@@ -366,6 +366,14 @@ class MainWindow(QMainWindow):
             self._first_shown = first
         elif self.current_image is not None and not self.file_view.currentIndex().isValid():
             self.file_view.setCurrentIndex(self.file_model.index(self.file_model.row_of(self.current_image)))
+
+    def _request_thumbnail(self, rel: str) -> None:
+        """Decoded on the loader's threads at the size the row shows it, in device pixels: the UI
+        thread only wraps it (file_list.set_thumbnail)."""
+        path = self._photo_path(rel)
+        if path is not None:
+            side = max(1, round(THUMB_PX * self.file_view.devicePixelRatioF()))
+            self.controller.images_loader.request(("thumb", rel), path, side)
 
     def _drop_passed_thumbnails(self) -> None:
         if self.controller.images_loader.drop("thumb"):

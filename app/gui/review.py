@@ -17,7 +17,7 @@ from dasr_annotator.app.gui.document import (
 )
 from dasr_annotator.engine.dasr.relocate import MAX_LOOKS, inscribed_ellipse
 from dasr_annotator.engine.search import feedback
-from dasr_annotator.engine.search.refine import blended_score
+from dasr_annotator.engine.search.blend import blended_score
 from dasr_annotator.engine.store.imageio import ImageError, image_size
 from dasr_annotator.engine.store.video import format_time, split_frame_name
 from dasr_annotator.engine.types import Annotation, Box, Ellipse, Hit

@@ -102,10 +102,11 @@ class EngineWorker(QObject):
 
 # ---- images for display ---------------------------------------------------------------------
 def to_qimage(rgb: np.ndarray) -> QImage:
-    """A QImage owning a copy of an H x W x 3 uint8 array."""
+    """A QImage owning a copy of an H x W x 3 uint8 array, in the format the screen paints as it
+    is (RGB32): converted here, on the loader's thread, not when the UI thread shows it."""
     rgb = np.ascontiguousarray(rgb)
     height, width = rgb.shape[:2]
-    return QImage(rgb.data, width, height, 3 * width, QImage.Format_RGB888).copy()
+    return QImage(rgb.data, width, height, 3 * width, QImage.Format_RGB888).convertToFormat(QImage.Format_RGB32)
 
 
 def load_display_image(path: Path, max_side: int, crop: Box | None = None,

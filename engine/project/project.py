@@ -41,7 +41,7 @@ from dasr_annotator.engine.store.collection import (NPZ_ERRORS, REBUILD_HINT, ST
 from dasr_annotator.engine.store.storage import (DamagedFile, ProjectFileError, atomic_write_bytes, damaged_copy_path,
                                                  is_writable_dir, read_json, require_intact, restore_backup,
                                                  user_cache_dir)
-from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS, frame_of
+from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS, frame_of, order_key
 from dasr_annotator.engine.types import CancelFn, ProgressFn, never_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -335,7 +335,7 @@ class Project:
         for ann in labels.list():
             if ann.image not in present:
                 counts[ann.image] = counts.get(ann.image, 0) + 1
-        return renamed, [{"file": f, "labels": n} for f, n in sorted(counts.items())]
+        return renamed, [{"file": f, "labels": counts[f]} for f in sorted(counts, key=order_key)]
 
     def _plan(self, files: list[str], store: RegionStore) -> _Plan:
         plan = _Plan([], [], {}, [])
@@ -611,7 +611,7 @@ def _same_content(path: Path, sha256: str) -> bool:
 def _content_key(store: RegionStore, live: list[str]) -> str:
     """Identifies exactly which stored regions the index covers."""
     digest = hashlib.sha256()
-    for f in live:
+    for f in sorted(live):  # plain name order: an index built before frames were ordered by number stays current
         e = store.entries[f]
         digest.update(f"{f}\0{e.shard}\0{e.start}\0{e.count}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()

@@ -27,7 +27,8 @@ from typing import Callable
 import numpy as np
 
 from dasr_annotator.engine.store.imageio import ImageError, is_image_name
-from dasr_annotator.engine.store.video import DEFAULT_VIDEO_FPS, frame_name, is_video_name, media_file, probe_video
+from dasr_annotator.engine.store.video import (DEFAULT_VIDEO_FPS, frame_name, is_video_name, media_file, order_key,
+                                               probe_video)
 from dasr_annotator.engine.store.storage import ProjectFileError, atomic_write_bytes, read_json
 from dasr_annotator.engine.types import ImageRegions
 
@@ -44,7 +45,7 @@ NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 # ---- scanning -------------------------------------------------------------------------------
 @dataclass
 class ScanResult:
-    files: list[str]  # POSIX paths relative to the root, sorted
+    files: list[str]  # POSIX paths relative to the root, in `order_key` order (a video's frames by number)
     problems: list[dict]  # [{"file": relpath, "reason": text}] for folders (or videos) that could not be read
     frame_times: dict[str, float] = field(default_factory=dict)  # video frame name -> seconds into its video
 
@@ -56,7 +57,8 @@ def scan_images(root: Path, video_fps: float = DEFAULT_VIDEO_FPS,
     sampled at `video_fps` (`clip.mp4#frame=N`, engine/store/video.py); one that cannot be read
     is a problem with its reason. `on_folder(files, frame_times)`, when given, is told each
     folder's images and frames (sorted) as soon as that folder is read, so a caller can show a
-    large folder while it is still being scanned; the result is sorted as a whole."""
+    large folder while it is still being scanned; the result is sorted as a whole. Sorted means
+    by `video.order_key`: names as strings, a video's frames by frame number."""
     root = Path(root)
     files: list[str] = []
     problems: list[dict] = []
@@ -91,8 +93,8 @@ def scan_images(root: Path, video_fps: float = DEFAULT_VIDEO_FPS,
         files.extend(here)
         frame_times.update(times)
         if on_folder is not None and here:
-            on_folder(sorted(here), times)
-    return ScanResult(sorted(files), problems, frame_times)
+            on_folder(sorted(here, key=order_key), times)
+    return ScanResult(sorted(files, key=order_key), problems, frame_times)
 
 
 def write_json(path: Path, obj, backup: bool = True) -> None:

@@ -64,6 +64,31 @@ def split_frame_name(name: str | bytes | os.PathLike) -> FrameRef | None:
     return FrameRef(m.group("video"), int(m.group("frame"))) if m else None
 
 
+_ORDER_FRAME_DIGITS = 15
+
+
+def order_key(name: str) -> str:
+    """The one order of a collection's photos and frames (scans, the file list, exports): names
+    as strings, except that a video's frames come together at the video's own place, by frame
+    number (`clip.mp4#frame=9` before `#frame=10`, which plain string order reverses). Frame names
+    stay as they are stored; only this key pads the number."""
+    # what split_frame_name matches, without a regular expression: the file list bisects with
+    # this key, so it runs a few dozen times per row looked up
+    video, marker, frame = name.rpartition("#frame=")
+    if not marker or not frame.isdecimal() or not video.lower().endswith(VIDEO_EXTENSIONS) \
+            or len(video) <= len(video.rsplit(".", 1)[-1]) + 1:
+        return name
+    number = int(frame)
+    odd = "" if frame == str(number) else "\0" + frame  # `#frame=007` (typed, never scanned) stays apart from `#frame=7`
+    return f"{video_order_key(video)}{number:0{_ORDER_FRAME_DIGITS}d}{odd}"
+
+
+def video_order_key(video: str) -> str:
+    """Where a video's frames begin in `order_key` order: just after the video's own name (NUL
+    sorts before every character a file name can hold, so no other name falls among them)."""
+    return video + "\0"
+
+
 def media_file(path: str | bytes | os.PathLike) -> Path:
     """The file on disk that holds `path`: the video for a frame name, else `path` itself (a real
     file whose name looks like a frame wins)."""

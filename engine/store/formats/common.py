@@ -31,7 +31,7 @@ from PIL import Image
 
 from dasr_annotator.engine.store.imageio import ImageError, image_size, load_image
 from dasr_annotator.engine.store.storage import atomic_write_bytes
-from dasr_annotator.engine.store.video import frame_time, split_frame_name
+from dasr_annotator.engine.store.video import frame_time, order_key, split_frame_name
 from dasr_annotator.engine.types import MIN_BOX_SIDE, Annotation, Box
 
 DUPLICATE_IOU = 0.9
@@ -127,7 +127,7 @@ def gather(project, all_images: bool,
     by_image: dict[str, list[Annotation]] = {}
     for ann in project.annotations.list():
         by_image.setdefault(ann.image, []).append(ann)
-    names = sorted(set(project.scan()) | set(by_image)) if all_images else sorted(by_image)
+    names = sorted(set(project.scan()) | set(by_image) if all_images else by_image, key=order_key)
     images, skipped = [], []
     for name in names:
         try:
