@@ -291,3 +291,52 @@ def test_a_cancel_stops_refining_between_crops_and_keeps_the_chunks_already_repo
                        emit=reported.append, cancel=lambda: len(reported) >= 1)
     assert [[i for i, _ in chunk] for chunk in reported] == [[0, 1]]  # the first screenful came first
     assert all(math.isfinite(h.box.w) and h.box.w >= 1 for _, h in reported[0])
+
+
+# --------------------------------------------------------------------------- second look
+
+
+def truck_frame(dev_hires_data, number: str) -> tuple[Path, Box]:
+    """A frame of the truck video as it is on disk, and the truck's box (0-based pixels)."""
+    manifest = json.loads((dev_hires_data / "manifest.json").read_text())
+    inst = next(i for i in manifest["instances"] if i["name"].startswith("truck"))
+    im = next(i for i in inst["images"] if Path(i["file"]).stem == number)
+    x, y, w, h = im["box"]
+    return dev_hires_data / im["file"], Box(x - 1, y - 1, w, h)
+
+
+def test_a_hit_whose_first_look_finds_nothing_like_the_query_gets_a_second_look(dev_hires_data, extractor,
+                                                                                 monkeypatch):
+    """In the truck video the other vehicles draw the best coarse windows: in this frame all three
+    are on look-alikes, the best fine window there matches poorly, and the next coarse windows,
+    looked at a second time, hold the truck. A hit the regions rate far below the best one being
+    refined gets no second look (its photo is likely another scene)."""
+    query, query_box = truck_frame(dev_hires_data, "000327")
+    target, truth = truck_frame(dev_hires_data, "000387")
+    passes = []
+    real = Refiner._features
+    monkeypatch.setattr(Refiner, "_features", lambda self, patches: passes.append(len(patches)) or real(self, patches))
+    descriptor, windows = extractor.describe_query(load_image(query, max_side=extractor.max_side), query_box)
+    fmap = extractor.relocation_map(load_image(target, max_side=extractor.max_side))
+
+    def refined(hits, **constants):
+        for name, value in constants.items():
+            monkeypatch.setattr(refine_module, name, value)
+        refiner = Refiner(extractor)
+        passes.clear()
+        out = refiner.refine(hits, [refiner.example(query, query_box)], windows,
+                             lambda im: fmap if im == target.name else None, lambda _: target)
+        return next(h for h in out if h.image == target.name), sum(passes)
+
+    hit = Hit(target.name, 0.8, Box(0, 0, 1, 1), None)
+    first_only, first_crops = refined([hit], SECOND_LOOK_WINDOWS=0)
+    assert first_only.box_score < refine_module.SECOND_LOOK_BELOW
+    assert not truth.x <= first_only.box.center[0] <= truth.x2  # beside the truck
+    second, crops = refined([hit], SECOND_LOOK_WINDOWS=5)
+    assert crops > first_crops
+    assert second.box_score > first_only.box_score
+    assert iou(second.box, truth) >= 0.5
+    # the same photo behind a far stronger hit (one that cannot be refined here): no second look
+    strong = Hit("elsewhere.jpg", 2.0, Box(0, 0, 1, 1), None)
+    gated, gated_crops = refined([strong, hit], SECOND_LOOK_WINDOWS=5)
+    assert (gated.box, gated_crops) == (first_only.box, first_crops)
