@@ -1,7 +1,7 @@
 """How long an annotator waits for refined boxes, as the window gets them.
 
     .venv/bin/python benchmarks/refine_latency.py PHOTOS MANIFEST [--queries N] [--top 100]
-        [--device auto|cpu|cuda] [--threads T]
+        [--device auto|cpu|cuda] [--threads T] [--no-second-look]
 
 PHOTOS is a folder indexed from MANIFEST's photos (benchmarks/located.py --keep --work DIR leaves
 one at DIR/photos). For each query (the instance's box in its first frame, N instances) the
@@ -34,9 +34,13 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--no-second-look", action="store_true",
+                        help="refine at the first look's coarse windows only (the cost before the second look)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_second_look:
+        refine_module.SECOND_LOOK_WINDOWS = 0
     manifest = load_manifest(args.manifest)
     searcher = open_searcher(Project.open(args.photos), args.device)
     rows = []

@@ -3,7 +3,9 @@
 The regions pick the photos and the stored map picks a few coarse windows in each
 (`relocate.best_windows`); here every coarse window gets a context crop at the query's own zoom
 (`dasr.zoom`), one partial forward pass per crop, and the best fine window over all crops of a
-photo becomes its box. The query itself (and every further example, such as accepted boxes) is
+photo becomes its box. Where that box matches the query poorly on a photo the regions rate
+highly, look-alikes drew the coarse windows (cars around the car looked for): a second look
+crops the next coarse windows too (SECOND_LOOK_BELOW). The query itself (and every further example, such as accepted boxes) is
 described the same way, from its own full-resolution photo, once.
 
 The refined box also says how sure the hit is: its similarity to the query (`Hit.box_score`) is
