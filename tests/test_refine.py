@@ -340,3 +340,8 @@ def test_a_hit_whose_first_look_finds_nothing_like_the_query_gets_a_second_look(
     strong = Hit("elsewhere.jpg", 2.0, Box(0, 0, 1, 1), None)
     gated, gated_crops = refined([strong, hit], SECOND_LOOK_WINDOWS=5)
     assert (gated.box, gated_crops) == (first_only.box, first_crops)
+    # a GPU cuts every second look allowed into the one batch and keeps the same box
+    monkeypatch.setattr(Refiner, "on_gpu", property(lambda self: True))
+    batched, _ = refined([hit], SECOND_LOOK_WINDOWS=5)
+    assert batched.box.as_list() + [batched.box_score] == pytest.approx(second.box.as_list() + [second.box_score],
+                                                                        abs=1e-3)

@@ -5,8 +5,9 @@ The regions pick the photos and the stored map picks a few coarse windows in eac
 (`dasr.zoom`), one partial forward pass per crop, and the best fine window over all crops of a
 photo becomes its box. Where that box matches the query poorly on a photo the regions rate
 highly, look-alikes drew the coarse windows (cars around the car looked for): a second look
-crops the next coarse windows too (SECOND_LOOK_BELOW). The query itself (and every further example, such as accepted boxes) is
-described the same way, from its own full-resolution photo, once.
+crops the next coarse windows too (SECOND_LOOK_BELOW). The query itself (and every further
+example, such as accepted boxes) is described the same way, from its own full-resolution photo,
+once.
 
 The refined box also says how sure the hit is: its similarity to the query (`Hit.box_score`) is
 low where the regions found the right kind of photo but the fine search found nothing like the
@@ -192,25 +193,25 @@ class Refiner:
                 continue
             plan = _Plan(hit, path, fmap, key, further)
             try:
-                plan.crops = self._crops(path, fmap, first, examples, plan.centres, own_size=True)
+                plan.crops = [(crop, pixels, False) for crop, pixels in
+                              self._crops(path, fmap, first, examples, plan.centres, own_size=True)]
             except (OSError, ImageError) as exc:
                 log.warning("%s: not refined (%s)", hit.image, exc)
                 continue
             plans[i] = plan
-        self._best_windows(plans, examples, rejected, cancel)
-        again = {}
+        if self.on_gpu:  # one batch: every second look allowed is cut now and counts only where needed
+            for plan in plans.values():
+                self._cut_second_look(plan, examples)
+        self._run_crops(plans.values(), examples, rejected, cancel)
+        if not self.on_gpu:  # a second batch for the hits whose first look found nothing like the query
+            needed = [plan for plan in plans.values() if plan.needs_second_look]
+            for plan in needed:
+                self._cut_second_look(plan, examples)
+            self._run_crops(needed, examples, rejected, cancel)
         for i, plan in plans.items():
-            if plan.further and (plan.best is None or plan.best[0] < SECOND_LOOK_BELOW):
-                try:
-                    plan.crops = self._crops(plan.path, plan.fmap, plan.further, examples, plan.centres)
-                except (OSError, ImageError) as exc:
-                    log.warning("%s: no second look (%s)", plan.hit.image, exc)
-                    continue
-                again[i] = plan
-        self._best_windows(again, examples, rejected, cancel)
-        for i, plan in plans.items():
-            if plan.best is not None:
-                results[i] = self._results[plan.key] = plan.best
+            best = plan.result
+            if best is not None:
+                results[i] = self._results[plan.key] = best
                 while len(self._results) > self.cache_items:
                     self._results.popitem(last=False)
         out = []
@@ -220,12 +221,22 @@ class Refiner:
                 out.append((i, Hit(hit.image, hit.score, box, inscribed_ellipse(box), box_score=score)))
         return out
 
-    def _best_windows(self, plans: dict, examples: Sequence[Example], rejected: dict, cancel: CancelFn) -> None:
-        """Each plan's crops through the network (all plans' crops batched together) and its best
-        fine window so far into `plan.best`: (box score, box in original pixels)."""
-        todo = [(plan, crop, pixels) for plan in plans.values() for crop, pixels in plan.crops]
-        features = self._batched_features([pixels for _, _, pixels in todo], cancel)
-        for (plan, crop, _), feature in zip(todo, features):
+    def _cut_second_look(self, plan: "_Plan", examples: Sequence[Example]) -> None:
+        if not plan.further:
+            return
+        try:
+            plan.crops += [(crop, pixels, True) for crop, pixels in
+                           self._crops(plan.path, plan.fmap, plan.further, examples, plan.centres)]
+        except (OSError, ImageError) as exc:
+            log.warning("%s: no second look (%s)", plan.hit.image, exc)
+
+    def _run_crops(self, plans, examples: Sequence[Example], rejected: dict, cancel: CancelFn) -> None:
+        """The plans' crops through the network (all of them batched together); each crop's best
+        fine window competes for its plan's first or second look: (box score, box in original
+        pixels)."""
+        todo = [(plan, crop, pixels, second) for plan in plans for crop, pixels, second in plan.crops]
+        features = self._batched_features([pixels for _, _, pixels, _ in todo], cancel)
+        for (plan, crop, _, second), feature in zip(todo, features):
             valid = crop.valid_cells(self.stride)
             fmap_c = zoom.centred_map(feature, valid)
             excluded = rejected.get(plan.hit.image, ())
@@ -238,9 +249,13 @@ class Refiner:
             box = crop.to_original(x1, y1, x2, y2)
             if box.w < 1 or box.h < 1:
                 continue
-            if plan.best is None or score > plan.best[0]:
-                plan.best = (score, box)
-        for plan in plans.values():
+            current = plan.second if second else plan.first
+            if current is None or score > current[0]:
+                if second:
+                    plan.second = (score, box)
+                else:
+                    plan.first = (score, box)
+        for plan in plans:
             plan.crops = []  # the pixels are not needed any more
 
     def _crops(self, path: Path, fmap: FeatureMap, coarse: list[tuple[float, Box]], examples: Sequence[Example],
@@ -342,9 +357,22 @@ class _Plan:
     fmap: FeatureMap
     key: tuple  # the result cache's key
     further: list[tuple[float, Box]]  # coarse windows for a second look (empty: none allowed)
-    crops: list = field(default_factory=list)  # [(crop, pixels)] to run
+    crops: list = field(default_factory=list)  # [(crop, pixels, second look?)] to run
     centres: list = field(default_factory=list)  # (size, x, y) of every crop made, for merging
-    best: tuple[float, Box] | None = None
+    first: tuple[float, Box] | None = None  # the best fine window of the first look: (score, box)
+    second: tuple[float, Box] | None = None  # ... of the second look
+
+    @property
+    def needs_second_look(self) -> bool:
+        return bool(self.further) and (self.first is None or self.first[0] < SECOND_LOOK_BELOW)
+
+    @property
+    def result(self) -> tuple[float, Box] | None:
+        """The first look's best window, unless a second look was needed and found a better one."""
+        second, first = self.second, self.first
+        if self.needs_second_look and second is not None and (first is None or second[0] > first[0]):
+            return second
+        return self.first
 
 
 def _region_score(hit: Hit) -> float:
