@@ -317,15 +317,17 @@ def test_a_hit_whose_first_look_finds_nothing_like_the_query_gets_a_second_look(
     real = Refiner._features
     monkeypatch.setattr(Refiner, "_features", lambda self, patches: passes.append(len(patches)) or real(self, patches))
     descriptor, windows = extractor.describe_query(load_image(query, max_side=extractor.max_side), query_box)
-    fmap = extractor.relocation_map(load_image(target, max_side=extractor.max_side))
+    maps = {path.name: extractor.relocation_map(load_image(path, max_side=extractor.max_side))
+            for path in (query, target)}
+    paths = {query.name: query, target.name: target}
 
-    def refined(hits, **constants):
+    def refined(hits, emitted=None, **constants):
         for name, value in constants.items():
             monkeypatch.setattr(refine_module, name, value)
         refiner = Refiner(extractor)
         passes.clear()
-        out = refiner.refine(hits, [refiner.example(query, query_box)], windows,
-                             lambda im: fmap if im == target.name else None, lambda _: target)
+        out = refiner.refine(hits, [refiner.example(query, query_box)], windows, maps.get, paths.get,
+                             emit=emitted.append if emitted is not None else None)
         return next(h for h in out if h.image == target.name), sum(passes)
 
     hit = Hit(target.name, 0.8, Box(0, 0, 1, 1), None)
@@ -340,8 +342,40 @@ def test_a_hit_whose_first_look_finds_nothing_like_the_query_gets_a_second_look(
     strong = Hit("elsewhere.jpg", 2.0, Box(0, 0, 1, 1), None)
     gated, gated_crops = refined([strong, hit], SECOND_LOOK_WINDOWS=5)
     assert (gated.box, gated_crops) == (first_only.box, first_crops)
-    # a GPU cuts every second look allowed into the one batch and keeps the same box
+
+
+def test_on_a_cpu_every_hit_gets_its_first_look_before_any_second_look(dev_hires_data, extractor, monkeypatch):
+    """The annotator sees every hit's box as soon as without second looks; a box a second look
+    improves arrives again afterwards. A GPU does both looks in one batch, with the same boxes."""
+    query, query_box = truck_frame(dev_hires_data, "000327")
+    target, truth = truck_frame(dev_hires_data, "000387")
+    _, windows = extractor.describe_query(load_image(query, max_side=extractor.max_side), query_box)
+    maps = {path.name: extractor.relocation_map(load_image(path, max_side=extractor.max_side))
+            for path in (query, target)}
+    paths = {query.name: query, target.name: target}
+    hits = [Hit(target.name, 0.8, Box(0, 0, 1, 1), None), Hit(query.name, 0.79, Box(0, 0, 1, 1), None)]
+    monkeypatch.setattr(refine_module, "CHUNK_CPU", 1)
+
+    def refined():
+        refiner = Refiner(extractor)
+        emitted, progress = [], []
+        out = refiner.refine(hits, [refiner.example(query, query_box)], windows, maps.get, paths.get,
+                             emit=emitted.append, progress=lambda done, total: progress.append((done, total)))
+        return out, emitted, progress, refiner
+
+    out, emitted, progress, refiner = refined()
+    assert [[i for i, _ in chunk] for chunk in emitted] == [[0], [1], [0]]
+    first, again = emitted[0][0][1], emitted[2][0][1]
+    assert not truth.x <= first.box.center[0] <= truth.x2 and iou(again.box, truth) >= 0.5
+    assert out[0] == again and out[1] == emitted[1][0][1]
+    assert progress == [(0, 2), (1, 2), (2, 2), (3, 3)]  # the second look extends the total
+    # cached only once complete: asked again, the improved box at once, nothing emitted twice
+    emitted.clear()
+    again_out = refiner.refine(hits, [refiner.example(query, query_box)], windows, maps.get, paths.get,
+                               emit=emitted.append)
+    assert again_out == out and [[i for i, _ in chunk] for chunk in emitted] == [[0], [1]]
     monkeypatch.setattr(Refiner, "on_gpu", property(lambda self: True))
-    batched, _ = refined([hit], SECOND_LOOK_WINDOWS=5)
-    assert batched.box.as_list() + [batched.box_score] == pytest.approx(second.box.as_list() + [second.box_score],
-                                                                        abs=1e-3)
+    batched, gpu_emitted, _, _ = refined()
+    assert [[i for i, _ in chunk] for chunk in gpu_emitted] == [[0, 1]]
+    for a, b in zip(batched, out):
+        assert a.box.as_list() + [a.box_score] == pytest.approx(b.box.as_list() + [b.box_score], abs=1e-3)

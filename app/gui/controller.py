@@ -95,7 +95,8 @@ class SearchOutcome:
 class Refined:
     """Refined boxes for hits of the hit session `session` (key -> box) and how well each matches
     the examples (key -> box score, refine.rank_by_box), one chunk at a time; `done` of `total`
-    hits are refined so far. The last one, `complete`, comes once all are (it may carry none)."""
+    hits are refined so far (a hit a second look improved comes again, with its better box). The
+    last one, `complete`, comes once all are (it may carry none)."""
 
     session: object
     boxes: dict[int, Box]
@@ -500,17 +501,17 @@ class Controller(QObject):
             latest = list(accepted)[-MAX_FEEDBACK_WINDOWS:]
             more = [searcher.example(image, box) for image, box in latest]
             coarse = searcher.feedback_windows(windows, latest) if latest else windows
-            done = [0]
+            done: set[int] = set()  # hits refined so far (a second look emits a hit again)
 
             def emit(items):
-                done[0] += len(items)
-                self._refined_chunk.emit(token, Refined(session, {keys[i]: hit.box for i, hit in items}, done[0],
+                done.update(i for i, _ in items)
+                self._refined_chunk.emit(token, Refined(session, {keys[i]: hit.box for i, hit in items}, len(done),
                                                        len(hits), {keys[i]: hit.box_score for i, hit in items
                                                                    if hit.box_score is not None}))
 
             searcher.refine(hits, list(examples) + [e for e in more if e is not None], coarse, rejected,
                             progress=progress, cancel=cancel, emit=emit)
-            self._refined_chunk.emit(token, Refined(session, {}, done[0], len(hits), complete=True))
+            self._refined_chunk.emit(token, Refined(session, {}, len(done), len(hits), complete=True))
 
         task = self._run("Refine boxes", run, finished=lambda _: self._refined(task),
                          cancelled=lambda: self._refined(task))

@@ -129,11 +129,13 @@ class Refiner:
                cancel: CancelFn = never_cancel, emit: Callable[[list[tuple[int, Hit]]], None] | None = None,
                ) -> list[Hit]:
         """The same hits, same order and scores, with refined boxes and their `box_score` (the
-        best fine window's similarity to the examples; `rank_by_box` orders by it). `fmap_of(image)` gives a
-        photo's stored map (None: leave the hit as it is), `path_of(image)` its file; `windows`
-        picks the coarse windows; `rejected` (image -> boxes) are never chosen again. After each
-        chunk, `emit([(index, refined hit), ...])` (hits that could not be refined are left
-        out) and `progress(done, total)`; `cancel()` raises Cancelled between crops."""
+        best fine window's similarity to the examples; `rank_by_box` orders by it).
+        `fmap_of(image)` gives a photo's stored map (None: leave the hit as it is), `path_of(image)`
+        its file; `windows` picks the coarse windows; `rejected` (image -> boxes) are never chosen
+        again. After each chunk, `emit([(index, refined hit), ...])` (hits that could not be
+        refined are left out) and `progress(done, total)`; on a CPU the second looks follow once
+        every hit was emitted, and the hits they improve are emitted again (the total then grows
+        by the second looks); `cancel()` raises Cancelled between crops."""
         # On a CPU every op here is small: split over cores, each waits on the others (10x slower on
         # a busy machine, measured); crops run side by side instead (`_batched_features`).
         with contextlib.nullcontext() if self.on_gpu else self._one_thread():
@@ -146,24 +148,53 @@ class Refiner:
     def _refine(self, hits, examples, windows, fmap_of, path_of, rejected, progress, cancel, emit) -> list[Hit]:
         out = list(hits)
         chunk = CHUNK_GPU if self.on_gpu else CHUNK_CPU
+        rejected = rejected or {}
         # the second look's gate: region scores against the best hit being refined
         best_region = max((_region_score(h) for h in hits), default=0.0)
+        # On a CPU the second looks wait until every hit had its first: the whole list gets its
+        # boxes as soon as before, and the few that a second look improves are emitted again.
+        deferred: list[_Plan] = []
         progress(0, len(hits))
         for start in range(0, len(hits), chunk):
             done = []
             for i, hit in self._refine_chunk(list(enumerate(hits))[start:start + chunk], examples, windows, fmap_of,
-                                             path_of, rejected or {}, cancel, best_region):
+                                             path_of, rejected, cancel, best_region, deferred):
                 out[i] = hit
                 done.append((i, hit))
             if emit is not None and done:
                 emit(done)
             progress(min(len(hits), start + chunk), len(hits))
+        total = len(hits) + len(deferred)
+        for start in range(0, len(deferred), chunk):
+            part = deferred[start:start + chunk]
+            for plan in part:
+                self._cut_second_look(plan, examples)
+            self._run_crops(part, examples, rejected, cancel)
+            done = []
+            for plan in part:
+                best = plan.result
+                if best is None:
+                    continue
+                self._keep(plan.key, best)
+                if best is not plan.first:
+                    out[plan.index] = _refined_hit(plan.hit, best)
+                    done.append((plan.index, out[plan.index]))
+            if emit is not None and done:
+                emit(done)
+            progress(len(hits) + min(len(deferred), start + chunk), total)
         return out
 
-    def _refine_chunk(self, items, examples, windows, fmap_of, path_of, rejected, cancel, best_region):
+    def _keep(self, key: tuple, result: tuple[float, Box]) -> None:
+        self._results[key] = result
+        while len(self._results) > self.cache_items:
+            self._results.popitem(last=False)
+
+    def _refine_chunk(self, items, examples, windows, fmap_of, path_of, rejected, cancel, best_region, deferred):
         """[(index, refined hit)] for a chunk: the first look at every hit's best coarse windows,
-        then a second look at the next ones where the first found nothing like the query
-        (SECOND_LOOK_BELOW); crops of equal size go through the network together."""
+        and a second look at the next ones where the first found nothing like the query
+        (SECOND_LOOK_BELOW): on a GPU in the same batch, on a CPU added to `deferred` (the first
+        look's box is returned meanwhile, and not cached); crops of equal size go through the
+        network together."""
         plans = {}  # index -> _Plan, for hits not in the cache
         results = {}  # index -> (box score, box)
         for i, hit in items:
@@ -191,7 +222,7 @@ class Refiner:
                 self._results.move_to_end(key)
                 results[i] = self._results[key]
                 continue
-            plan = _Plan(hit, path, fmap, key, further)
+            plan = _Plan(i, hit, path, fmap, key, further)
             try:
                 plan.crops = [(crop, pixels, False) for crop, pixels in
                               self._crops(path, fmap, first, examples, plan.centres, own_size=True)]
@@ -203,23 +234,17 @@ class Refiner:
             for plan in plans.values():
                 self._cut_second_look(plan, examples)
         self._run_crops(plans.values(), examples, rejected, cancel)
-        if not self.on_gpu:  # a second batch for the hits whose first look found nothing like the query
-            needed = [plan for plan in plans.values() if plan.needs_second_look]
-            for plan in needed:
-                self._cut_second_look(plan, examples)
-            self._run_crops(needed, examples, rejected, cancel)
         for i, plan in plans.items():
+            if not self.on_gpu and plan.needs_second_look:
+                deferred.append(plan)  # its second look comes after every hit's first
+                if plan.first is not None:
+                    results[i] = plan.first
+                continue
             best = plan.result
             if best is not None:
-                results[i] = self._results[plan.key] = best
-                while len(self._results) > self.cache_items:
-                    self._results.popitem(last=False)
-        out = []
-        for i, hit in items:
-            if i in results:
-                score, box = results[i]
-                out.append((i, Hit(hit.image, hit.score, box, inscribed_ellipse(box), box_score=score)))
-        return out
+                results[i] = best
+                self._keep(plan.key, best)
+        return [(i, _refined_hit(hit, results[i])) for i, hit in items if i in results]
 
     def _cut_second_look(self, plan: "_Plan", examples: Sequence[Example]) -> None:
         if not plan.further:
@@ -352,6 +377,7 @@ def rank_by_box(hits: Sequence[Hit]) -> list[Hit]:
 class _Plan:
     """One hit being refined: where to look, what was cut, the best window found so far."""
 
+    index: int  # the hit's place in the list being refined
     hit: Hit
     path: Path
     fmap: FeatureMap
@@ -373,6 +399,11 @@ class _Plan:
         if self.needs_second_look and second is not None and (first is None or second[0] > first[0]):
             return second
         return self.first
+
+
+def _refined_hit(hit: Hit, result: tuple[float, Box]) -> Hit:
+    score, box = result
+    return Hit(hit.image, hit.score, box, inscribed_ellipse(box), box_score=score)
 
 
 def _region_score(hit: Hit) -> float:
