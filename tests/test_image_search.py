@@ -87,3 +87,18 @@ def test_asmk_codebook_is_trained_on_another_set(dev_data):
     assert asmk_training_manifest(data / "dev" / "manifest.json") == (data / "dev-photos" / "manifest.json").resolve()
     assert asmk_training_manifest(data / "dev-hires" / "manifest.json").parent.name == "dev-photos"
     assert asmk_training_manifest(data / "dev-photos" / "manifest.json").parent.name == "dev"
+
+
+def test_region_rows_are_the_regions_of_the_images_asked_for(indexed):
+    from dasr_annotator.app.cli.cmd_search import open_searcher
+    from dasr_annotator.engine.project.project import Project
+
+    photos, frames = indexed
+    searcher = open_searcher(Project.open(photos), "cpu")
+    dog = [f for f, _ in frames["Dog"]]
+    rows = searcher.region_rows(dog + ["not/a/photo.jpg"])
+    assert len(rows) and np.all(np.diff(rows) > 0)
+    assert sorted({searcher.images[i] for i in searcher.region_image[rows]}) == sorted(dog)
+    others = np.setdiff1d(np.arange(len(searcher.region_image)), rows)
+    assert not {searcher.images[i] for i in searcher.region_image[others]} & set(dog)
+    assert len(searcher.region_rows([])) == 0

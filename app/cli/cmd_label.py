@@ -409,8 +409,7 @@ def rescored(searcher, hits: list, positives: np.ndarray, negatives: np.ndarray 
 
     if not hits:
         return []
-    image_id = {name: i for i, name in enumerate(searcher.images)}
-    rows = np.flatnonzero(np.isin(searcher.region_image, [image_id[h.image] for h in hits]))
+    rows = searcher.region_rows([h.image for h in hits])
     vectors = faiss_index.reconstruct(searcher.index, rows)
     negs = searcher.prepare(negatives) if negatives is not None else None
     scores = feedback_scores(searcher.prepare(positives), negs, vectors, fusion)

@@ -595,8 +595,7 @@ def _whole_image_outcome(searcher, request: SearchRequest, total: int) -> Search
 def _candidate_regions(searcher, hits: list[Hit]) -> CandidateRegions:
     from dasr_annotator.engine.search.index import reconstruct
 
-    wanted = sorted({searcher.images.index(h.image) for h in hits})
-    rows = np.flatnonzero(np.isin(searcher.region_image, wanted))
+    rows = searcher.region_rows({h.image for h in hits})
     vectors = reconstruct(searcher.index, rows) if len(rows) else np.zeros((0, searcher.index.d), np.float32)
     return CandidateRegions(np.asarray(vectors, np.float32), [searcher.images[i] for i in searcher.region_image[rows]],
                             np.asarray(searcher.boxes[rows], np.float64), np.asarray(searcher.ellipses[rows], np.float64))

@@ -100,6 +100,12 @@ class Searcher:
     def n_regions(self) -> int:
         return int(self.index.ntotal)
 
+    def region_rows(self, images) -> np.ndarray:
+        """The index rows of every region of `images` (names; unknown ones ignored), in row order:
+        one dictionary look-up per image, not a scan of the photo list."""
+        wanted = [self._image_id[name] for name in images if name in self._image_id]
+        return np.flatnonzero(np.isin(self.region_image, wanted)) if wanted else np.zeros(0, np.int64)
+
     def prepare(self, descriptors: np.ndarray) -> np.ndarray:
         """Raw (l2) descriptors [Q, D] -> the index's space: whitened when the project has a
         whitening, l2-normalised, float32 contiguous."""
