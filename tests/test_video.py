@@ -332,6 +332,17 @@ def test_cli_propagates_a_box_to_neighbouring_frames_nearest_first(indexed_clips
     overlaps = [_iou(h["box"], truth["box"][int(h["image"].split("=")[1])]) for h in propagated]
     # dev frames lie 5+ tracker frames apart, so the box moves a lot between clip frames
     assert min(overlaps) > 0.15 and np.mean(overlaps) > 0.35, overlaps
+    # refined like search hits: the score is the blend of window and box similarity
+    assert all(h["score"] == pytest.approx((h["region_score"] + h["box_score"]) / 2) for h in propagated)
+    rc, out, err = cli("search", folder, "--query", "box.mp4#frame=4", "--box", box, "--top", 1,
+                       "--propagate", 0.5, "--propagate-fps", 4, "--no-refine", "--json")
+    assert rc == 0, err
+    windows = json.loads(out)["queries"][0]["propagated"]
+    assert [h["image"] for h in windows] == [h["image"] for h in propagated]
+    assert all(set(h) == {"image", "score", "box", "ellipse"} for h in windows)  # the window proposals, as before
+    coarse = [_iou(h["box"], truth["box"][int(h["image"].split("=")[1])]) for h in windows]
+    print("propagated IoU, windows:", np.round(coarse, 3), "refined:", np.round(overlaps, 3))
+    assert np.mean(overlaps) > np.mean(coarse), (coarse, overlaps)
 
 
 def test_the_collection_order_puts_frames_by_number_at_their_video_s_place():

@@ -2,7 +2,8 @@
 
 Hit boxes are placed coarse-to-fine: a query-shaped window on the photo's stored map, then
 windows on zoomed crops of the full-resolution photo around the best few (engine/search/refine.py;
-`--no-refine` keeps the stored-map boxes). The folder must have been indexed (`dasr-annotator
+`--no-refine` keeps the stored-map boxes; the same for `--propagate`'s frames, whose refined
+proposals also carry `region_score` and `box_score`). The folder must have been indexed (`dasr-annotator
 index PHOTOS`); search never indexes on the fly, because a first index of a large folder can take hours and should be asked for. Queries
 use the settings the folder was indexed with; many queries (`--queries FILE`) share one loaded
 model and index.
@@ -38,7 +39,8 @@ def add_arguments(parser) -> None:
                              'photos like the whole image)')
     parser.add_argument("--top", type=int, default=20, metavar="K", help="images per query (default 20)")
     parser.add_argument("--no-refine", action="store_true",
-                        help="place hit boxes on the stored maps only (16-px steps of the network input): faster, coarser")
+                        help="place hit boxes (and --propagate's) on the stored maps only (16-px steps of the network "
+                             "input): faster, coarser")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--propagate", type=float, metavar="SECONDS",
                         help="for a query in a video frame, also find the box in the frames within SECONDS of it "
@@ -153,7 +155,8 @@ def run(args) -> int:
             from dasr_annotator.engine.search.propagate import propagate
 
             try:
-                propagated = propagate(searcher, q.image, q.box, seconds=args.propagate, fps=args.propagate_fps)
+                propagated = propagate(searcher, q.image, q.box, seconds=args.propagate, fps=args.propagate_fps,
+                                       refine=not args.no_refine)
             except (ValueError, ImageError) as exc:
                 print(f"dasr-annotator search: query {q.id}: not propagated: {getattr(exc, 'reason', exc)}",
                       file=sys.stderr)

@@ -362,15 +362,20 @@ class Refiner:
         return out
 
 
-def rank_by_box(hits: Sequence[Hit]) -> list[Hit]:
-    """Refined hits ordered by `blended_score` (stable): each hit's `score` becomes the blend, its
-    `region_score` keeps what the regions gave. Hits blended before are blended from their
-    region score again, never twice."""
+def blend_scores(hits: Sequence[Hit]) -> list[Hit]:
+    """The same hits in the same order, each hit's `score` the `blended_score` of its region and
+    box score, its `region_score` keeping what the regions gave. Hits blended before are blended
+    from their region score again, never twice."""
     out = []
     for hit in hits:
         region = hit.region_score if hit.region_score is not None else hit.score
         out.append(replace(hit, score=blended_score(region, hit.box_score), region_score=region))
-    return sorted(out, key=lambda h: -h.score)
+    return out
+
+
+def rank_by_box(hits: Sequence[Hit]) -> list[Hit]:
+    """Refined hits ordered by `blended_score` (stable; `blend_scores`)."""
+    return sorted(blend_scores(hits), key=lambda h: -h.score)
 
 
 @dataclass
