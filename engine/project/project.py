@@ -11,9 +11,11 @@ written first and the manifest switches to them atomically, so a reader never se
 Building an exact index holds every live region's raw descriptor (float16) and its whitened copy
 in memory, about N x (2 D + 4 d) bytes: at most ~0.2 GB, as exact indexes stop at EXACT_MAX_WORK.
 An IVF index (large collections) is built from a training sample plus parts of INDEX_PART_REGIONS
-regions read one at a time, and its inverted lists are stored in `index-<gen>.ivfdata` beside the
-index file, which the searcher memory-maps (engine/search/index.py, docs/index.md); what stays in
-memory is the region table (image, box, ellipse, score: 44 bytes a region).
+regions read one at a time and opened memory-mapped: its re-ranking codes, the bulk of the file
+(an index built before issue #20's re-ranking keeps its inverted lists in `index-<gen>.ivfdata`
+beside the index file, mapped instead; engine/search/index.py, docs/index.md); what stays in
+memory is the fast-scan lists (36 bytes a region) and the region table (image, box, ellipse,
+score: 44 bytes a region).
 """
 from __future__ import annotations
 
@@ -383,10 +385,12 @@ class Project:
         gen = _generation()
         new_index = {"file": f"index-{gen}.faiss", "meta": f"index-{gen}.npz"}
         spec = faiss_index.index_spec(n_regions, whitening.output_dim if whitening is not None else dim)
-        if n_regions and faiss_index.stored_on_disk(spec):
+        mapped = bool(n_regions) and faiss_index.stored_on_disk(spec)
+        if mapped:
             built, arrays = self._build_ondisk(store, live, whitening, dim, spec, self.state_dir / new_index["file"],
                                                cancel)
-            new_index["ivfdata"] = Path(new_index["file"]).with_suffix(faiss_index.ONDISK_SUFFIX).name
+            if not faiss_index.is_refined(spec):  # the IVF,SQ8 kind keeps its lists in a file of their own
+                new_index["ivfdata"] = Path(new_index["file"]).with_suffix(faiss_index.ONDISK_SUFFIX).name
         else:
             arrays = store.read(live)
             vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
@@ -395,6 +399,8 @@ class Project:
         new_index.update({"type": built.spec, "metric": "inner_product", "nprobe": built.nprobe, "dim": built.dim,
                           "regions": n_regions, "images": len(live), "recall_at_100": round(built.recall_at_100, 4),
                           "content": content})
+        if built.k_factor:
+            new_index.update(k_factor=built.k_factor, mapped=mapped)
         sizes = np.array([[store.entries[f].width, store.entries[f].height] for f in live], np.int32).reshape(-1, 2)
         self._save_arrays(new_index["meta"], {
             "images": np.array(live, dtype=str), "sizes": sizes, "image": arrays.image, "boxes": arrays.boxes,
@@ -406,7 +412,8 @@ class Project:
         notes.append(f"index: {built.spec} over {n_regions} regions of {built.dim} dims"
                      + (f", nprobe {built.nprobe} (recall@100 {built.recall_at_100:.3f} vs exact)"
                         if built.nprobe else "")
-                     + (", opened memory-mapped" if "ivfdata" in new_index else ""))
+                     + (f", {built.k_factor} x candidates re-ranked" if built.k_factor else "")
+                     + (", opened memory-mapped" if mapped else ""))
         return n_regions
 
     def _build_ondisk(self, store: RegionStore, live: list[str], whitening: Whitening | None, dim: int, spec: str,
@@ -522,10 +529,11 @@ class Project:
         if not self._index_intact(info):
             raise damaged
         try:
-            if "ivfdata" in info:
-                index = faiss_index.open_index(self.state_dir / info["file"], info["nprobe"])
+            if "ivfdata" in info or info.get("mapped"):
+                index = faiss_index.open_index(self.state_dir / info["file"], info["nprobe"], info.get("k_factor", 0))
             else:
-                index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"])
+                index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"],
+                                               info.get("k_factor", 0))
             with np.load(self.state_dir / info["meta"], allow_pickle=False) as z:
                 meta = {k: z[k] for k in ("images", "sizes", "image", "boxes", "ellipses")}
         except (RuntimeError, *NPZ_ERRORS):
