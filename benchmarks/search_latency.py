@@ -15,8 +15,10 @@ threads for building. Recall@100 is measured on held-out queries against exact s
 
 `--mmap` builds the index as a project does for a collection that need not fit in memory
 (`index.build_ondisk_index`: trained on a sample, parts of CHUNK vectors generated and added one
-at a time, lists merged into an on-disk file) and searches it memory-mapped; the vectors never
-exist as a whole, and recall is measured against exact search done part by part. Both modes
+at a time, the re-ranking codes written to the index file from disk) and searches it
+memory-mapped; the vectors never exist as a whole, and recall is measured against exact search
+done part by part. `nprobe` and `k_factor` (re-ranked candidates per result) are the tuned
+settings. Both modes
 report `peak_rss_mb`: the peak resident memory of a separate process that opens the index
 (memory-mapped with `--mmap`, read into memory without) and runs 100 single queries, k = 100;
 `rss_file_mb` of it is index pages mapped from the page cache (reclaimable), `rss_anon_mb` the
@@ -138,8 +140,8 @@ def measure_mmap(n: int, queries: int, seed: int, raw_dim: int | None, train: in
         build_s = time.perf_counter() - start
         index, nprobe, k_factor, tuning_recall = built.index, built.nprobe, built.k_factor, built.recall_at_100
         del sample, built
-        lists = path.with_suffix(faiss_index.ONDISK_SUFFIX)  # the IVF,SQ8 kind's lists file
-        size = path.stat().st_size + (lists.stat().st_size if lists.exists() else 0)
+        beside = [path.with_suffix(faiss_index.ONDISK_SUFFIX), path.with_suffix(faiss_index.REFINE_SUFFIX)]
+        size = path.stat().st_size + sum(p.stat().st_size for p in beside if p.exists())
         heap = faiss.ResultHeap(len(held_out), 100, keep_max=True)
         offset = 0
         for part in parts():  # exact search, part by part

@@ -48,9 +48,13 @@ def test_the_refined_index_mapped_returns_the_same_hits_as_in_memory(data, tmp_p
     assert in_memory.k_factor in faiss_index.REFINE_FACTORS and mapped_codes(in_memory.index).is_owned
     mapped = faiss_index.build_ondisk_index([x[:12_000], x[12_000:]], training_sample(x, REFINED),
                                             tmp_path / "index-a.faiss", REFINED)
-    assert [p.name for p in tmp_path.iterdir()] == ["index-a.faiss"]  # one file, no temporary files left
-    assert (mapped.nprobe, mapped.k_factor) == (in_memory.nprobe, in_memory.k_factor)
-    reopened = faiss_index.open_index(tmp_path / "index-a.faiss", mapped.nprobe, mapped.k_factor)
+    # the fast-scan index and the re-ranking codes; no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index-a.faiss", "index-a.refine"]
+    assert (tmp_path / "index-a.refine").stat().st_size > len(x) * 32
+    # (each tuned on its own queries: the whole collection's, the training sample's)
+    assert min(mapped.recall_at_100, in_memory.recall_at_100) >= faiss_index.REFINED_TARGET_RECALL
+    reopened = faiss_index.open_index(tmp_path / "index-a.faiss", in_memory.nprobe, in_memory.k_factor)
+    faiss_index._with_settings(mapped.index, in_memory.nprobe, in_memory.k_factor)
     for opened in (reopened, mapped.index):
         codes = mapped_codes(opened)
         assert not codes.is_owned and codes.size() == len(x) * 32  # 32 one-byte codes a region, mapped
@@ -161,8 +165,9 @@ def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, ca
     assert report.regions == 80 and any("memory-mapped" in note for note in report.notes)
     project = Project.open(big_folder)
     info = project.manifest()["index"]
-    assert faiss_index.is_refined(info["type"]) and info["mapped"] is True and "ivfdata" not in info
-    assert info["k_factor"] in faiss_index.REFINE_FACTORS and len(info["bytes"]) == 2
+    assert faiss_index.is_refined(info["type"]) and "ivfdata" not in info
+    assert info["refine"] == info["file"].replace(".faiss", ".refine") and len(info["bytes"]) == 3
+    assert info["k_factor"] in faiss_index.REFINE_FACTORS
     searcher = project.searcher(ex)
     assert capfd.readouterr().out == ""  # `index --json` and `search --json` write their JSON there
     assert not mapped_codes(searcher.index).is_owned and searcher.index.k_factor == info["k_factor"]
@@ -181,7 +186,7 @@ def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, ca
     new_info = Project.open(big_folder).manifest()["index"]
     assert new_info["file"] != info["file"] and new_info["regions"] == 78
     left = sorted(p.name for p in project.state_dir.iterdir() if p.name.startswith(("index-", ".index-")))
-    assert left == sorted([new_info["file"], new_info["meta"]])  # old generation, temp files gone
+    assert left == sorted([new_info["file"], new_info["meta"], new_info["refine"]])  # old generation, temp files gone
     # the searcher opened before the rebuild still reads its (now unlinked) lists
     again = searcher.query_descriptor("d0/p00.png", Box(0, 0, 24, 32))
     assert searcher.search(again[None], top_k=1)[0].image == "d0/p00.png"
@@ -194,7 +199,7 @@ def test_an_index_written_before_the_re_ranking_still_opens(big_folder, monkeypa
         Project.open(big_folder).update_index(TinyExtractor())
     project = Project.open(big_folder)
     info = project.manifest()["index"]
-    assert info["type"] == "IVF64,SQ8" and "k_factor" not in info and "mapped" not in info
+    assert info["type"] == "IVF64,SQ8" and "k_factor" not in info and "refine" not in info
     assert info["ivfdata"] == info["file"].replace(".faiss", ".ivfdata") and len(info["bytes"]) == 3
     searcher = project.searcher(TinyExtractor())
     # faiss prints the lists file's name when it builds and opens it: never onto stdout
@@ -229,7 +234,7 @@ def test_an_incompatible_index_is_refused(big_folder, tmp_path, monkeypatch, spe
     theirs = other_project.manifest()["index"]
     manifest = project.manifest()
     ours = manifest["index"]
-    for key in {"file", "ivfdata"} & set(ours):  # same number of regions: only the dimension tells them apart
+    for key in {"file", "ivfdata", "refine"} & set(ours):  # same number of regions: only the dimension differs
         (project.state_dir / theirs[key]).write_bytes((other_project.state_dir / theirs[key]).read_bytes())
         ours[key] = theirs[key]
     ours["bytes"] = [p.stat().st_size for p in project._index_paths(ours)]
@@ -257,4 +262,4 @@ def test_the_latency_benchmark_measures_the_memory_mapped_index(monkeypatch, tmp
     # an 8-byte fast-scan code (4 bits a pair of dims), an 8-byte id and 32 one-byte re-ranking
     # codes a region, plus the header (the quantizer's 512 centroids: 3.3 bytes a region)
     assert 51 <= result["bytes_per_region"] < 56
-    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["index.faiss"]
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["index.faiss", "index.refine"]

@@ -11,9 +11,10 @@ written first and the manifest switches to them atomically, so a reader never se
 Building an exact index holds every live region's raw descriptor (float16) and its whitened copy
 in memory, about N x (2 D + 4 d) bytes: at most ~0.2 GB, as exact indexes stop at EXACT_MAX_WORK.
 An IVF index (large collections) is built from a training sample plus parts of INDEX_PART_REGIONS
-regions read one at a time and opened memory-mapped: its re-ranking codes, the bulk of the file
-(an index built before issue #20's re-ranking keeps its inverted lists in `index-<gen>.ivfdata`
-beside the index file, mapped instead; engine/search/index.py, docs/index.md); what stays in
+regions read one at a time and opened memory-mapped: its re-ranking codes, the bulk of it, are in
+`index-<gen>.refine` beside the index file (an index built before issue #20's re-ranking keeps its
+inverted lists in `index-<gen>.ivfdata`, mapped instead; engine/search/index.py, docs/index.md);
+what stays in
 memory is the fast-scan lists (36 bytes a region) and the region table (image, box, ellipse,
 score: 44 bytes a region).
 """
@@ -389,8 +390,9 @@ class Project:
         if mapped:
             built, arrays = self._build_ondisk(store, live, whitening, dim, spec, self.state_dir / new_index["file"],
                                                cancel)
-            if not faiss_index.is_refined(spec):  # the IVF,SQ8 kind keeps its lists in a file of their own
-                new_index["ivfdata"] = Path(new_index["file"]).with_suffix(faiss_index.ONDISK_SUFFIX).name
+            suffix = faiss_index.REFINE_SUFFIX if faiss_index.is_refined(spec) else faiss_index.ONDISK_SUFFIX
+            new_index["refine" if faiss_index.is_refined(spec) else "ivfdata"] = \
+                Path(new_index["file"]).with_suffix(suffix).name
         else:
             arrays = store.read(live)
             vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
@@ -400,7 +402,7 @@ class Project:
                           "regions": n_regions, "images": len(live), "recall_at_100": round(built.recall_at_100, 4),
                           "content": content})
         if built.k_factor:
-            new_index.update(k_factor=built.k_factor, mapped=mapped)
+            new_index["k_factor"] = built.k_factor
         sizes = np.array([[store.entries[f].width, store.entries[f].height] for f in live], np.int32).reshape(-1, 2)
         self._save_arrays(new_index["meta"], {
             "images": np.array(live, dtype=str), "sizes": sizes, "image": arrays.image, "boxes": arrays.boxes,
@@ -459,7 +461,7 @@ class Project:
 
     def _index_paths(self, info: dict) -> list[Path]:
         """The files of one index generation, in the order `bytes` records their sizes."""
-        return [self.state_dir / info[k] for k in ("file", "meta", "ivfdata") if k in info]
+        return [self.state_dir / info[k] for k in ("file", "meta", "ivfdata", "refine") if k in info]
 
     def _fit_whitening(self, store: RegionStore, live: list[str], dim: int | None) -> Whitening:
         """Fit on the regions of a seeded random subset of images (about WHITEN_SAMPLE regions)."""
@@ -529,7 +531,7 @@ class Project:
         if not self._index_intact(info):
             raise damaged
         try:
-            if "ivfdata" in info or info.get("mapped"):
+            if "ivfdata" in info or "refine" in info:
                 index = faiss_index.open_index(self.state_dir / info["file"], info["nprobe"], info.get("k_factor", 0))
             else:
                 index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"],

@@ -13,9 +13,9 @@ Saved with faiss's own format, never pickle. Exact indexes are one file, read in
 indexes (the large collections) need not fit in memory, neither to build nor to search
 (`build_ondisk_index`): the quantizer is trained on a sample, each part of the collection is added
 to its own copy of the trained index, and the parts' inverted lists are merged into one `.ivfdata`
-file beside the index file, which `open_index` memory-maps read-only; the re-ranked kind is one
-file whose 8-bit codes (most of its bytes) are memory-mapped, its fast-scan lists read into
-memory. Figures: docs/index.md.
+file beside the index file, which `open_index` memory-maps read-only; the re-ranked kind keeps its
+8-bit codes (most of its bytes) in a `.refine` file beside the index file, memory-mapped, and its
+fast-scan lists in the index file, read into memory. Figures: docs/index.md.
 """
 from __future__ import annotations
 
@@ -72,8 +72,10 @@ TUNING_QUERIES = 200
 ADD_CHUNK = 65536
 # Training vectors per IVF list (faiss asks for at least 39; 64 is what every build here used).
 TRAIN_PER_LIST = 64
-# The inverted lists of an IVF index live in this file beside the index file (same stem).
+# The inverted lists of an IVF,SQ8 index live in this file beside the index file (same stem).
 ONDISK_SUFFIX = ".ivfdata"
+# The re-ranking codes of a re-ranked index (a faiss IndexScalarQuantizer file) live in this one.
+REFINE_SUFFIX = ".refine"
 
 
 # Eigenvalue damping of the collection's whitening, in mean eigenvalues (Whitening.shrinkage).
@@ -259,10 +261,12 @@ def _numbered(parts: Iterable[np.ndarray], truth: _ExactTop, cancel: CancelFn) -
 
 def _write_refined(trained: faiss.Index, numbered: Iterator[tuple[np.ndarray, np.ndarray]], truth: _ExactTop,
                    work_dir: Path, path: Path) -> tuple[int, float, int]:
-    """Fill `trained` (an IVF fast-scan index refined by SQ8 codes) with the parts and write it to
-    `path`: the fast-scan lists (36 bytes a region) are held in memory, the SQ8 codes (112 bytes)
-    are appended to a file in `work_dir` part by part and written from a memory map of it, so they
-    never are in memory as a whole. Tuned on the written file, opened as `open_index` opens it."""
+    """Fill `trained` (an IVF fast-scan index refined by SQ8 codes) with the parts and write it as
+    two files: `path` holds the fast-scan index (36 bytes a region, read into memory when opened),
+    `path` + REFINE_SUFFIX the SQ8 re-ranking codes (112 bytes a region, memory-mapped when
+    opened). The codes are appended to a file in `work_dir` part by part and written from a
+    memory map of it, so they never are in memory as a whole. Tuned on the written files, opened
+    as `open_index` opens them; renamed into place codes first."""
     base = faiss.downcast_index(trained.base_index)
     refine = faiss.downcast_index(trained.refine_index)
     codes_file = work_dir / "refine-codes"
@@ -274,29 +278,35 @@ def _write_refined(trained: faiss.Index, numbered: Iterator[tuple[np.ndarray, np
                 refine.sa_encode(chunk).tofile(out)
     total = truth.total
     codes = np.memmap(codes_file, np.uint8, "r") if total else np.zeros(0, np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    refine_path = path.with_suffix(REFINE_SUFFIX)
+    temps = {}
     try:
+        for target in (refine_path, path):
+            fd, temps[target] = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
         # faiss writes the codes through a view of the map (a MaybeOwnedVector that does not own them)
         view = faiss.MaybeOwnedVectorUInt8()
         view.is_owned, view.view_data, view.view_size = False, faiss.swig_ptr(codes), codes.size
         view.c_ptr, view.c_size = view.view_data, codes.size
-        refine.codes, refine.ntotal, trained.ntotal = view, total, total
+        refine.codes, refine.ntotal = view, total
         try:
-            faiss.write_index(trained, tmp)
+            faiss.write_index(refine, temps[refine_path])
         finally:
             refine.codes, refine.ntotal = faiss.MaybeOwnedVectorUInt8(), 0
             del view, codes  # closes the map
-        _fsync_file(tmp)
-        index = open_index(tmp, 0, REFINE_FACTORS[0])
+        faiss.write_index(base, temps[path])
+        for name in temps.values():
+            _fsync_file(name)
+        index = _open_refined(temps[path], temps[refine_path])
         tuned = _tune(index, truth.queries, truth.ids()) if total else (NPROBE_STEPS[0], 1.0, REFINE_FACTORS[0])
-        del index  # unmaps the file
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_file(path.parent)  # the rename is durable
+        del index  # unmaps the codes
+        for target in (refine_path, path):
+            os.replace(temps.pop(target), target)
+        _fsync_file(path.parent)  # the renames are durable
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        for name in temps.values():
+            if os.path.exists(name):
+                os.unlink(name)
     return tuned
 
 
@@ -381,15 +391,30 @@ def _fsync_file(name: str) -> None:
 
 
 def open_index(path: str | os.PathLike, nprobe: int, k_factor: int = 0) -> faiss.Index:
-    """An index file written by `build_ondisk_index`: with `k_factor` (the re-ranked kind) its SQ8
-    codes memory-mapped read-only from the file, the rest read; without (the IVF,SQ8 kind) its
-    inverted lists memory-mapped from the lists file beside it. Mapped pages are read as queries
+    """An index file written by `build_ondisk_index`: with `k_factor` (the re-ranked kind) the
+    fast-scan index read into memory and its SQ8 codes memory-mapped read-only from the
+    REFINE_SUFFIX file beside it; without (the IVF,SQ8 kind) its inverted lists memory-mapped from
+    the lists file beside it. Mapped pages are read as queries
     touch them and the kernel may drop them again. A file written by `BuiltIndex.to_bytes` is read
     into memory. RuntimeError when damaged."""
-    flags = faiss.IO_FLAG_MMAP_IFC if k_factor else faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
-    with _c_stdout_to_stderr():
-        index = faiss.read_index(Path(path).as_posix(), flags)
+    path = Path(path)
+    if k_factor:
+        index = _open_refined(path, path.with_suffix(REFINE_SUFFIX))
+    else:
+        with _c_stdout_to_stderr():
+            index = faiss.read_index(path.as_posix(), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
     return _with_settings(index, nprobe, k_factor)
+
+
+def _open_refined(path: str | os.PathLike, refine_path: str | os.PathLike) -> faiss.Index:
+    """The fast-scan index read into memory, re-ranked on the SQ8 codes mapped from `refine_path`
+    (faiss refuses the pair when their sizes or dimensions differ: RuntimeError)."""
+    base = faiss.read_index(Path(path).as_posix())
+    refine = faiss.read_index(Path(refine_path).as_posix(), faiss.IO_FLAG_MMAP_IFC)
+    faiss.extract_index_ivf(base)  # RuntimeError when it is not an IVF index
+    if not isinstance(refine, faiss.IndexScalarQuantizer):
+        raise RuntimeError(f"{refine_path} does not hold re-ranking codes")
+    return faiss.IndexRefine(base, refine)  # keeps both alive (faiss's Python wrapper holds them)
 
 
 def _with_settings(index: faiss.Index, nprobe: int, k_factor: int) -> faiss.Index:
