@@ -120,7 +120,7 @@ def index_spec(n_regions: int, dim: int) -> str:
 
 
 def is_refined(spec: str) -> bool:
-    """An index whose candidates are re-ranked on codes kept in the same file (memory-mapped)."""
+    """An index whose candidates are re-ranked on SQ8 codes (a file of their own, memory-mapped)."""
     return spec.endswith(REFINE)
 
 
@@ -201,14 +201,15 @@ def build_ondisk_index(parts: Iterable[np.ndarray], sample: np.ndarray, path: st
                        seed: int = 0, cancel: CancelFn = never_cancel) -> BuiltIndex:
     """An IVF index over the vectors of `parts` (float32 [n_i, d] each, ids numbered across the
     parts in order), trained on `sample` (vectors of the same collection), written to `path`
-    with its inverted lists in `path` + ONDISK_SUFFIX; returned opened memory-mapped.
+    with its re-ranking codes in `path` + REFINE_SUFFIX (`is_refined(spec)`: `_write_refined`)
+    or its inverted lists in `path` + ONDISK_SUFFIX (IVF,SQ8: `_write_ondisk_lists`); returned
+    opened memory-mapped.
 
-    Only one part, the trained index and the tuning queries are in memory at a time: each part
-    is added to its own copy of the trained index and written to a temporary file, then the
-    parts' lists are merged into the on-disk lists (faiss.contrib.ondisk.merge_ondisk's method).
-    The same pass finds the exact neighbours of the tuning queries (indexed vectors of the sample)
-    part by part, so nprobe is tuned as `build_index` tunes it without a second pass. Both files
-    are written to temporary names and renamed into place, the lists file first."""
+    Only one part, the trained index (with the fast-scan lists of the re-ranked kind) and the
+    tuning queries are in memory at a time. The same pass finds the exact neighbours of the
+    tuning queries (indexed vectors of the sample) part by part, so the index is tuned as
+    `build_index` tunes it without a second pass. Both files are written to temporary names and
+    renamed into place, the index file last."""
     path = Path(path)
     trained = train_index(sample, spec, seed)
     queries = _tuning_queries(sample, seed)
