@@ -245,7 +245,8 @@ class _ExactTop:
         return self.heap.I[:, :min(self.k, self.total)]
 
 
-def _numbered(parts: Iterable[np.ndarray], truth: _ExactTop, cancel: CancelFn) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _numbered(parts: Iterable[np.ndarray], truth: _ExactTop,
+              cancel: CancelFn) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(vectors, ids) of each non-empty part, ids numbered across the parts; each part also goes
     into the tuning queries' exact top 100. Checks `cancel` before each part and after the last."""
     for part in parts:
