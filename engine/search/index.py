@@ -56,10 +56,11 @@ APPROX_CODE = "SQ8"
 # SQ8 codes (docs/index.md). 28 + 8 bytes (code, id) a region in memory, 112 mapped from disk.
 REFINE = "Refine(SQ8)"
 FAST_SCAN_DIMS = 2
-REFINE_FACTORS = (4, 8, 16)
+REFINE_FACTORS = (4, 8, 16, 32)
 # Tuning keeps a setting only while one k=100 query on one thread takes at most this long (median
-# of LATENCY_QUERIES), leaving room under the 50 ms goal for the Searcher and a busier machine.
-QUERY_MS_BUDGET = 30.0
+# of LATENCY_QUERIES), leaving ~10 ms under issue #20's 50 ms goal for the Searcher, which asks
+# for k=400 regions (at 12.5M regions, nprobe 8192 / k_factor 32: faiss 32 ms, Searcher 40 ms).
+QUERY_MS_BUDGET = 40.0
 LATENCY_QUERIES = 20
 # Tuned above the 0.95 goal: the tuning queries are indexed vectors themselves, which measured
 # 0.001-0.002 more optimistic than held-out queries on the benchmark.
