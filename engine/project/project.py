@@ -496,8 +496,8 @@ class Project:
         if manifest.get("whitening"):
             keep.add(manifest["whitening"]["file"])
         for path in self.state_dir.iterdir():
-            if path.name.startswith(("index-", "whitening-")) and path.name not in keep:
-                if path.is_file():
+            if path.name.startswith(("index-", "whitening-", ".index-")) and path.name not in keep:
+                if path.is_file():  # (".index-*.tmp": the temporary files of a killed build)
                     path.unlink()  # a searcher still mapping an old lists file keeps reading it (POSIX)
                 elif path.is_dir() and "-parts-" in path.name:
                     shutil.rmtree(path, ignore_errors=True)  # the parts of a killed on-disk build
