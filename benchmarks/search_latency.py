@@ -15,8 +15,10 @@ threads for building. Recall@100 is measured on held-out queries against exact s
 
 `--mmap` builds the index as a project does for a collection that need not fit in memory
 (`index.build_ondisk_index`: trained on a sample, parts of CHUNK vectors generated and added one
-at a time, lists merged into an on-disk file) and searches it memory-mapped; the vectors never
-exist as a whole, and recall is measured against exact search done part by part. Both modes
+at a time, the re-ranking codes written to the index file from disk) and searches it
+memory-mapped; the vectors never exist as a whole, and recall is measured against exact search
+done part by part. `nprobe` and `k_factor` (re-ranked candidates per result) are the tuned
+settings. Both modes
 report `peak_rss_mb`: the peak resident memory of a separate process that opens the index
 (memory-mapped with `--mmap`, read into memory without) and runs 100 single queries, k = 100;
 `rss_file_mb` of it is index pages mapped from the page cache (reclaimable), `rss_anon_mb` the
@@ -94,9 +96,9 @@ def measure(n: int, queries: int, seed: int, raw_dim: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="search-latency-") as folder:
         path = Path(folder) / "index.faiss"
         path.write_bytes(built.to_bytes())
-        rss = rss_of_a_searching_process(path, held_out, built.nprobe, mmap=False)
+        rss = rss_of_a_searching_process(path, held_out, built.nprobe, built.k_factor, mmap=False)
     return {
-        "regions": n, "dim": dim, "index_type": built.spec, "nprobe": built.nprobe,
+        "regions": n, "dim": dim, "index_type": built.spec, "nprobe": built.nprobe, "k_factor": built.k_factor,
         "p50_ms": percentile_ms(search_times, 50), "p95_ms": percentile_ms(search_times, 95),
         "faiss_p50_ms": percentile_ms(faiss_times, 50), "faiss_p95_ms": percentile_ms(faiss_times, 95),
         "recall_at_100": round(recall, 4), "tuning_recall_at_100": round(built.recall_at_100, 4),
@@ -136,9 +138,10 @@ def measure_mmap(n: int, queries: int, seed: int, raw_dim: int | None, train: in
         start = time.perf_counter()
         built = faiss_index.build_ondisk_index(parts(), sample, path, spec, seed=seed)
         build_s = time.perf_counter() - start
-        index, nprobe, tuning_recall = built.index, built.nprobe, built.recall_at_100
+        index, nprobe, k_factor, tuning_recall = built.index, built.nprobe, built.k_factor, built.recall_at_100
         del sample, built
-        size = path.stat().st_size + path.with_suffix(faiss_index.ONDISK_SUFFIX).stat().st_size
+        beside = [path.with_suffix(faiss_index.ONDISK_SUFFIX), path.with_suffix(faiss_index.REFINE_SUFFIX)]
+        size = path.stat().st_size + sum(p.stat().st_size for p in beside if p.exists())
         heap = faiss.ResultHeap(len(held_out), 100, keep_max=True)
         offset = 0
         for part in parts():  # exact search, part by part
@@ -151,12 +154,12 @@ def measure_mmap(n: int, queries: int, seed: int, raw_dim: int | None, train: in
         faiss_times = faiss_query_times(index, held_out)
         search_times = searcher_query_times(index, n, held_out, seed)
         del index
-        rss = rss_of_a_searching_process(path, held_out, nprobe, mmap=True)
+        rss = rss_of_a_searching_process(path, held_out, nprobe, k_factor, mmap=True)
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
     return {
-        "regions": n, "dim": dim, "index_type": spec, "nprobe": nprobe,
+        "regions": n, "dim": dim, "index_type": spec, "nprobe": nprobe, "k_factor": k_factor,
         "p50_ms": percentile_ms(search_times, 50), "p95_ms": percentile_ms(search_times, 95),
         "faiss_p50_ms": percentile_ms(faiss_times, 50), "faiss_p95_ms": percentile_ms(faiss_times, 95),
         "recall_at_100": round(recall, 4), "tuning_recall_at_100": round(tuning_recall, 4),
@@ -201,23 +204,24 @@ def searcher_query_times(index, n: int, queries: np.ndarray, seed: int) -> list[
     return times
 
 
-def rss_of_a_searching_process(path: Path, queries: np.ndarray, nprobe: int, mmap: bool) -> dict:
+def rss_of_a_searching_process(path: Path, queries: np.ndarray, nprobe: int, k_factor: int, mmap: bool) -> dict:
     """Memory of a fresh process that opens the index at `path` and runs 100 single queries."""
     query_file = path.with_name("rss-queries.npy")
     np.save(query_file, np.resize(queries, (100, queries.shape[1])))
     child = subprocess.run([sys.executable, __file__, "--rss-child", str(path), "--rss-queries", str(query_file),
-                            "--rss-nprobe", str(nprobe)] + (["--mmap"] if mmap else []),
+                            "--rss-nprobe", str(nprobe), "--rss-k-factor", str(k_factor)]
+                           + (["--mmap"] if mmap else []),
                            capture_output=True, text=True, check=True)
     query_file.unlink()
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
-def rss_child(path: str, query_file: str, nprobe: int, mmap: bool) -> dict:
+def rss_child(path: str, query_file: str, nprobe: int, k_factor: int, mmap: bool) -> dict:
     queries = np.load(query_file)
     if mmap:
-        index = faiss_index.open_index(path, nprobe)
+        index = faiss_index.open_index(path, nprobe, k_factor)
     else:
-        index = faiss_index.load_index(Path(path).read_bytes(), nprobe)
+        index = faiss_index.load_index(Path(path).read_bytes(), nprobe, k_factor)
     faiss_query_times(index, queries)
     status = _proc_status()
     if "VmHWM" in status:
@@ -260,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--rss-queries", help=argparse.SUPPRESS)
     parser.add_argument("--rss-nprobe", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-k-factor", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
-        print(json.dumps(rss_child(args.rss_child, args.rss_queries, args.rss_nprobe, args.mmap)))
+        print(json.dumps(rss_child(args.rss_child, args.rss_queries, args.rss_nprobe, args.rss_k_factor, args.mmap)))
         return 0
     if args.threads:
         faiss.omp_set_num_threads(args.threads)

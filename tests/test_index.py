@@ -24,7 +24,8 @@ def test_policy_exact_then_fewer_dims_then_ivf():
     assert faiss_index.whitening_dim(n, 320) == faiss_index.APPROX_DIM
     assert faiss_index.index_spec(n, faiss_index.APPROX_DIM) == "Flat"
     spec = faiss_index.index_spec(1_000_000, faiss_index.APPROX_DIM)
-    assert spec.startswith("IVF") and spec.endswith(faiss_index.APPROX_CODE)
+    assert spec == "IVF4096,PQ56x4fs,Refine(SQ8)" and faiss_index.is_refined(spec)
+    assert faiss_index.index_spec(1_000_000, 33) == "IVF4096,PQ33x4fs,Refine(SQ8)"  # odd: a dim a code
     assert faiss_index.whitening_min_regions(320) >= 3200
     assert faiss_index.needs_refit(200, 100) and faiss_index.needs_refit(50, 100)
     assert not faiss_index.needs_refit(150, 100)
@@ -62,6 +63,36 @@ def test_index_survives_serialisation_with_its_nprobe(ivf):
     assert np.array_equal(loaded.search(queries, 10)[1], built.index.search(queries, 10)[1])
     back = faiss_index.reconstruct(loaded, np.array([3, 7]))
     assert back.shape == (2, 32) and np.allclose(back, x[[3, 7]], atol=0.05)
+
+
+@pytest.fixture(scope="module")
+def refined():
+    x = clustered(30_100, 32, seed=1)
+    held_out, x = x[:100], x[100:]
+    return x, faiss_index.build_index(x, spec="IVF128,PQ16x4fs,Refine(SQ8)"), held_out
+
+
+def test_refined_ivf_is_tuned_to_the_recall_target_and_survives_serialisation(refined):
+    x, built, queries = refined
+    assert built.k_factor in faiss_index.REFINE_FACTORS and built.recall_at_100 >= faiss_index.REFINED_TARGET_RECALL
+    assert (faiss.extract_index_ivf(built.index).nprobe, built.index.k_factor) == (built.nprobe, built.k_factor)
+    _, found = built.index.search(queries, 100)
+    assert faiss_index.recall_at(found, faiss_index.exact_search(x, queries, 100)) >= 0.95
+    loaded = faiss_index.load_index(built.to_bytes(), built.nprobe, built.k_factor)
+    assert (faiss.extract_index_ivf(loaded).nprobe, loaded.k_factor) == (built.nprobe, built.k_factor)
+    assert np.array_equal(loaded.search(queries, 10)[1], built.index.search(queries, 10)[1])
+    back = faiss_index.reconstruct(loaded, np.array([3, 7]))  # from the re-ranking codes
+    assert back.shape == (2, 32) and np.allclose(back, x[[3, 7]], atol=0.02)
+
+
+def test_tuning_stops_at_the_query_time_budget(refined, monkeypatch):
+    x, built, queries = refined
+    truth = faiss_index.exact_search(x, queries, 100)
+    monkeypatch.setattr(faiss_index, "QUERY_MS_BUDGET", 0.0)  # every setting is over it
+    assert faiss_index._tune(built.index, queries, truth)[0::2] == (8, faiss_index.REFINE_FACTORS[0])
+    monkeypatch.setattr(faiss_index, "QUERY_MS_BUDGET", 1e6)
+    nprobe, recall, k_factor = faiss_index._tune(built.index, queries, truth)
+    assert recall >= faiss_index.REFINED_TARGET_RECALL and (nprobe, k_factor) != (8, faiss_index.REFINE_FACTORS[0])
 
 
 def test_recall_at_counts_overlap():

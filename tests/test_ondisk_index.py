@@ -1,4 +1,6 @@
-"""The IVF index built from parts into on-disk inverted lists and opened memory-mapped."""
+"""The IVF indexes built from parts and opened memory-mapped: the re-ranked kind (fast-scan lists
+in memory, SQ8 re-ranking codes mapped from the file) and the older IVF,SQ8 kind (inverted lists
+in an on-disk lists file)."""
 import json
 
 import faiss
@@ -12,7 +14,8 @@ from dasr_annotator.engine.types import Box, Cancelled
 from tests.test_collection import TinyExtractor, make_image
 from tests.test_index import clustered
 
-SPEC = "IVF128,SQ8"
+SPEC = "IVF128,SQ8"  # the kind built before the re-ranking (still opened)
+REFINED = "IVF128,PQ16x4fs,Refine(SQ8)"
 
 pytestmark = pytest.mark.skipif(not hasattr(faiss, "OnDiskInvertedLists"),
                                 reason="faiss has no on-disk inverted lists on this platform")
@@ -32,6 +35,41 @@ def training_sample(x, spec=SPEC, seed=0):
 
 def on_disk_lists(index):
     return faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+
+
+def mapped_codes(index):
+    """The re-ranking codes of a re-ranked index: a view of the file's pages when memory-mapped."""
+    return faiss.downcast_index(index.refine_index).codes
+
+
+def test_the_refined_index_mapped_returns_the_same_hits_as_in_memory(data, tmp_path):
+    x, queries = data
+    in_memory = faiss_index.build_index(x, spec=REFINED)
+    assert in_memory.k_factor in faiss_index.REFINE_FACTORS and mapped_codes(in_memory.index).is_owned
+    mapped = faiss_index.build_ondisk_index([x[:12_000], x[12_000:]], training_sample(x, REFINED),
+                                            tmp_path / "index-a.faiss", REFINED)
+    # the fast-scan index and the re-ranking codes; no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index-a.faiss", "index-a.refine"]
+    assert (tmp_path / "index-a.refine").stat().st_size > len(x) * 32
+    # (each tuned on its own queries: the whole collection's, the training sample's)
+    assert min(mapped.recall_at_100, in_memory.recall_at_100) >= faiss_index.REFINED_TARGET_RECALL
+    reopened = faiss_index.open_index(tmp_path / "index-a.faiss", in_memory.nprobe, in_memory.k_factor)
+    faiss_index._with_settings(mapped.index, in_memory.nprobe, in_memory.k_factor)
+    for opened in (reopened, mapped.index):
+        codes = mapped_codes(opened)
+        assert not codes.is_owned and codes.size() == len(x) * 32  # 32 one-byte codes a region, mapped
+        assert opened.ntotal == len(x) and opened.k_factor == in_memory.k_factor
+        d_mem, i_mem = in_memory.index.search(queries, 100)
+        d_map, i_map = opened.search(queries, 100)
+        assert np.array_equal(i_map, i_mem) and np.array_equal(d_map, d_mem)
+    ids = np.array([0, 11_999, 12_000, len(x) - 1])
+    back = faiss_index.reconstruct(reopened, ids)
+    assert np.array_equal(back, faiss_index.reconstruct(in_memory.index, ids)) and np.allclose(back, x[ids], atol=0.02)
+    _, found = reopened.search(queries, 100)
+    assert faiss_index.recall_at(found, faiss_index.exact_search(x, queries, 100)) >= 0.95
+    # a re-ranking factor recorded for an index that does not re-rank: refused (as a damaged index)
+    with pytest.raises(RuntimeError):
+        faiss_index.load_index(faiss_index.build_index(x[:5000], spec="IVF64,SQ8").to_bytes(), 8, 4)
 
 
 def test_memory_mapped_index_returns_the_same_hits_as_the_in_memory_one(data, tmp_path):
@@ -59,23 +97,25 @@ def test_memory_mapped_index_returns_the_same_hits_as_the_in_memory_one(data, tm
     assert faiss_index.recall_at(found, faiss_index.exact_search(x, queries, 100)) >= 0.95
 
 
-def test_parts_added_independently_equal_one_build(data, tmp_path):
+@pytest.mark.parametrize("spec", [REFINED, SPEC])
+def test_parts_added_independently_equal_one_build(data, tmp_path, spec):
     x, queries = data
-    sample = training_sample(x, seed=3)
-    whole = faiss_index.build_ondisk_index([x], sample, _folder(tmp_path, "whole") / "i.faiss", SPEC)
+    sample = training_sample(x, spec, seed=3)
+    whole = faiss_index.build_ondisk_index([x], sample, _folder(tmp_path, "whole") / "i.faiss", spec)
     cuts = [0, 7, 9_000, 9_001, 21_500, len(x)]
     parts = faiss_index.build_ondisk_index((x[a:b] for a, b in zip(cuts, cuts[1:])), sample,
-                                           _folder(tmp_path, "parts") / "i.faiss", SPEC)
-    assert (parts.nprobe, parts.recall_at_100) == (whole.nprobe, whole.recall_at_100)
+                                           _folder(tmp_path, "parts") / "i.faiss", spec)
+    assert (parts.nprobe, parts.recall_at_100, parts.k_factor) == (whole.nprobe, whole.recall_at_100, whole.k_factor)
     assert parts.index.ntotal == whole.index.ntotal == len(x)
     d_whole, i_whole = whole.index.search(queries, 100)
     d_parts, i_parts = parts.index.search(queries, 100)
     assert np.array_equal(i_parts, i_whole) and np.array_equal(d_parts, d_whole)
-    # every list holds the same ids in the same order
-    a, b = on_disk_lists(whole.index), on_disk_lists(parts.index)
+    # every list holds the same ids in the same order, and the files are the same
+    a, b = faiss.extract_index_ivf(whole.index).invlists, faiss.extract_index_ivf(parts.index).invlists
     for lst in range(a.nlist):
         assert a.list_size(lst) == b.list_size(lst)
-    assert (tmp_path / "whole" / "i.ivfdata").read_bytes() == (tmp_path / "parts" / "i.ivfdata").read_bytes()
+    for name in sorted(p.name for p in (tmp_path / "whole").iterdir()):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "parts" / name).read_bytes()
 
 
 def _folder(root, name):
@@ -84,7 +124,8 @@ def _folder(root, name):
     return folder
 
 
-def test_a_cancelled_build_leaves_nothing_behind(data, tmp_path):
+@pytest.mark.parametrize("spec", [REFINED, SPEC])
+def test_a_cancelled_build_leaves_nothing_behind(data, tmp_path, spec):
     x, _ = data
     added = []
 
@@ -94,7 +135,7 @@ def test_a_cancelled_build_leaves_nothing_behind(data, tmp_path):
             yield x[start:start + 10_000]
 
     with pytest.raises(Cancelled):
-        faiss_index.build_ondisk_index(parts(), training_sample(x), tmp_path / "index-b.faiss", SPEC,
+        faiss_index.build_ondisk_index(parts(), training_sample(x, spec), tmp_path / "index-b.faiss", spec,
                                        cancel=lambda: len(added) >= 2)
     assert list(tmp_path.iterdir()) == []
 
@@ -124,14 +165,13 @@ def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, ca
     assert report.regions == 80 and any("memory-mapped" in note for note in report.notes)
     project = Project.open(big_folder)
     info = project.manifest()["index"]
-    assert info["type"].startswith("IVF") and info["ivfdata"] == info["file"].replace(".faiss", ".ivfdata")
-    assert len(info["bytes"]) == 3
+    assert faiss_index.is_refined(info["type"]) and "ivfdata" not in info
+    assert info["refine"] == info["file"].replace(".faiss", ".refine") and len(info["bytes"]) == 3
+    assert info["k_factor"] in faiss_index.REFINE_FACTORS
     searcher = project.searcher(ex)
-    # faiss prints the lists file's name when it builds and opens it: never onto stdout, where
-    # `index --json` and `search --json` write their JSON
-    out, err = capfd.readouterr()
-    assert out == "" and info["ivfdata"] in err
-    assert isinstance(on_disk_lists(searcher.index), faiss.OnDiskInvertedLists)
+    assert capfd.readouterr().out == ""  # `index --json` and `search --json` write their JSON there
+    assert not mapped_codes(searcher.index).is_owned and searcher.index.k_factor == info["k_factor"]
+    assert faiss.extract_index_ivf(searcher.index).nprobe == info["nprobe"]
     assert searcher.index.ntotal == 80 and len(searcher.images) == 40
     for name in ("d0/p00.png", "d1/p07.png", "d2/p38.png"):
         desc = searcher.query_descriptor(name, Box(0, 0, 24, 32))
@@ -142,17 +182,47 @@ def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, ca
     assert np.array_equal(np.bincount(searcher.region_image, minlength=40), np.full(40, 2))
 
     (big_folder / "d1" / "p01.png").unlink()
+    # what a build killed while writing leaves (the codes file is 1.4 GB at 12.5M regions)
+    (project.state_dir / ".index-killed.refine.x1y2.tmp").write_bytes(b"\0" * 64)
     Project.open(big_folder).update_index(TinyExtractor())
     new_info = Project.open(big_folder).manifest()["index"]
     assert new_info["file"] != info["file"] and new_info["regions"] == 78
     left = sorted(p.name for p in project.state_dir.iterdir() if p.name.startswith(("index-", ".index-")))
-    assert left == sorted([new_info["file"], new_info["meta"], new_info["ivfdata"]])  # old generation, temp files gone
+    assert left == sorted([new_info["file"], new_info["meta"], new_info["refine"]])  # old generation, temp files gone
     # the searcher opened before the rebuild still reads its (now unlinked) lists
     again = searcher.query_descriptor("d0/p00.png", Box(0, 0, 24, 32))
     assert searcher.search(again[None], top_k=1)[0].image == "d0/p00.png"
 
 
-def test_an_incompatible_index_is_refused(big_folder, tmp_path):
+def test_an_index_written_before_the_re_ranking_still_opens(big_folder, monkeypatch, capfd):
+    """A project indexed by the IVF,SQ8 kind (lists in `.ivfdata`, no `k_factor` in the manifest)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(faiss_index, "index_spec", lambda n, dim: "IVF64,SQ8")
+        Project.open(big_folder).update_index(TinyExtractor())
+    project = Project.open(big_folder)
+    info = project.manifest()["index"]
+    assert info["type"] == "IVF64,SQ8" and "k_factor" not in info and "refine" not in info
+    assert info["ivfdata"] == info["file"].replace(".faiss", ".ivfdata") and len(info["bytes"]) == 3
+    searcher = project.searcher(TinyExtractor())
+    # faiss prints the lists file's name when it builds and opens it: never onto stdout
+    out, err = capfd.readouterr()
+    assert out == "" and info["ivfdata"] in err
+    assert isinstance(on_disk_lists(searcher.index), faiss.OnDiskInvertedLists)
+    assert faiss.extract_index_ivf(searcher.index).nprobe == info["nprobe"]
+    desc = searcher.query_descriptor("d1/p07.png", Box(0, 0, 24, 32))
+    assert searcher.search(desc[None], top_k=1)[0].image == "d1/p07.png"
+    # an unchanged folder keeps it; a change rebuilds it as the current kind
+    Project.open(big_folder).update_index(TinyExtractor())
+    assert Project.open(big_folder).manifest()["index"]["file"] == info["file"]
+    (big_folder / "d1" / "p01.png").unlink()
+    Project.open(big_folder).update_index(TinyExtractor())
+    assert faiss_index.is_refined(Project.open(big_folder).manifest()["index"]["type"])
+
+
+@pytest.mark.parametrize("spec", [None, "IVF64,SQ8"])
+def test_an_incompatible_index_is_refused(big_folder, tmp_path, monkeypatch, spec):
+    if spec:
+        monkeypatch.setattr(faiss_index, "index_spec", lambda n, dim: spec)
     project = Project.open(big_folder)
     project.update_index(TinyExtractor())
     with pytest.raises(IncompatibleIndex):
@@ -166,7 +236,7 @@ def test_an_incompatible_index_is_refused(big_folder, tmp_path):
     theirs = other_project.manifest()["index"]
     manifest = project.manifest()
     ours = manifest["index"]
-    for key in ("file", "ivfdata"):  # same number of regions, so only the dimension tells them apart
+    for key in {"file", "ivfdata", "refine"} & set(ours):  # same number of regions: only the dimension differs
         (project.state_dir / theirs[key]).write_bytes((other_project.state_dir / theirs[key]).read_bytes())
         ours[key] = theirs[key]
     ours["bytes"] = [p.stat().st_size for p in project._index_paths(ours)]
@@ -190,6 +260,8 @@ def test_the_latency_benchmark_measures_the_memory_mapped_index(monkeypatch, tmp
     assert result["index_type"].startswith("IVF") and result["dim"] == 32
     assert 0 < result["p50_ms"] <= result["p95_ms"] and result["build_s"] > 0
     assert result["recall_at_100"] >= 0.9 and result["peak_rss_mb"] >= result["rss_anon_mb"] > 0
-    # 32 one-byte codes and an 8-byte id a region, plus list slack and the header
-    assert 40 <= result["bytes_per_region"] < 48
-    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["index.faiss", "index.ivfdata"]
+    assert result["index_type"] == "IVF512,PQ16x4fs,Refine(SQ8)" and result["k_factor"] in faiss_index.REFINE_FACTORS
+    # an 8-byte fast-scan code (4 bits a pair of dims), an 8-byte id and 32 one-byte re-ranking
+    # codes a region, plus the header (the quantizer's 512 centroids: 3.3 bytes a region)
+    assert 51 <= result["bytes_per_region"] < 56
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["index.faiss", "index.refine"]

@@ -11,9 +11,12 @@ written first and the manifest switches to them atomically, so a reader never se
 Building an exact index holds every live region's raw descriptor (float16) and its whitened copy
 in memory, about N x (2 D + 4 d) bytes: at most ~0.2 GB, as exact indexes stop at EXACT_MAX_WORK.
 An IVF index (large collections) is built from a training sample plus parts of INDEX_PART_REGIONS
-regions read one at a time, and its inverted lists are stored in `index-<gen>.ivfdata` beside the
-index file, which the searcher memory-maps (engine/search/index.py, docs/index.md); what stays in
-memory is the region table (image, box, ellipse, score: 44 bytes a region).
+regions read one at a time and opened memory-mapped: its re-ranking codes, the bulk of it, are in
+`index-<gen>.refine` beside the index file (an index built before issue #20's re-ranking keeps its
+inverted lists in `index-<gen>.ivfdata`, mapped instead; engine/search/index.py, docs/index.md);
+what stays in
+memory is the fast-scan lists (36 bytes a region) and the region table (image, box, ellipse,
+score: 44 bytes a region).
 """
 from __future__ import annotations
 
@@ -383,10 +386,13 @@ class Project:
         gen = _generation()
         new_index = {"file": f"index-{gen}.faiss", "meta": f"index-{gen}.npz"}
         spec = faiss_index.index_spec(n_regions, whitening.output_dim if whitening is not None else dim)
-        if n_regions and faiss_index.stored_on_disk(spec):
+        mapped = bool(n_regions) and faiss_index.stored_on_disk(spec)
+        if mapped:
             built, arrays = self._build_ondisk(store, live, whitening, dim, spec, self.state_dir / new_index["file"],
                                                cancel)
-            new_index["ivfdata"] = Path(new_index["file"]).with_suffix(faiss_index.ONDISK_SUFFIX).name
+            suffix = faiss_index.REFINE_SUFFIX if faiss_index.is_refined(spec) else faiss_index.ONDISK_SUFFIX
+            new_index["refine" if faiss_index.is_refined(spec) else "ivfdata"] = \
+                Path(new_index["file"]).with_suffix(suffix).name
         else:
             arrays = store.read(live)
             vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
@@ -395,6 +401,8 @@ class Project:
         new_index.update({"type": built.spec, "metric": "inner_product", "nprobe": built.nprobe, "dim": built.dim,
                           "regions": n_regions, "images": len(live), "recall_at_100": round(built.recall_at_100, 4),
                           "content": content})
+        if built.k_factor:
+            new_index["k_factor"] = built.k_factor
         sizes = np.array([[store.entries[f].width, store.entries[f].height] for f in live], np.int32).reshape(-1, 2)
         self._save_arrays(new_index["meta"], {
             "images": np.array(live, dtype=str), "sizes": sizes, "image": arrays.image, "boxes": arrays.boxes,
@@ -406,7 +414,8 @@ class Project:
         notes.append(f"index: {built.spec} over {n_regions} regions of {built.dim} dims"
                      + (f", nprobe {built.nprobe} (recall@100 {built.recall_at_100:.3f} vs exact)"
                         if built.nprobe else "")
-                     + (", opened memory-mapped" if "ivfdata" in new_index else ""))
+                     + (f", {built.k_factor} x candidates re-ranked" if built.k_factor else "")
+                     + (", opened memory-mapped" if mapped else ""))
         return n_regions
 
     def _build_ondisk(self, store: RegionStore, live: list[str], whitening: Whitening | None, dim: int, spec: str,
@@ -452,7 +461,7 @@ class Project:
 
     def _index_paths(self, info: dict) -> list[Path]:
         """The files of one index generation, in the order `bytes` records their sizes."""
-        return [self.state_dir / info[k] for k in ("file", "meta", "ivfdata") if k in info]
+        return [self.state_dir / info[k] for k in ("file", "meta", "ivfdata", "refine") if k in info]
 
     def _fit_whitening(self, store: RegionStore, live: list[str], dim: int | None) -> Whitening:
         """Fit on the regions of a seeded random subset of images (about WHITEN_SAMPLE regions)."""
@@ -487,8 +496,8 @@ class Project:
         if manifest.get("whitening"):
             keep.add(manifest["whitening"]["file"])
         for path in self.state_dir.iterdir():
-            if path.name.startswith(("index-", "whitening-")) and path.name not in keep:
-                if path.is_file():
+            if path.name.startswith(("index-", "whitening-", ".index-")) and path.name not in keep:
+                if path.is_file():  # (".index-*.tmp": the temporary files of a killed build)
                     path.unlink()  # a searcher still mapping an old lists file keeps reading it (POSIX)
                 elif path.is_dir() and "-parts-" in path.name:
                     shutil.rmtree(path, ignore_errors=True)  # the parts of a killed on-disk build
@@ -522,10 +531,11 @@ class Project:
         if not self._index_intact(info):
             raise damaged
         try:
-            if "ivfdata" in info:
-                index = faiss_index.open_index(self.state_dir / info["file"], info["nprobe"])
+            if "ivfdata" in info or "refine" in info:
+                index = faiss_index.open_index(self.state_dir / info["file"], info["nprobe"], info.get("k_factor", 0))
             else:
-                index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"])
+                index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"],
+                                               info.get("k_factor", 0))
             with np.load(self.state_dir / info["meta"], allow_pickle=False) as z:
                 meta = {k: z[k] for k in ("images", "sizes", "image", "boxes", "ellipses")}
         except (RuntimeError, *NPZ_ERRORS):
