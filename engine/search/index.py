@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import mmap
 import os
 import shutil
 import sys
@@ -403,8 +402,7 @@ def open_index(path: str | os.PathLike, nprobe: int, k_factor: int = 0) -> faiss
     into memory. RuntimeError when damaged."""
     path = Path(path)
     if k_factor:
-        index = MappedRerank(*_read_refined(path, path.with_suffix(REFINE_SUFFIX)), path.with_suffix(REFINE_SUFFIX),
-                             k_factor)
+        index = _open_refined(path, path.with_suffix(REFINE_SUFFIX))
     else:
         with _c_stdout_to_stderr():
             index = faiss.read_index(path.as_posix(), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
@@ -414,91 +412,19 @@ def open_index(path: str | os.PathLike, nprobe: int, k_factor: int = 0) -> faiss
 def _open_refined(path: str | os.PathLike, refine_path: str | os.PathLike) -> faiss.Index:
     """The fast-scan index read into memory, re-ranked on the SQ8 codes mapped from `refine_path`
     (faiss refuses the pair when their sizes or dimensions differ: RuntimeError)."""
-    return faiss.IndexRefine(*_read_refined(path, refine_path))  # faiss's wrapper keeps both alive
-
-
-def _read_refined(path: str | os.PathLike, refine_path: str | os.PathLike):
-    """(the fast-scan index, the SQ8 index with its codes mapped); RuntimeError when damaged."""
     base = faiss.read_index(Path(path).as_posix())
     refine = faiss.read_index(Path(refine_path).as_posix(), faiss.IO_FLAG_MMAP_IFC)
     faiss.extract_index_ivf(base)  # RuntimeError when it is not an IVF index
     if not isinstance(refine, faiss.IndexScalarQuantizer):
         raise RuntimeError(f"{refine_path} does not hold re-ranking codes")
-    if refine.d != base.d or refine.ntotal != base.ntotal:
-        raise RuntimeError(f"{refine_path} does not match {path}")
-    return base, refine
+    return faiss.IndexRefine(base, refine)  # keeps both alive (faiss's Python wrapper holds them)
 
 
-class MappedRerank:
-    """The re-ranked kind as the desktop searches it: what `faiss.IndexRefine` does (the fast-scan
-    index proposes `k_factor` x k candidates, their SQ8 codes decide), with the codes read from
-    a mapping of the `.refine` file that this class owns and releases after every search.
-
-    Why not IndexRefine over faiss's own mapping: a query re-ranks a few thousand random rows,
-    the kernel maps the pages around each one it reads (fault-around), and after ~100 queries the
-    whole codes file (1.4 GB at 12.5M regions) counted in the process's resident memory, although
-    it is page cache the kernel can drop (docs/index.md). Released after each search
-    (`madvise(MADV_DONTNEED)`: the page cache keeps the pages, the process's page tables forget
-    them), the process holds only what one search touches. Same results as IndexRefine (same
-    candidates, same decoded codes, same inner products)."""
-
-    def __init__(self, base: faiss.Index, refine: faiss.IndexScalarQuantizer, refine_path: str | os.PathLike,
-                 k_factor: int):
-        self.base, self.sq, self.k_factor = base, refine, k_factor
-        self.d, self.ntotal = base.d, base.ntotal
-        size = os.path.getsize(refine_path)
-        width = refine.code_size
-        offset = size - self.ntotal * width  # faiss writes the codes last
-        if offset < 0:
-            raise RuntimeError(f"{refine_path} is shorter than its codes")
-        with open(refine_path, "rb") as file:
-            self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        self.codes = (np.frombuffer(self._map, np.uint8, self.ntotal * width, offset).reshape(self.ntotal, width)
-                      if self.ntotal else np.zeros((0, width), np.uint8))
-        if self.ntotal and not np.allclose(refine.sa_decode(np.ascontiguousarray(self.codes[:1])),
-                                           refine.reconstruct(0)[None], atol=1e-6):
-            raise RuntimeError(f"{refine_path}: its codes are not where faiss keeps them")
-        self._release()
-
-    def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(x, np.float32)
-        sims = np.full((len(x), k), -np.finfo(np.float32).max, np.float32)
-        ids = np.full((len(x), k), -1, np.int64)
-        _, candidates = self.base.search(x, k * self.k_factor)
-        try:
-            for row, (query, found) in enumerate(zip(x, candidates)):
-                found = np.sort(found[found >= 0])  # in file order: reads move forward
-                if not len(found):
-                    continue
-                scores = self.sq.sa_decode(self.codes[found]) @ query
-                best = np.argsort(-scores, kind="stable")[:k]
-                sims[row, :len(best)], ids[row, :len(best)] = scores[best], found[best]
-        finally:
-            self._release()
-        return sims, ids
-
-    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.ascontiguousarray(ids, np.int64)
-        try:
-            return self.sq.sa_decode(self.codes[ids]) if len(ids) else np.zeros((0, self.d), np.float32)
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):  # (not on Windows: no mapped kind there)
-            self._map.madvise(mmap.MADV_DONTNEED)
-
-
-def ivf_of(index) -> faiss.IndexIVF:
-    """The IVF index inside `index` (a faiss index, or the desktop's `MappedRerank`)."""
-    return faiss.extract_index_ivf(index.base if isinstance(index, MappedRerank) else index)
-
-
-def _with_settings(index, nprobe: int, k_factor: int):
-    if k_factor and not isinstance(index, (faiss.IndexRefine, MappedRerank)):
+def _with_settings(index: faiss.Index, nprobe: int, k_factor: int) -> faiss.Index:
+    if k_factor and not isinstance(index, faiss.IndexRefine):
         raise RuntimeError("a re-ranking factor was recorded for an index that does not re-rank")
     if nprobe:
-        ivf_of(index).nprobe = nprobe
+        faiss.extract_index_ivf(index).nprobe = nprobe
     if k_factor:
         index.k_factor = k_factor
     return index
