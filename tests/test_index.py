@@ -39,11 +39,16 @@ def test_flat_index_is_exact():
     assert np.array_equal(ids, faiss_index.exact_search(x, x[:20], 10))
 
 
-@pytest.fixture(scope="module")
-def ivf():
+def built_on_clustered(spec: str):
+    """(indexed vectors, the index `spec` built on them, 100 held-out queries)."""
     x = clustered(30_100, 32, seed=1)
     held_out, x = x[:100], x[100:]
-    return x, faiss_index.build_index(x, spec="IVF128,SQ8"), held_out
+    return x, faiss_index.build_index(x, spec=spec), held_out
+
+
+@pytest.fixture(scope="module")
+def ivf():
+    return built_on_clustered("IVF128,SQ8")
 
 
 def test_ivf_is_tuned_to_the_recall_target(ivf):
@@ -67,9 +72,7 @@ def test_index_survives_serialisation_with_its_nprobe(ivf):
 
 @pytest.fixture(scope="module")
 def refined():
-    x = clustered(30_100, 32, seed=1)
-    held_out, x = x[:100], x[100:]
-    return x, faiss_index.build_index(x, spec="IVF128,PQ16x4fs,Refine(SQ8)"), held_out
+    return built_on_clustered("IVF128,PQ16x4fs,Refine(SQ8)")
 
 
 def test_refined_ivf_is_tuned_to_the_recall_target_and_survives_serialisation(refined):
