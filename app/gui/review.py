@@ -276,7 +276,11 @@ class Review(QObject):
         self._box_scores[1].update(result.box_scores)
         self.doc.move_pending_boxes(result.boxes)
         if not result.complete:
-            self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}", 3000)
+            if result.done < result.total:
+                self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}", 3000)
+            else:  # every hit has its box; second looks (refine.SECOND_LOOK_BELOW) may still improve a few
+                self.window.statusBar().showMessage(
+                    f"All {result.total} hits have refined boxes; looking again where a box matched poorly")
             return
         box_scores, self._box_scores = self._box_scores[1], (None, {})
         blended = {e.key: blended_score(e.hit.score, box_scores.get(e.key))
