@@ -280,7 +280,7 @@ class Review(QObject):
                 self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}", 3000)
             else:  # every hit has its box; second looks (refine.SECOND_LOOK_BELOW) may still improve a few
                 self.window.statusBar().showMessage(
-                    f"All {result.total} hits have refined boxes; looking again where a box matched poorly")
+                    f"All {result.total} hits have refined boxes; looking again at weak ones")
             return
         box_scores, self._box_scores = self._box_scores[1], (None, {})
         blended = {e.key: blended_score(e.hit.score, box_scores.get(e.key))
