@@ -92,10 +92,12 @@ def measure(n: int, queries: int, seed: int, raw_dim: int | None) -> dict:
 
     faiss_times = faiss_query_times(built.index, held_out)
     search_times = searcher_query_times(built.index, n, held_out, seed)
-    size = len(built.to_bytes())
+    data = built.to_bytes()
+    size = len(data)
     with tempfile.TemporaryDirectory(prefix="search-latency-") as folder:
         path = Path(folder) / "index.faiss"
-        path.write_bytes(built.to_bytes())
+        path.write_bytes(data)
+        del data
         rss = rss_of_a_searching_process(path, held_out, built.nprobe, built.k_factor, mmap=False)
     return {
         "regions": n, "dim": dim, "index_type": built.spec, "nprobe": built.nprobe, "k_factor": built.k_factor,

@@ -35,7 +35,8 @@ import faiss
 import numpy as np
 
 from dasr_annotator.engine.dasr.descriptors import Whitening, l2n
-from dasr_annotator.engine.store.storage import ProjectFileError, atomic_write_bytes
+from dasr_annotator.engine.store.storage import (ProjectFileError, atomic_write_bytes, commit_temp, remove_quietly,
+                                                  temp_beside)
 from dasr_annotator.engine.threads import thread_count
 from dasr_annotator.engine.types import CancelFn, Cancelled, never_cancel
 
@@ -48,7 +49,6 @@ EXACT_MAX_WORK = 32_000_000
 # under the 128-byte budget; 6-bit codes over 128 dims fit too but their recall@100 stalled near
 # 0.955 on the benchmark's data however many lists were probed.
 APPROX_DIM = 112
-APPROX_CODE = "SQ8"
 # Large collections since issue #20: an SQ8 scan costs ~25 ns a region on one core, so at 12.5M
 # regions the 50 ms goal allowed probing 6 % of the lists (recall@100 0.72 on the benchmark's
 # data). 4-bit PQ codes of 2 dims each are scanned ~10x faster (fast scan), so far more lists can
@@ -285,8 +285,7 @@ def _write_refined(trained: faiss.Index, numbered: Iterator[tuple[np.ndarray, np
     temps = {}
     try:
         for target in (refine_path, path):
-            fd, temps[target] = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
+            temps[target] = temp_beside(target)
         # faiss writes the codes through a view of the map (a MaybeOwnedVector that does not own them)
         view = faiss.MaybeOwnedVectorUInt8()
         view.is_owned, view.view_data, view.view_size = False, faiss.swig_ptr(codes), codes.size
@@ -298,18 +297,14 @@ def _write_refined(trained: faiss.Index, numbered: Iterator[tuple[np.ndarray, np
             refine.codes, refine.ntotal = faiss.MaybeOwnedVectorUInt8(), 0
             del view, codes  # closes the map
         faiss.write_index(base, temps[path])
-        for name in temps.values():
-            _fsync_file(name)
         index = _open_refined(temps[path], temps[refine_path])
         tuned = _tune(index, truth.queries, truth.ids()) if total else (NPROBE_STEPS[0], 1.0, REFINE_FACTORS[0])
         del index  # unmaps the codes
-        for target in (refine_path, path):
-            os.replace(temps.pop(target), target)
-        _fsync_file(path.parent)  # the renames are durable
+        for target in (refine_path, path):  # the codes first: an index file never names missing codes
+            commit_temp(temps.pop(target), target)
     finally:
         for name in temps.values():
-            if os.path.exists(name):
-                os.unlink(name)
+            remove_quietly(name)
     return tuned
 
 
@@ -329,20 +324,18 @@ def _write_ondisk_lists(trained: faiss.Index, numbered: Iterator[tuple[np.ndarra
             faiss.write_index(piece, part_files[-1])
             del piece
         total = truth.total
-        fd, lists_tmp = tempfile.mkstemp(prefix=f".{lists_path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        lists_tmp = temp_beside(lists_path)
         with _c_stdout_to_stderr():
             index = _merge_parts(trained, part_files, lists_tmp, lists_path.name)
         tuned = _tune(index, truth.queries, truth.ids()) if total else (NPROBE_STEPS[0], 1.0, 0)
         header = faiss.serialize_index(index).tobytes()
         del index  # unmaps and closes the lists file
-        _fsync_file(lists_tmp)
-        os.replace(lists_tmp, lists_path)
+        commit_temp(lists_tmp, lists_path)
         lists_tmp = None
-        atomic_write_bytes(path, header, backup=False)  # fsyncs the folder: both renames are durable
+        atomic_write_bytes(path, header, backup=False)
     finally:
-        if lists_tmp is not None and os.path.exists(lists_tmp):
-            os.unlink(lists_tmp)
+        if lists_tmp is not None:
+            remove_quietly(lists_tmp)
     return tuned
 
 
@@ -385,14 +378,6 @@ def _c_stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _fsync_file(name: str) -> None:
-    fd = os.open(name, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def open_index(path: str | os.PathLike, nprobe: int, k_factor: int = 0) -> faiss.Index:
     """An index file written by `build_ondisk_index`: with `k_factor` (the re-ranked kind) the
     fast-scan index read into memory and its SQ8 codes memory-mapped read-only from the
@@ -428,15 +413,6 @@ def _with_settings(index: faiss.Index, nprobe: int, k_factor: int) -> faiss.Inde
     if k_factor:
         index.k_factor = k_factor
     return index
-
-
-def tune_nprobe(index: faiss.Index, vectors: np.ndarray, seed: int = 0, k: int = 100) -> tuple[int, float]:
-    """Smallest nprobe whose recall@k against exact search reaches TARGET_RECALL on a sample of
-    the indexed vectors used as queries (they look like real queries: regions of the same kind);
-    the largest step (at most a quarter of the lists) when none does. (Re-ranked indexes also
-    get their re-ranking factor set: `_tune`.)"""
-    queries = _tuning_queries(vectors, seed)
-    return _tune(index, queries, exact_search(vectors, queries, min(k, len(vectors))))[:2]
 
 
 def _tuning_queries(vectors: np.ndarray, seed: int) -> np.ndarray:

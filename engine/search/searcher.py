@@ -266,10 +266,9 @@ class WholeImageSearch:
         ones when it is indexed, else extracted now (one extraction). Raises ImageError."""
         s = self.searcher
         path, rel = s.resolve(image)
-        if rel in s._image_id:
-            rows = np.flatnonzero(s.region_image == s._image_id[rel])
-            if len(rows):
-                return faiss_index.reconstruct(s.index, rows), rel
+        rows = s.region_rows([rel])  # none for a photo from outside the folder (rel None)
+        if len(rows):
+            return faiss_index.reconstruct(s.index, rows), rel
         regions = s.extractor.extract(load_image(path, max_side=s.extractor.max_side))
         raw = regions.descriptors()
         return (s.prepare(raw) if raw.size else np.zeros((0, s.index.d), np.float32)), rel

@@ -80,6 +80,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, backup: bool = True
     _fsync_dir(folder)
 
 
+def temp_beside(path: str | os.PathLike) -> str:
+    """A new empty temporary file in `path`'s folder, for a writer that cannot stream its bytes
+    through `atomic_write_bytes` (faiss writes index files by name); `commit_temp` puts it in place."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return name
+
+
+def commit_temp(tmp_name: str, path: str | os.PathLike) -> None:
+    """What `atomic_write_bytes` does after writing: the file mode `path` has (or a new file's,
+    not mkstemp's 0600), fsync, rename over `path`, fsync the folder."""
+    path = Path(path)
+    os.chmod(tmp_name, _mode_for(path))
+    fd = os.open(tmp_name, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp_name, path)
+    _fsync_dir(path.parent)
+
+
+def remove_quietly(name: str) -> None:
+    """Remove a file if it is there (a temporary file left by a failed write)."""
+    _remove_quietly(name)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, backup: bool = True) -> None:
     """atomic_write_bytes of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"), backup=backup)
