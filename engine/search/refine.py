@@ -154,10 +154,11 @@ class Refiner:
         # On a CPU the second looks wait until every hit had its first: the whole list gets its
         # boxes as soon as before, and the few that a second look improves are emitted again.
         deferred: list[_Plan] = []
+        items = list(enumerate(hits))
         progress(0, len(hits))
         for start in range(0, len(hits), chunk):
             done = []
-            for i, hit in self._refine_chunk(list(enumerate(hits))[start:start + chunk], examples, windows, fmap_of,
+            for i, hit in self._refine_chunk(items[start:start + chunk], examples, windows, fmap_of,
                                              path_of, rejected, cancel, best_region, deferred):
                 out[i] = hit
                 done.append((i, hit))
@@ -172,11 +173,8 @@ class Refiner:
             self._run_crops(part, examples, rejected, cancel)
             done = []
             for plan in part:
-                best = plan.result
-                if best is None:
-                    continue
-                self._keep(plan.key, best)
-                if best is not plan.first:
+                best = self._finish(plan)
+                if best is not None and best is not plan.first:
                     out[plan.index] = _refined_hit(plan.hit, best)
                     done.append((plan.index, out[plan.index]))
             if emit is not None and done:
@@ -188,6 +186,13 @@ class Refiner:
         self._results[key] = result
         while len(self._results) > self.cache_items:
             self._results.popitem(last=False)
+
+    def _finish(self, plan: "_Plan") -> tuple[float, Box] | None:
+        """The plan's result (`_Plan.result`), kept in the cache."""
+        best = plan.result
+        if best is not None:
+            self._keep(plan.key, best)
+        return best
 
     def _refine_chunk(self, items, examples, windows, fmap_of, path_of, rejected, cancel, best_region, deferred):
         """[(index, refined hit)] for a chunk: the first look at every hit's best coarse windows,
@@ -223,16 +228,16 @@ class Refiner:
                 results[i] = self._results[key]
                 continue
             plan = _Plan(i, hit, path, fmap, key, further)
+            decoded = {}  # the photo as decoded for the first look, for a GPU's second look at once
             try:
                 plan.crops = [(crop, pixels, False) for crop, pixels in
-                              self._crops(path, fmap, first, examples, plan.centres, own_size=True)]
+                              self._crops(path, fmap, first, examples, plan.centres, own_size=True, decoded=decoded)]
             except (OSError, ImageError) as exc:
                 log.warning("%s: not refined (%s)", hit.image, exc)
                 continue
+            if self.on_gpu:  # one batch: every second look allowed is cut now and counts only where needed
+                self._cut_second_look(plan, examples, decoded)
             plans[i] = plan
-        if self.on_gpu:  # one batch: every second look allowed is cut now and counts only where needed
-            for plan in plans.values():
-                self._cut_second_look(plan, examples)
         self._run_crops(plans.values(), examples, rejected, cancel)
         for i, plan in plans.items():
             if not self.on_gpu and plan.needs_second_look:
@@ -240,18 +245,17 @@ class Refiner:
                 if plan.first is not None:
                     results[i] = plan.first
                 continue
-            best = plan.result
+            best = self._finish(plan)
             if best is not None:
                 results[i] = best
-                self._keep(plan.key, best)
         return [(i, _refined_hit(hit, results[i])) for i, hit in items if i in results]
 
-    def _cut_second_look(self, plan: "_Plan", examples: Sequence[Example]) -> None:
+    def _cut_second_look(self, plan: "_Plan", examples: Sequence[Example], decoded: dict | None = None) -> None:
         if not plan.further:
             return
         try:
             plan.crops += [(crop, pixels, True) for crop, pixels in
-                           self._crops(plan.path, plan.fmap, plan.further, examples, plan.centres)]
+                           self._crops(plan.path, plan.fmap, plan.further, examples, plan.centres, decoded=decoded)]
         except (OSError, ImageError) as exc:
             log.warning("%s: no second look (%s)", plan.hit.image, exc)
 
@@ -284,11 +288,10 @@ class Refiner:
             plan.crops = []  # the pixels are not needed any more
 
     def _crops(self, path: Path, fmap: FeatureMap, coarse: list[tuple[float, Box]], examples: Sequence[Example],
-               centres: list | None = None, own_size: bool = False):
+               centres: list, own_size: bool = False, decoded: dict | None = None):
         """[(crop, pixels)] around the coarse windows, one set per example size, near duplicates
         merged (also with the crops already made at `centres`, which grows); `own_size`: also a
         crop at the best coarse window's own size where the instance changed size a lot."""
-        centres = [] if centres is None else centres
         sizes = [(e.net_size[0] / fmap.scale_x, e.net_size[1] / fmap.scale_y) for e in examples]
         plans = [(size, box) for size in _distinct_sizes(sizes) for _, box in coarse]
         if own_size and SIZE_FROM_COARSE:  # an instance much larger or smaller here than in the query
@@ -309,7 +312,11 @@ class Refiner:
                 continue
             centres.append((size, cx, cy))
             if loaded is None:
-                loaded = self._load(path, want)
+                loaded = decoded.get(want) if decoded is not None else None
+                if loaded is None:
+                    loaded = self._load(path, want)
+                    if decoded is not None:
+                        decoded[want] = loaded
             plan = zoom.plan_crop((cx, cy), size, (loaded.width, loaded.height), self.stride)
             pixels, crop = zoom.cut(loaded.rgb, loaded.scale, plan)
             crops.append((crop, pixels))
@@ -368,7 +375,7 @@ def blend_scores(hits: Sequence[Hit]) -> list[Hit]:
     from their region score again, never twice."""
     out = []
     for hit in hits:
-        region = hit.region_score if hit.region_score is not None else hit.score
+        region = _region_score(hit)
         out.append(replace(hit, score=blended_score(region, hit.box_score), region_score=region))
     return out
 
@@ -408,7 +415,7 @@ class _Plan:
 
 def _refined_hit(hit: Hit, result: tuple[float, Box]) -> Hit:
     score, box = result
-    return Hit(hit.image, hit.score, box, inscribed_ellipse(box), box_score=score)
+    return replace(hit, box=box, ellipse=inscribed_ellipse(box), box_score=score)
 
 
 def _region_score(hit: Hit) -> float:
