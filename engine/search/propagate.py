@@ -34,9 +34,9 @@ def propagate(searcher, image: str, box: Box, seconds: float = DEFAULT_SECONDS, 
     """Where the instance in `box` of video frame `image` (`clip.mp4#frame=N`) lies in the frames
     around it: one hit per neighbouring frame, nearest in time first; boxes refined unless
     `refine` is false or the searcher cannot (then the score is the window's similarity).
-    `progress` counts the frames looked at, then those refined. Raises ValueError when `image` is
-    not a video frame or the searcher cannot re-localise; ImageError when the frame cannot be
-    read."""
+    `progress` counts the frames looked at, then the refinement (its second looks included) in
+    as many steps, never past the total. Raises ValueError when `image` is not a video frame or
+    the searcher cannot re-localise; ImageError when the frame cannot be read."""
     ref = split_frame_name(image)
     if ref is None:
         raise ValueError(f"{image} is not a video frame (clip.mp4#frame=N)")
@@ -67,6 +67,7 @@ def propagate(searcher, image: str, box: Box, seconds: float = DEFAULT_SECONDS, 
         return hits
     try:
         return blend_scores(searcher.refine(hits, [searcher.example(image, box)], windows, cancel=cancel,
-                                            progress=lambda done, _: progress(len(frames) + done, total)))
+                                            progress=lambda done, of: progress(
+                                                len(frames) + done * len(frames) // max(of, 1), total)))
     except Cancelled:
         return hits  # what was found so far, as a cancel during the window search returns
