@@ -186,6 +186,10 @@ def test_propagate_offers_the_neighbouring_frames_as_hits_to_review(qtbot, folde
     assert hits.entries[0].status == ACCEPTED and len(added) == 1 and added[0].category == "box"
     assert added[0].box == hits.entries[0].box and added[0].source == "search"
     assert window.file_model.state(NEIGHBOURS[0]).labels == 1
+    # the folder listed again, as when indexing finishes: the added frames keep their counts
+    window.list_images(list(window.controller.images), window.project.frame_times)
+    assert window.file_model.state(NEIGHBOURS[0]).labels == 1
+    assert window.file_model.state(NEIGHBOURS[1]).pending == 1
     window.undo_redo(undo=True)
     assert [a.image for a in doc.annotations()] == [FRAMES[1]] and hits.entries[0].status == PENDING
 

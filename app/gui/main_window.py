@@ -462,7 +462,8 @@ class MainWindow(QMainWindow):
     def list_images(self, files: list[str], frame_times: dict[str, float]) -> None:
         """The file list: the folder's photos and sampled frames, and the frames added since."""
         self.file_model.set_images(files, frame_times)
-        self.file_model.add_frames(self.extra_frames)
+        if self.file_model.add_frames(self.extra_frames):  # listed anew: their counts too
+            self.update_file_counts()
         self.results.model.frame_times = self.frame_times()
 
     def show_image(self, rel: str) -> None:
