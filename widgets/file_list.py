@@ -147,10 +147,14 @@ class FileListModel(QAbstractListModel):
         """Merge the paths not listed yet into the list; one row insertion per run of rows that
         land together (the work grows with the paths added and the runs, not per path with the
         list). Returns the paths added, in order."""
-        new = sorted(set(paths), key=order_key)
+        keys = [order_key(p) for p in paths]  # once a path: a key is not cheap at 100k paths
+        if all(a < b for a, b in zip(keys, keys[1:])):  # in order already (the lister sorts its batches)
+            new = list(paths)
+        else:
+            ordered = sorted(dict(zip(paths, keys)).items(), key=lambda item: item[1])
+            new, keys = [p for p, _ in ordered], [k for _, k in ordered]
         if not new:
             return []
-        keys = [order_key(p) for p in new]
         if self._order and keys[0] <= order_key(self._order[-1]):  # not simply after the end
             keep = [self._position(p) < 0 for p in new]
             new = [p for p, k in zip(new, keep) if k]
