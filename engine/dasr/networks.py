@@ -71,13 +71,9 @@ LITE_SPECS = {
 }
 LITE0 = LITE_SPECS["efficientnet-lite0"]
 # Lite0's names, as the tests and benchmarks use them
-LITE0_STAGES = LITE0.stages
-LITE0_BN_EPS = LITE0.bn_eps
 LITE0_MEAN = LITE0.mean
 LITE0_STD = LITE0.std
 LITE0_PADDING = LITE0.padding
-LITE0_DEFAULT_DESCRIPTOR = LITE0.descriptor_layer
-LITE0_RELOCATION_LAYER = LITE0.relocation_layer
 # No resnet50/vgg16 weights were at hand to calibrate their box scale: they borrow Lite0's.
 BORROWED_BOX_SCALE = LITE0.box_scale
 
@@ -97,8 +93,6 @@ def lite0_weights_path() -> Path:
     return lite_weights_path(LITE0)
 
 
-def random_lite0_state_dict(seed: int = 0) -> dict[str, Tensor]:
-    return random_lite_state_dict(LITE0, seed)
 
 
 def random_lite_state_dict(spec: LiteSpec, seed: int = 0) -> dict[str, Tensor]:
