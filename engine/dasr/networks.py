@@ -93,8 +93,6 @@ def lite0_weights_path() -> Path:
     return lite_weights_path(LITE0)
 
 
-
-
 def random_lite_state_dict(spec: LiteSpec, seed: int = 0) -> dict[str, Tensor]:
     """A state dict with random weights (tests), same names and shapes as the variant's real one."""
     gen = torch.Generator().manual_seed(seed)

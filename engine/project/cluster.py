@@ -4,8 +4,9 @@ Ray Data reads the list of photos to extract and streams it through a pool of ex
 one model each (one per GPU when the cluster has GPUs, else one per CPU core, as local indexing
 extracts one photo per core). Each worker finishes its photos with `extraction.finish_photo` and
 the driver keeps them with `extraction.keep_photo`, the per-photo steps of local indexing (what is
-stored per photo is decided there once), and commits them through the project's own path (`Project.update_index` with this module's extraction
-in place of `extraction.extract_images`): the same shards, catalog, maps, whitening and index that
+stored per photo is decided there once), and commits them through the project's own path
+(`Project.update_index` with this module's extraction in place of `extraction.extract_images`):
+the same shards, catalog, maps, whitening and index that
 local indexing writes, so the window and `search` open the project unchanged, and a killed driver
 is resumed by the next run, local or on Ray, which skips the photos already committed.
 
@@ -130,25 +131,20 @@ class PhotoExtractor:
         self.root = Path(root)
         self.max_side = self.extractor.config().get("max_side")
         self.on_gpu = self.extractor.device.startswith("cuda")
+        # decoding on one thread would starve a GPU: one pool for the actor's life, not one a batch
+        self._decoders = ThreadPoolExecutor(max_workers=8) if self.on_gpu else None
 
     def __call__(self, batch: dict) -> dict:
         rels = [str(r) for r in batch["rel"]]
         planned = [Fingerprint(int(s), int(m)) for s, m in zip(batch["size"], batch["mtime_ns"])]
         paths = [self.root / rel for rel in rels]
-        if self.on_gpu:  # decoding on one thread would starve a GPU
-            with ThreadPoolExecutor(max_workers=max(1, min(8, len(paths)))) as pool:
-                loaded = list(pool.map(self._load, paths))
-        else:
-            loaded = [self._load(p) for p in paths]
+        loaded = list(self._decoders.map(self._load, paths)) if self._decoders else [self._load(p) for p in paths]
         results: list[dict | None] = [None] * len(rels)
         images = [(i, image) for i, image in enumerate(loaded) if not isinstance(image, str)]
         for i, image in enumerate(loaded):
             if isinstance(image, str):
                 results[i] = {"skip": image}
-        if self.on_gpu:
-            extracted = self.extractor.extract_many([image for _, image in images])
-        else:
-            extracted = [self.extractor.extract(image) for _, image in images]
+        extracted = self.extractor.extract_many([image for _, image in images])  # batched on a GPU, 1 by 1 on a CPU
         for (i, image), regions in zip(images, extracted):
             results[i] = self._finish(rels[i], paths[i], planned[i], image, regions)
         return {"rel": np.array(rels, dtype=object),
