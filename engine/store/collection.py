@@ -28,7 +28,7 @@ import numpy as np
 
 from dasr_annotator.engine.store.imageio import ImageError, is_image_name
 from dasr_annotator.engine.store.video import (DEFAULT_VIDEO_FPS, frame_name, is_video_name, media_file, order_key,
-                                               probe_video)
+                                               probe_video, split_frame_name)
 from dasr_annotator.engine.store.storage import ProjectFileError, atomic_write_bytes, read_json
 from dasr_annotator.engine.types import ImageRegions
 
@@ -121,7 +121,10 @@ def fingerprint(path: Path) -> Fingerprint:
     try:
         st = os.stat(path)  # a file of its own (even one named like a frame), the common case
     except OSError:
-        st = os.stat(media_file(path))
+        ref = split_frame_name(path)  # else a frame: its video (media_file would stat the name again)
+        if ref is None:
+            raise
+        st = os.stat(ref.video)
     return Fingerprint(st.st_size, st.st_mtime_ns)
 
 
