@@ -1,7 +1,8 @@
-"""The IVF indexes built from parts and opened memory-mapped: the re-ranked kind (fast-scan lists
-in memory, SQ8 re-ranking codes mapped from the file) and the older IVF,SQ8 kind (inverted lists
-in an on-disk lists file)."""
+"""The IVF indexes built from parts and opened without reading them whole: the re-ranked kind
+(fast-scan lists in memory, SQ8 re-ranking codes read row by row from their file) and the older
+IVF,SQ8 kind (inverted lists memory-mapped from an on-disk lists file)."""
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -42,6 +43,30 @@ def mapped_codes(index):
     return faiss.downcast_index(index.refine_index).codes
 
 
+def assert_same_ranking(d_a, i_a, d_b, i_b, atol=1e-5):
+    """Equal results, up to the order of scores equal within float rounding (summed in another
+    order by faiss and numpy, two near-equal scores can swap places or the k-th place)."""
+    assert np.allclose(d_a, d_b, rtol=0, atol=atol)
+    for da, ia, ib in zip(d_a, i_a, i_b):
+        for j in np.flatnonzero(ia != ib):
+            tied = np.abs(da - da[j]) <= atol
+            assert ib[j] in ia[tied] or abs(da[j] - da[-1]) <= atol
+    assert (i_a == i_b).mean() > 0.99
+
+
+def resident_kb(path) -> int:
+    """Kilobytes of `path`'s pages mapped into this process (its mappings' Rss in /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if line[0] in "0123456789abcdef" and "-" in head[0]:  # a mapping's first line
+                inside = len(head) >= 6 and head[-1] == str(path)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
 def test_the_refined_index_mapped_returns_the_same_hits_as_in_memory(data, tmp_path):
     x, queries = data
     in_memory = faiss_index.build_index(x, spec=REFINED)
@@ -56,20 +81,60 @@ def test_the_refined_index_mapped_returns_the_same_hits_as_in_memory(data, tmp_p
     reopened = faiss_index.open_index(tmp_path / "index-a.faiss", in_memory.nprobe, in_memory.k_factor)
     faiss_index._with_settings(mapped.index, in_memory.nprobe, in_memory.k_factor)
     for opened in (reopened, mapped.index):
-        codes = mapped_codes(opened)
-        assert not codes.is_owned and codes.size() == len(x) * 32  # 32 one-byte codes a region, mapped
+        assert isinstance(opened, faiss_index.PreadRefine)
         assert opened.ntotal == len(x) and opened.k_factor == in_memory.k_factor
         d_mem, i_mem = in_memory.index.search(queries, 100)
         d_map, i_map = opened.search(queries, 100)
-        assert np.array_equal(i_map, i_mem) and np.array_equal(d_map, d_mem)
+        # the same candidates re-ranked on the same codes (numpy sums them in another order)
+        assert_same_ranking(d_map, i_map, d_mem, i_mem)
+        assert_same_ranking(*opened.search(queries[3], 10), *in_memory.index.search(queries[3:4], 10))  # another k
     ids = np.array([0, 11_999, 12_000, len(x) - 1])
     back = faiss_index.reconstruct(reopened, ids)
     assert np.array_equal(back, faiss_index.reconstruct(in_memory.index, ids)) and np.allclose(back, x[ids], atol=0.02)
+    assert np.array_equal(reopened.reconstruct(7), faiss_index.reconstruct(in_memory.index, np.array([7]))[0])
     _, found = reopened.search(queries, 100)
     assert faiss_index.recall_at(found, faiss_index.exact_search(x, queries, 100)) >= 0.95
     # a re-ranking factor recorded for an index that does not re-rank: refused (as a damaged index)
     with pytest.raises(RuntimeError):
         faiss_index.load_index(faiss_index.build_index(x[:5000], spec="IVF64,SQ8").to_bytes(), 8, 4)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads the process's mappings from /proc")
+def test_re_ranking_reads_the_codes_without_mapping_them_into_the_process(data, tmp_path):
+    """Issue #20: at 12.5M regions, re-ranking through a memory map left the 1.4 GB codes file
+    resident in the searching process; read row by row, only the header's pages are mapped."""
+    x, queries = data
+    path = tmp_path / "index-a.faiss"
+    built = faiss_index.build_ondisk_index([x], training_sample(x, REFINED), path, REFINED)
+    codes_kb = path.with_suffix(".refine").stat().st_size // 1024
+    index = faiss_index.open_index(path, built.nprobe, 32)
+    for q in np.resize(queries, (300, queries.shape[1])):  # 3,200 random rows a query, 30x the file's rows
+        index.search(q[None], 100)
+    faiss_index.reconstruct(index, np.arange(0, len(x), 7))
+    # faiss's own re-ranking on the same files maps (nearly) every page of the codes
+    mapped = faiss.IndexRefine(faiss.read_index(str(path)), faiss.read_index(str(path.with_suffix(".refine")),
+                                                                            faiss.IO_FLAG_MMAP_IFC))
+    faiss_index._with_settings(mapped, built.nprobe, 32)
+    mapped.search(np.resize(queries, (300, queries.shape[1])), 100)
+    assert codes_kb > 900 and resident_kb(path.with_suffix(".refine")) > codes_kb // 2
+    del mapped
+    assert resident_kb(path.with_suffix(".refine")) <= 128  # the header (and the kernel's fault-around)
+
+
+def test_a_codes_file_of_another_length_is_refused(data, tmp_path):
+    """Rows are read at offsets from the file's end: a file cut short or grown must not be read
+    at shifted offsets (wrong codes, silently) but refused, as a damaged index is."""
+    x, _ = data
+    path = tmp_path / "index-a.faiss"
+    built = faiss_index.build_ondisk_index([x[:5000]], training_sample(x, REFINED)[:5000], path, REFINED)
+    codes = path.with_suffix(".refine")
+    whole = codes.read_bytes()
+    for damaged in (whole[:-10], whole + b"\0" * 32):
+        codes.write_bytes(damaged)
+        with pytest.raises(RuntimeError):
+            faiss_index.open_index(path, built.nprobe, built.k_factor)
+    codes.write_bytes(whole)
+    assert faiss_index.open_index(path, built.nprobe, built.k_factor).ntotal == 5000
 
 
 def test_memory_mapped_index_returns_the_same_hits_as_the_in_memory_one(data, tmp_path):
@@ -170,7 +235,7 @@ def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, ca
     assert info["k_factor"] in faiss_index.REFINE_FACTORS
     searcher = project.searcher(ex)
     assert capfd.readouterr().out == ""  # `index --json` and `search --json` write their JSON there
-    assert not mapped_codes(searcher.index).is_owned and searcher.index.k_factor == info["k_factor"]
+    assert isinstance(searcher.index, faiss_index.PreadRefine) and searcher.index.k_factor == info["k_factor"]
     assert faiss.extract_index_ivf(searcher.index).nprobe == info["nprobe"]
     assert searcher.index.ntotal == 80 and len(searcher.images) == 40
     for name in ("d0/p00.png", "d1/p07.png", "d2/p38.png"):

@@ -14,8 +14,9 @@ indexes (the large collections) need not fit in memory, neither to build nor to 
 (`build_ondisk_index`): the quantizer is trained on a sample, each part of the collection is added
 to its own copy of the trained index, and the parts' inverted lists are merged into one `.ivfdata`
 file beside the index file, which `open_index` memory-maps read-only; the re-ranked kind keeps its
-8-bit codes (most of its bytes) in a `.refine` file beside the index file, memory-mapped, and its
-fast-scan lists in the index file, read into memory. Figures: docs/index.md.
+8-bit codes (most of its bytes) in a `.refine` file beside the index file, whose rows a query
+reads as it re-ranks them (`PreadRefine`), and its fast-scan lists in the index file, read into
+memory. Figures: docs/index.md.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ APPROX_DIM = 112
 # regions the 50 ms goal allowed probing 6 % of the lists (recall@100 0.72 on the benchmark's
 # data). 4-bit PQ codes of 2 dims each are scanned ~10x faster (fast scan), so far more lists can
 # be probed; their ranking is coarse, so the best REFINE_FACTORS x k of them are re-ranked on the
-# SQ8 codes (docs/index.md). 28 + 8 bytes (code, id) a region in memory, 112 mapped from disk.
+# SQ8 codes (docs/index.md). 28 + 8 bytes (code, id) a region in memory, 112 read from disk.
 REFINE = "Refine(SQ8)"
 FAST_SCAN_DIMS = 2
 REFINE_FACTORS = (4, 8, 16, 32)
@@ -121,13 +122,14 @@ def index_spec(n_regions: int, dim: int) -> str:
 
 
 def is_refined(spec: str) -> bool:
-    """An index whose candidates are re-ranked on SQ8 codes (a file of their own, memory-mapped)."""
+    """An index whose candidates are re-ranked on SQ8 codes (a file of their own, read row by row)."""
     return spec.endswith(REFINE)
 
 
 def stored_on_disk(spec: str) -> bool:
-    """IVF indexes (chosen by collection size, above) are built from parts and opened
-    memory-mapped: the re-ranked kind maps its SQ8 codes, the older IVF,SQ8 kind its inverted lists;
+    """IVF indexes (chosen by collection size, above) are built from parts and opened without
+    reading them whole: the re-ranked kind reads its SQ8 codes row by row, the older IVF,SQ8 kind
+    maps its inverted lists;
     exact ones are small (at most EXACT_MAX_WORK floats) and stay one file, read into memory.
     faiss maps neither on Windows: IVF indexes are built in memory there, as before."""
     return spec.startswith("IVF") and hasattr(faiss, "OnDiskInvertedLists")
@@ -204,7 +206,7 @@ def build_ondisk_index(parts: Iterable[np.ndarray], sample: np.ndarray, path: st
     parts in order), trained on `sample` (vectors of the same collection), written to `path`
     with its re-ranking codes in `path` + REFINE_SUFFIX (`is_refined(spec)`: `_write_refined`)
     or its inverted lists in `path` + ONDISK_SUFFIX (IVF,SQ8: `_write_ondisk_lists`); returned
-    opened memory-mapped.
+    opened as `open_index` opens it.
 
     Only one part, the trained index (with the fast-scan lists of the re-ranked kind) and the
     tuning queries are in memory at a time. The same pass finds the exact neighbours of the
@@ -216,17 +218,20 @@ def build_ondisk_index(parts: Iterable[np.ndarray], sample: np.ndarray, path: st
     queries = _tuning_queries(sample, seed)
     truth = _ExactTop(queries)
     parts_dir = Path(tempfile.mkdtemp(prefix=f"{path.stem}-parts-", dir=path.parent))
+    index = None
     try:
         numbered = _numbered(parts, truth, cancel)
         if is_refined(spec):
-            nprobe, recall, k_factor = _write_refined(trained, numbered, truth, parts_dir, path)
+            index, (nprobe, recall, k_factor) = _write_refined(trained, numbered, truth, parts_dir, path)
         else:
             nprobe, recall, k_factor = _write_ondisk_lists(trained, numbered, truth, parts_dir, path)
     except OSError as exc:
         raise ProjectFileError(f"cannot save the index {path}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
-    return BuiltIndex(open_index(path, nprobe, k_factor), spec, nprobe, recall, k_factor)
+    del trained
+    return BuiltIndex(index if index is not None else open_index(path, nprobe, k_factor), spec, nprobe, recall,
+                      k_factor)
 
 
 class _ExactTop:
@@ -263,13 +268,14 @@ def _numbered(parts: Iterable[np.ndarray], truth: _ExactTop,
 
 
 def _write_refined(trained: faiss.Index, numbered: Iterator[tuple[np.ndarray, np.ndarray]], truth: _ExactTop,
-                   work_dir: Path, path: Path) -> tuple[int, float, int]:
+                   work_dir: Path, path: Path) -> tuple[faiss.Index, tuple[int, float, int]]:
     """Fill `trained` (an IVF fast-scan index refined by SQ8 codes) with the parts and write it as
     two files: `path` holds the fast-scan index (36 bytes a region, read into memory when opened),
-    `path` + REFINE_SUFFIX the SQ8 re-ranking codes (112 bytes a region, memory-mapped when
-    opened). The codes are appended to a file in `work_dir` part by part and written from a
-    memory map of it, so they never are in memory as a whole. Tuned on the written files, opened
-    as `open_index` opens them; renamed into place codes first."""
+    `path` + REFINE_SUFFIX the SQ8 re-ranking codes (112 bytes a region, read row by row when
+    searched). The codes are appended to a file in `work_dir` part by part and written from a
+    memory map of it, so they never are in memory as a whole. Tuned on the written codes file
+    with the fast-scan lists already in memory (not read back: they are 0.45 GB at 12.5M
+    regions), renamed into place codes first; returns the opened index and its tuning."""
     base = faiss.downcast_index(trained.base_index)
     refine = faiss.downcast_index(trained.refine_index)
     codes_file = work_dir / "refine-codes"
@@ -297,15 +303,14 @@ def _write_refined(trained: faiss.Index, numbered: Iterator[tuple[np.ndarray, np
             refine.codes, refine.ntotal = faiss.MaybeOwnedVectorUInt8(), 0
             del view, codes  # closes the map
         faiss.write_index(base, temps[path])
-        index = _open_refined(temps[path], temps[refine_path])
+        index = _open_refined(temps[path], temps[refine_path], built=trained)
         tuned = _tune(index, truth.queries, truth.ids()) if total else (NPROBE_STEPS[0], 1.0, REFINE_FACTORS[0])
-        del index  # unmaps the codes
         for target in (refine_path, path):  # the codes first: an index file never names missing codes
-            commit_temp(temps.pop(target), target)
+            commit_temp(temps.pop(target), target)  # the open codes file is the renamed one (same inode)
     finally:
         for name in temps.values():
             remove_quietly(name)
-    return tuned
+    return _with_settings(index, tuned[0], tuned[2]), tuned
 
 
 def _write_ondisk_lists(trained: faiss.Index, numbered: Iterator[tuple[np.ndarray, np.ndarray]], truth: _ExactTop,
@@ -380,11 +385,11 @@ def _c_stdout_to_stderr() -> Iterator[None]:
 
 def open_index(path: str | os.PathLike, nprobe: int, k_factor: int = 0) -> faiss.Index:
     """An index file written by `build_ondisk_index`: with `k_factor` (the re-ranked kind) the
-    fast-scan index read into memory and its SQ8 codes memory-mapped read-only from the
-    REFINE_SUFFIX file beside it; without (the IVF,SQ8 kind) its inverted lists memory-mapped from
-    the lists file beside it. Mapped pages are read as queries
-    touch them and the kernel may drop them again. A file written by `BuiltIndex.to_bytes` is read
-    into memory. RuntimeError when damaged."""
+    fast-scan index read into memory and its SQ8 codes read row by row, as queries re-rank them,
+    from the REFINE_SUFFIX file beside it (`PreadRefine`); without (the IVF,SQ8 kind) its inverted
+    lists memory-mapped from the lists file beside it (pages read as queries touch them, which the
+    kernel may drop again). A file written by `BuiltIndex.to_bytes` is read into memory.
+    RuntimeError when damaged."""
     path = Path(path)
     if k_factor:
         index = _open_refined(path, path.with_suffix(REFINE_SUFFIX))
@@ -394,15 +399,105 @@ def open_index(path: str | os.PathLike, nprobe: int, k_factor: int = 0) -> faiss
     return _with_settings(index, nprobe, k_factor)
 
 
-def _open_refined(path: str | os.PathLike, refine_path: str | os.PathLike) -> faiss.Index:
-    """The fast-scan index read into memory, re-ranked on the SQ8 codes mapped from `refine_path`
-    (faiss refuses the pair when their sizes or dimensions differ: RuntimeError)."""
-    base = faiss.read_index(Path(path).as_posix())
+def _open_refined(path: str | os.PathLike, refine_path: str | os.PathLike,
+                  built: faiss.IndexRefine | None = None) -> faiss.Index:
+    """The fast-scan index read from `path` into memory (or the one of `built`, the index that
+    wrote these files, not read back), re-ranked on the SQ8 codes of `refine_path`, read row by
+    row where the system can (`PreadRefine`), through a map otherwise (faiss refuses the pair
+    when their sizes or dimensions differ: RuntimeError)."""
+    base = faiss.read_index(Path(path).as_posix()) if built is None else faiss.downcast_index(built.base_index)
+    # mapped, never touched by PreadRefine: faiss checks the header and the size against `base`
     refine = faiss.read_index(Path(refine_path).as_posix(), faiss.IO_FLAG_MMAP_IFC)
     faiss.extract_index_ivf(base)  # RuntimeError when it is not an IVF index
     if not isinstance(refine, faiss.IndexScalarQuantizer):
         raise RuntimeError(f"{refine_path} does not hold re-ranking codes")
-    return faiss.IndexRefine(base, refine)  # keeps both alive (faiss's Python wrapper holds them)
+    # faiss's Python wrapper keeps both alive with the index; `built` owns `base`: kept too
+    index = PreadRefine(base, refine, refine_path) if hasattr(os, "pread") else faiss.IndexRefine(base, refine)
+    if built is not None:
+        index.referenced_objects.append(built)
+    return index
+
+
+class PreadRefine(faiss.IndexRefine):
+    """faiss's `IndexRefine` (fast-scan candidates re-ranked on SQ8 codes, inner product) whose
+    re-ranking reads each candidate's code from the `.refine` file with `pread` instead of
+    through a memory map.
+
+    Why: a query re-ranks `k_factor` x k random rows (12,800 for the Searcher's k = 400 at 12.5M
+    regions). Through a map every fault also maps the cached pages around it (the kernel's
+    fault-around, 64 KB), so 100 queries left nearly the whole codes file (1.4 GB at 12.5M)
+    resident in the searching process: 2.5 GB peak against issue #20's 2 GB. Rows read with
+    `pread` stay in the kernel's page cache, shared and dropped under memory pressure, and never
+    count in the process; a read costs ~1.2 us from the page cache (docs/index.md). Results equal
+    `IndexRefine`'s (the same candidates, the same decoded codes). Only `search`,
+    `reconstruct` and `reconstruct_batch` are served here: nothing else reads the codes."""
+
+    QUERY_BLOCK = 16  # queries decoded together: bounds a batch's decoded rows (tuning asks 200 at once)
+    RUN_GAP = 4  # rows between two wanted ones read with them rather than apart (448 bytes at 112 dims)
+    # declared on the class: faiss's wrappers refuse attributes a SWIG class does not have
+    _base = _refine = _file = None
+    _row = _start = 0
+
+    def __init__(self, base: faiss.Index, refine: faiss.IndexScalarQuantizer, codes_path: str | os.PathLike):
+        super().__init__(base, refine)
+        if base.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise RuntimeError("re-ranking by reading rows is written for inner-product indexes")
+        self._base, self._refine, self._row = base, refine, int(refine.code_size)
+        self._file = open(codes_path, "rb", buffering=0)  # closed with the index
+        # faiss writes an IndexScalarQuantizer's codes last, after their byte count (uint64)
+        n_bytes = int(refine.ntotal) * self._row
+        self._start = os.fstat(self._file.fileno()).st_size - n_bytes
+        if self._start < 8 or int.from_bytes(os.pread(self._file.fileno(), 8, self._start - 8), "little") != n_bytes:
+            self._file.close()
+            raise RuntimeError(f"{codes_path} does not end with the re-ranking codes of {refine.ntotal} regions")
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The decoded codes of `ids` (int64 [m], each in 0..ntotal-1), float32 [m, d], in order.
+        Each run of ids at most RUN_GAP rows apart is one read (a photo's regions have
+        consecutive ids, and a query's candidates often hold several regions of one photo)."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return np.zeros((0, self.d), np.float32)
+        if ids.min() < 0 or ids.max() >= self.ntotal:
+            raise RuntimeError(f"region ids outside 0..{self.ntotal - 1}")
+        wanted, where = np.unique(ids, return_inverse=True)
+        cut = np.flatnonzero(np.diff(wanted) > self.RUN_GAP) + 1
+        first, last = wanted[np.r_[0, cut]], wanted[np.r_[cut - 1, len(wanted) - 1]]
+        fd, row = self._file.fileno(), self._row
+        data = b"".join([os.pread(fd, int(n) * row, self._start + int(f) * row)
+                         for f, n in zip(first.tolist(), (last - first + 1).tolist())])
+        read = np.cumsum(last - first + 1)  # rows read up to the end of each run
+        if len(data) != int(read[-1]) * row:
+            raise RuntimeError("the re-ranking codes file is shorter than recorded")
+        run = np.searchsorted(first, wanted, side="right") - 1
+        at = read[run] - (last - first + 1)[run] + (wanted - first[run])  # each wanted row in `data`
+        codes = np.frombuffer(data, np.uint8).reshape(-1, row)[at]
+        return self._refine.sa_decode(codes)[where.ravel()]
+
+    def search(self, x, k, *, params=None, D=None, I=None):
+        if params is not None or D is not None or I is not None:
+            raise TypeError("PreadRefine.search takes queries and k only")
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, self.d)
+        k = int(k)
+        sims = np.full((len(x), k), -np.inf, np.float32)
+        labels = np.full((len(x), k), -1, np.int64)
+        for start in range(0, len(x), self.QUERY_BLOCK):
+            block = x[start:start + self.QUERY_BLOCK]
+            _, candidates = self._base.search(block, k * int(self.k_factor))
+            ids = np.unique(candidates[candidates >= 0])
+            vectors = self.rows(ids)
+            for q, found in enumerate(candidates, start):
+                found = found[found >= 0]
+                scores = vectors[np.searchsorted(ids, found)] @ x[q]
+                best = np.argsort(-scores, kind="stable")[:k]
+                sims[q, :len(best)], labels[q, :len(best)] = scores[best], found[best]
+        return sims, labels
+
+    def reconstruct(self, key, recons=None):
+        return self.rows(np.array([key]))[0]
+
+    def reconstruct_batch(self, key, recons=None):
+        return self.rows(np.ravel(key))
 
 
 def _with_settings(index: faiss.Index, nprobe: int, k_factor: int) -> faiss.Index:
