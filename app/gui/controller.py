@@ -96,7 +96,8 @@ class Refined:
     """Refined boxes for hits of the hit session `session` (key -> box) and how well each matches
     the examples (key -> box score, refine.rank_by_box), one chunk at a time; `done` of `total`
     hits are refined so far (a hit a second look improved comes again, with its better box). The
-    last one, `complete`, comes once all are (it may carry none)."""
+    last one, `complete`, comes once all are: no boxes, and the final box score of every hit refined
+    (the ranking by box match needs them all)."""
 
     session: object
     boxes: dict[int, Box]
@@ -509,9 +510,11 @@ class Controller(QObject):
                                                        len(hits), {keys[i]: hit.box_score for i, hit in items
                                                                    if hit.box_score is not None}))
 
-            searcher.refine(hits, list(examples) + [e for e in more if e is not None], coarse, rejected,
-                            progress=progress, cancel=cancel, emit=emit)
-            self._refined_chunk.emit(token, Refined(session, {}, len(done), len(hits), complete=True))
+            refined = searcher.refine(hits, list(examples) + [e for e in more if e is not None], coarse, rejected,
+                                      progress=progress, cancel=cancel, emit=emit)
+            self._refined_chunk.emit(token, Refined(session, {}, len(done), len(hits), complete=True,
+                                                    box_scores={keys[i]: hit.box_score for i, hit in enumerate(refined)
+                                                                if hit.box_score is not None}))
 
         task = self._run("Refine boxes", run, finished=lambda _: self._refined(task),
                          cancelled=lambda: self._refined(task))
