@@ -458,3 +458,20 @@ def test_coco_export_says_it_lists_labelled_photos_and_offers_all(qtbot, review,
     w.confirm = lambda *args: False
     key(w, Qt.Key_E, Qt.ControlModifier, widget=w.canvas)
     assert len(json.loads(out.read_text())["images"]) == 1
+
+
+
+def test_an_edit_checks_the_propagate_action_once(qtbot, review, monkeypatch):
+    """update_propagate walks the labels of the photo shown: an edit (the first one too, which
+    also makes undo possible) and its undo run it once each, not once per signal that follows."""
+    w, runs = review, []
+    check = w.review.update_propagate
+    monkeypatch.setattr(w.review, "update_propagate", lambda: (runs.append(1), check()))
+    w.edit(lambda d: d.add_category("dog"))
+    assert len(runs) == 1 and w.action["undo"].isEnabled()
+    w.edit(lambda d: d.add_annotation("p0.png", "dog", Box(20, 20, 80, 60)))
+    w.edit(lambda d: d.add_annotation("p0.png", "dog", Box(120, 100, 80, 60)))
+    assert len(runs) == 3
+    for _ in range(3):
+        key(w, Qt.Key_Z, Qt.ControlModifier, widget=w.canvas)
+    assert len(runs) == 6 and not w.action["undo"].isEnabled() and w.action["redo"].isEnabled()

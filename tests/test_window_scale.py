@@ -4,6 +4,7 @@ painted and stale requests are dropped. The window test opens a generated folder
 links to the dev photos (benchmarks/window_scale.py measures 100k)."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -99,6 +100,26 @@ def test_batches_arriving_out_of_order_are_merged_in_order_keeping_the_current_r
     assert events == [("insert", 0, 1), ("insert", 4, 4)]  # one insertion per run of new rows
     assert [model.row_of(p) for p in ("a/2.jpg", "b/2.jpg", "d.jpg", "e.jpg")] == [1, 3, 5, -1]
     assert model.image_at(view.currentIndex().row()) == "b/2.jpg"  # the row shown stays current
+
+
+def test_a_batch_in_mid_list_is_bisected_once_a_path(qapp, monkeypatch):
+    """A batch landing inside the list (a folder listed out of order, frames sampled finer) finds
+    each path's place with one bisection, which also tells a path listed already: the key runs
+    about log2(rows) times a path, not twice that."""
+    paths = names(4128)
+    listed = paths[:1000] + paths[1032:]
+    batch = paths[1000:1032] + [listed[600]]  # 32 new paths mid-list, one listed already
+    model = FileListModel()
+    model.append_images(listed)
+    calls = []
+    key = file_list.order_key
+    monkeypatch.setattr(file_list, "order_key", lambda name: (calls.append(1), key(name))[1])
+    inserted = []
+    model.rowsInserted.connect(lambda _, first, last: inserted.append((first, last)))
+    model.append_images(batch)
+    assert inserted == [(1000, 1031)] and model.paths() == paths
+    probes = math.ceil(math.log2(len(listed) + 1))
+    assert len(calls) <= len(batch) * (probes + 1) + 1, len(calls)
 
 
 def test_a_scan_batch_with_a_video_inserts_rows_and_keeps_thumbnails_and_the_current_row(qapp):

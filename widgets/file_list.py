@@ -155,19 +155,21 @@ class FileListModel(QAbstractListModel):
             new, keys = [p for p, _ in ordered], [k for _, k in ordered]
         if not new:
             return []
-        if self._order and keys[0] <= order_key(self._order[-1]):  # not simply after the end
-            keep = [self._position(p) < 0 for p in new]
-            new = [p for p, k in zip(new, keep) if k]
-            keys = [k for k, wanted in zip(keys, keep) if wanted]
+        # one bisection a path: it tells a path listed already and where a new one goes
+        places = self._places(keys)
+        order = self._order
+        keep = [at == len(order) or order[at] != p for p, at in zip(new, places)]
+        if not all(keep):
+            new, keys, places = ([x for x, wanted in zip(xs, keep) if wanted] for xs in (new, keys, places))
             if not new:
                 return []
         frames = [split_frame_name(p) if "#" in p else None for p in new]
         if self._visible is self._order:
             if not any(frames):  # the rows are the list: insert into it
-                self._insert_runs(self._order, new, keys, order_key)
+                self._insert_runs(self._order, new, keys, order_key, places)
                 return new
             self._visible = list(self._order)  # the first video: the rows become a list of their own
-        self._order = _merged(self._order, new, keys)
+        self._order = _merged(self._order, new, places)
         shown, shown_keys, touched = [], [], set()
         for path, key, ref in zip(new, keys, frames):
             if ref is None:
@@ -191,13 +193,25 @@ class FileListModel(QAbstractListModel):
             self._changed(group.frames[0])  # the video's row: its counts and frame count
         return new
 
-    def _insert_runs(self, rows: list, entries: list, keys: list[str], key) -> None:
+    def _places(self, keys: list[str]) -> list[int]:
+        """Where each of `keys` (ascending) goes in `_order` (bisect_left), each bisection starting
+        where the one before landed; none at all for keys that all come after the end."""
+        order = self._order
+        if not order or keys[0] > order_key(order[-1]):
+            return [len(order)] * len(keys)
+        places, lo = [], 0
+        for k in keys:
+            lo = bisect_left(order, k, lo, key=order_key)
+            places.append(lo)
+        return places
+
+    def _insert_runs(self, rows: list, entries: list, keys: list[str], key, places: list[int] | None = None) -> None:
         """Insert `entries` (sorted, with their order keys) into `rows` (the visible rows, sorted
-        by `key`), announcing each contiguous run to the view."""
+        by `key`; `places`: where each goes, when known), announcing each contiguous run to the view."""
         runs: list[tuple[int, int, int]] = []  # (row before the insertion, first entry, end entry)
         lo = 0
         for i, k in enumerate(keys):
-            at = bisect_left(rows, k, lo, key=key)
+            at = places[i] if places is not None else bisect_left(rows, k, lo, key=key)
             if runs and runs[-1][0] == at:
                 runs[-1] = (at, runs[-1][1], i + 1)
             else:
@@ -422,13 +436,12 @@ def _entry_key(entry) -> str:
     return entry.key if isinstance(entry, VideoGroup) else order_key(entry)
 
 
-def _merged(old: list[str], new: list[str], keys: list[str]) -> list[str]:
-    """`old` and `new` (both in `order_key` order, `keys` those of `new`) as one ordered list:
-    one bisection per new path and one pass over `old`."""
+def _merged(old: list[str], new: list[str], places: list[int]) -> list[str]:
+    """`old` and `new` (both in `order_key` order, `places` where each of `new` goes in `old`)
+    as one ordered list: one pass over `old`."""
     out: list[str] = []
     done = 0
-    for path, key in zip(new, keys):
-        at = bisect_left(old, key, done, key=order_key)
+    for path, at in zip(new, places):
         out += old[done:at]
         out.append(path)
         done = at

@@ -33,6 +33,7 @@ from dasr_annotator.engine.types import Box, Cancelled, Hit
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 32  # positives of one "find more like these" query (each costs a forward pass)
+PROPAGATION = "Propagation"  # the kind of task a propagation is: it shares the query slot with searches
 
 
 @dataclass
@@ -96,7 +97,8 @@ class Refined:
     """Refined boxes for hits of the hit session `session` (key -> box) and how well each matches
     the examples (key -> box score, refine.rank_by_box), one chunk at a time; `done` of `total`
     hits are refined so far (a hit a second look improved comes again, with its better box). The
-    last one, `complete`, comes once all are (it may carry none)."""
+    last one, `complete`, comes once all are: no boxes, and the final box score of every hit refined
+    (the ranking by box match needs them all)."""
 
     session: object
     boxes: dict[int, Box]
@@ -214,7 +216,7 @@ class Controller(QObject):
 
     @property
     def is_propagating(self) -> bool:
-        return self._search_task is not None and self._search_task.kind == "Propagation"
+        return self._search_task is not None and self._search_task.kind == PROPAGATION
 
     # ---- opening -----------------------------------------------------------------------------
     def open_folder(self, photos: Path) -> None:
@@ -370,9 +372,9 @@ class Controller(QObject):
                                  len(searcher.images), total, windows, [e for e in fine if e is not None])
 
         what = f"{request.category} ({len(request.positives)} example{'s' if len(request.positives) != 1 else ''})"
-        task = self._run("Search", run, finished=lambda outcome: self._searched(task, outcome),
-                         failed=lambda message: self._search_failed(task, message),
-                         cancelled=lambda: self._search_done(task))
+        task = self._run("Search", run, finished=lambda outcome: self._query_ended(task, self.searchFinished, outcome),
+                         failed=lambda message: self._query_ended(task, self.failed, task.kind, message),
+                         cancelled=lambda: self._query_ended(task))
         self._search_task = task
         self.searchStarted.emit(what)
 
@@ -412,10 +414,10 @@ class Controller(QObject):
             times = {hit.image: info.time_of(split_frame_name(hit.image).frame) for hit in hits}
             return Propagated(request, hits, times, info.time_of(ref.frame))
 
-        task = self._run("Propagation", run, progress=lambda done, total: self._propagation_progress(task, done, total),
-                         finished=lambda result: self._propagated(task, result),
-                         failed=lambda message: self._propagation_failed(task, message),
-                         cancelled=lambda: self._propagation_cancelled(task))
+        task = self._run(PROPAGATION, run, progress=lambda done, total: self._propagation_progress(task, done, total),
+                         finished=lambda result: self._query_ended(task, self.propagationFinished, result),
+                         failed=lambda message: self._query_ended(task, self.failed, task.kind, message),
+                         cancelled=lambda: self._query_ended(task))
         self._search_task = task
         self.searchStarted.emit(f"{request.category} in the frames around {request.image}")
 
@@ -427,24 +429,17 @@ class Controller(QObject):
         if self._search_task is task:
             self.propagationProgress.emit(done, total)
 
-    def _propagated(self, task: Task, result: Propagated) -> None:
-        if self._search_task is task:  # one overtaken by a newer query is dropped
-            self._search_task = None
-            self.propagationFinished.emit(result)
-        else:
-            self.propagationStopped.emit()
-
-    def _propagation_failed(self, task: Task, message: str) -> None:
+    def _query_ended(self, task: Task, signal=None, *args) -> None:
+        """A search or propagation finished, failed or was cancelled (no `signal`). The latest
+        query frees the query slot and `signal` brings its answer; one overtaken by a newer query
+        is dropped. A propagation that brings no answer says it stopped (its progress bar waits)."""
         if self._search_task is task:
             self._search_task = None
-            self.failed.emit(task.kind, message)
-        else:
+            if signal is not None:
+                signal.emit(*args)
+                return
+        if task.kind == PROPAGATION:
             self.propagationStopped.emit()
-
-    def _propagation_cancelled(self, task: Task) -> None:
-        if self._search_task is task:
-            self._search_task = None
-        self.propagationStopped.emit()
 
     def relocate(self, session, windows: WindowQuery, accepted: list[tuple[str, Box]],
                  pending: dict[int, Hit], rejected: dict[str, list[Box]] | None = None,
@@ -509,9 +504,11 @@ class Controller(QObject):
                                                        len(hits), {keys[i]: hit.box_score for i, hit in items
                                                                    if hit.box_score is not None}))
 
-            searcher.refine(hits, list(examples) + [e for e in more if e is not None], coarse, rejected,
-                            progress=progress, cancel=cancel, emit=emit)
-            self._refined_chunk.emit(token, Refined(session, {}, len(done), len(hits), complete=True))
+            refined = searcher.refine(hits, list(examples) + [e for e in more if e is not None], coarse, rejected,
+                                      progress=progress, cancel=cancel, emit=emit)
+            self._refined_chunk.emit(token, Refined(session, {}, len(done), len(hits), complete=True,
+                                                    box_scores={keys[i]: hit.box_score for i, hit in enumerate(refined)
+                                                                if hit.box_score is not None}))
 
         task = self._run("Refine boxes", run, finished=lambda _: self._refined(task),
                          cancelled=lambda: self._refined(task))
@@ -540,20 +537,6 @@ class Controller(QObject):
             self._relocate_task = None
         if not task.is_cancelled():
             self.hitsRelocated.emit(result)
-
-    def _searched(self, task: Task, outcome: SearchOutcome) -> None:
-        if self._search_task is task:  # a search overtaken by a newer one is dropped
-            self._search_task = None
-            self.searchFinished.emit(outcome)
-
-    def _search_failed(self, task: Task, message: str) -> None:
-        if self._search_task is task:
-            self._search_task = None
-            self.failed.emit("Search", message)
-
-    def _search_done(self, task: Task) -> None:
-        if self._search_task is task:
-            self._search_task = None
 
     # ---- settings and shutdown ---------------------------------------------------------------
     def apply_preferences(self, prefs: Preferences) -> bool:

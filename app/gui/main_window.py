@@ -390,8 +390,8 @@ class MainWindow(QMainWindow):
             self.document.savedChanged.connect(self._show_saved)
             self.document.saveFailed.connect(self._save_failed)
             self.document.notice.connect(self.show_info)
-            self.document.undo_stack.canUndoChanged.connect(self._update_enabled)
-            self.document.undo_stack.canRedoChanged.connect(self._update_enabled)
+            self.document.undo_stack.canUndoChanged.connect(self._update_undo_redo)
+            self.document.undo_stack.canRedoChanged.connect(self._update_undo_redo)
         self.review.attach(self.document)
         self._lister.stop()
         self._listing = None  # from now on the project's list is the one shown
@@ -534,8 +534,7 @@ class MainWindow(QMainWindow):
         self.update_file_counts()
         if change.kind == "reset" or not change.images or self.current_image in change.images:
             self.refresh_image_views()
-        self.review.refresh_results()
-        self._update_enabled()
+        self.review.refresh_results()  # also the review's actions: once an edit (their checks walk the labels)
 
     def _follow_category(self, current: str, names: list[str]) -> str:
         """The category box's name after a category edit: a renamed category is followed to its
@@ -677,9 +676,13 @@ class MainWindow(QMainWindow):
         labels_io = [f"{way}_{name}" for way in ("import", "export") for name in FORMATS]
         for name in ("save", *labels_io, "find_more", "delete", "label_box"):
             self.action[name].setEnabled(has_doc)
+        self._update_undo_redo()
+        self.review.update_enabled()
+
+    def _update_undo_redo(self, *_) -> None:
+        has_doc = self.document is not None
         self.action["undo"].setEnabled(has_doc and self.document.undo_stack.canUndo())
         self.action["redo"].setEnabled(has_doc and self.document.undo_stack.canRedo())
-        self.review.update_enabled()
 
     # ---- layout and closing ------------------------------------------------------------------
     def _default_size(self):

@@ -44,7 +44,6 @@ class Review(QObject):
         self.query: tuple[str, Box, str] | None = None  # (image, box, category) searched, not yet a label
         self._shown: HitSession | None = None  # the review the results strip shows
         self._reranked_at = float("-inf")  # when a re-rank last moved the selection
-        self._box_scores: tuple[object, dict[int, float]] = (None, {})  # (hit session, key -> box score) refined so far
         w, a = window, window.action
         # Enter belongs to the photo and the results strip only: a window-wide Enter took the key
         # from every editor (a label's category typed in the table ran a search instead, and
@@ -271,9 +270,6 @@ class Review(QObject):
         hits = self.doc.hits if self.doc is not None else None
         if hits is None or hits is not result.session:
             return  # a newer search replaced those hits
-        if self._box_scores[0] is not hits:
-            self._box_scores = (hits, {})
-        self._box_scores[1].update(result.box_scores)
         self.doc.move_pending_boxes(result.boxes)
         if not result.complete:
             if result.done < result.total:
@@ -282,9 +278,9 @@ class Review(QObject):
                 self.window.statusBar().showMessage(
                     f"All {result.total} hits have refined boxes; looking again at weak ones")
             return
-        box_scores, self._box_scores = self._box_scores[1], (None, {})
-        blended = {e.key: blended_score(e.hit.score, box_scores.get(e.key))
-                   for e in hits.entries if e.status == PENDING and e.key in box_scores}
+        # blended with each hit's region score as it is now: feedback may have re-ranked it meanwhile
+        blended = {e.key: blended_score(e.hit.score, result.box_scores[e.key])
+                   for e in hits.entries if e.status == PENDING and e.key in result.box_scores}
         if blended:
             current = self.window.results.current_key()
             threshold = self.window.results.threshold()

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,47 +33,31 @@ def copy_photos(data: Path, target: Path) -> dict[str, list[float]]:
 
 
 def main() -> int:
+    from qt_waits import in_scratch
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "dev")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="dasr-screens-"))
-    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["XDG_CONFIG_HOME"] = str(scratch / "config")
-    os.environ["DASR_ANNOTATOR_CACHE"] = str(scratch / "cache")
-    try:
-        return shoot(args.data, args.out, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return in_scratch("dasr-screens-", shoot, args)
 
 
-def shoot(data: Path, out: Path, scratch: Path) -> int:
+def shoot(args, scratch: Path) -> int:
     import torch
-    from PySide6.QtCore import QSettings
 
-    from dasr_annotator.app.gui.application import create_app
-    from qt_waits import drag_box, settle, wait_until
+    from qt_waits import drag_box, open_window, settle
     from dasr_annotator.engine.types import Box
 
     torch.set_num_threads(1)
     photos = scratch / "photos"
-    truth = copy_photos(data, photos)
-    app = create_app()
-    QSettings.setDefaultFormat(QSettings.IniFormat)
-    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(scratch / "qsettings"))
-    from dasr_annotator.app.gui.main_window import MainWindow
-
-    def wait(condition, timeout_s=120.0):
-        wait_until(condition, lambda: window.message_bar.text(), timeout_s)
+    truth = copy_photos(args.data, photos)
 
     def save(widget, name):
         settle()
-        widget.grab().save(str(out / name))
-        print("wrote", out / name)
+        widget.grab().save(str(args.out / name))
+        print("wrote", args.out / name)
 
-    window = MainWindow(photos)
-    window.resize(1440, 900)
-    window.show()
+    app, window, wait = open_window(photos, scratch)
     wait(lambda: window.progress.bar.isVisible() and window.progress.bar.value() >= 3)
     save(window, "01-indexing.png")
     wait(lambda: not window.controller.is_indexing and window.document is not None)

@@ -45,10 +45,9 @@ def settle(ms: int = 400) -> None:
     loop.exec()
 
 
-def indexed_window(photos: Path, scratch: Path, prefs=None):
-    """The real window (1440x900) on `photos`, settings kept in `scratch`, once it has indexed
-    them: (application, window, wait), `wait(condition, timeout_s)` naming the window's last
-    message if it times out."""
+def open_window(photos: Path, scratch: Path, prefs=None):
+    """The real window (1440x900) opening `photos`, settings kept in `scratch`: (application,
+    window, wait), `wait(condition, timeout_s)` naming the window's last message if it times out."""
     from PySide6.QtCore import QSettings
 
     from dasr_annotator.app.gui.application import create_app
@@ -65,6 +64,12 @@ def indexed_window(photos: Path, scratch: Path, prefs=None):
 
     window.resize(1440, 900)
     window.show()
+    return app, window, wait
+
+
+def indexed_window(photos: Path, scratch: Path, prefs=None):
+    """`open_window`, once the window has indexed the photos."""
+    app, window, wait = open_window(photos, scratch, prefs)
     wait(lambda: not window.controller.is_indexing and window.document is not None)
     return app, window, wait
 

@@ -38,6 +38,7 @@ DUPLICATE_IOU = 0.9
 # pixels a side may read back under MIN_BOX_SIDE after a format rounded it (YOLO keeps 6 decimals
 # of the image size): such a box is grown back to MIN_BOX_SIDE, not refused
 ROUNDING_TOLERANCE = 0.01
+SMALLEST_SIDE = MIN_BOX_SIDE - ROUNDING_TOLERANCE  # the smallest side taken (and grown back to MIN_BOX_SIDE)
 SIZE_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding in other tools); clipped
 MAX_REASONS = 20
 
@@ -143,7 +144,7 @@ def gather(project, all_images: bool,
         for ann in by_image.get(name, []):
             box = ann.box.clipped(width, height)
             # a 1-px box at a fractional place clips to 0.9999999999999999 px: that is not a sliver
-            if box.w < MIN_BOX_SIDE - ROUNDING_TOLERANCE or box.h < MIN_BOX_SIDE - ROUNDING_TOLERANCE:
+            if box.w < SMALLEST_SIDE or box.h < SMALLEST_SIDE:
                 sliver = f" (less than {MIN_BOX_SIDE:g} pixel a side inside it)" if box.area > 0 else ""
                 skipped.append({"file": name, "reason": f"annotation {ann.id} lies outside the image{sliver}"})
                 continue
@@ -262,7 +263,7 @@ def check_box(box: Box, image: CheckedImage | None, where: str, written, reasons
     """`box` clipped to `image`, or None with a reason: under MIN_BOX_SIDE a side (or a negative
     size), less than that inside the image, or outside the image by more than SIZE_TOLERANCE.
     `written` is how the file gave the box."""
-    if not box.w >= MIN_BOX_SIDE - ROUNDING_TOLERANCE or not box.h >= MIN_BOX_SIDE - ROUNDING_TOLERANCE:
+    if not box.w >= SMALLEST_SIDE or not box.h >= SMALLEST_SIDE:
         reasons.append(f"{where}: {written} has no area of at least {MIN_BOX_SIDE:g} pixel a side")
         return None
     if image is None:
@@ -270,7 +271,7 @@ def check_box(box: Box, image: CheckedImage | None, where: str, written, reasons
     w, h, tol = image.width, image.height, SIZE_TOLERANCE
     inside = box.clipped(w, h)
     if box.x < -tol or box.y < -tol or box.x2 > w + tol or box.y2 > h + tol \
-            or min(inside.w, inside.h) < MIN_BOX_SIDE - ROUNDING_TOLERANCE:
+            or min(inside.w, inside.h) < SMALLEST_SIDE:
         reasons.append(f"{where}: {written} does not fit in {image.rel} ({w} x {h})")
         return None
     return inside.at_least(MIN_BOX_SIDE, w, h)
