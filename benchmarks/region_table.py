@@ -94,7 +94,8 @@ class _RegionIds:
 def child(layout: str, folder: Path) -> dict:
     from dasr_annotator.engine.search.searcher import Searcher
 
-    out = {"layout": layout, "imports_hwm_mb": round(status_mb("VmHWM"), 1)}
+    out = {"layout": layout, "imports_hwm_mb": round(status_mb("VmHWM"), 1),
+           "imports_rss_file_mb": round(status_mb("RssFile"), 1), "imports_rss_anon_mb": round(status_mb("RssAnon"), 1)}
     t = time.perf_counter()
     if layout == "npz":  # as `Project.searcher` reads an index written before
         with np.load(folder / "index-old.npz", allow_pickle=False) as z:
@@ -127,6 +128,10 @@ def child(layout: str, folder: Path) -> dict:
     out["search_100_hits_ms"] = round(1000 * float(np.median(times)), 3)
     out["after_searches_hwm_mb"] = round(status_mb("VmHWM"), 1)
     out["after_searches_rss_mb"] = round(status_mb("VmRSS"), 1)
+    # of which pages of mapped files (the page cache's, dropped first under memory pressure) and
+    # the process's own memory
+    out["after_searches_rss_file_mb"] = round(status_mb("RssFile"), 1)
+    out["after_searches_rss_anon_mb"] = round(status_mb("RssAnon"), 1)
     return out
 
 
