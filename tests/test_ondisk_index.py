@@ -11,6 +11,7 @@ import pytest
 from dasr_annotator.engine.project import project as project_module
 from dasr_annotator.engine.project.project import IncompatibleIndex, NoIndex, Project
 from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.search import region_table
 from dasr_annotator.engine.types import Box, Cancelled
 from tests.test_collection import TinyExtractor, make_image
 from tests.test_index import clustered
@@ -231,7 +232,8 @@ def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, ca
     project = Project.open(big_folder)
     info = project.manifest()["index"]
     assert faiss_index.is_refined(info["type"]) and "ivfdata" not in info
-    assert info["refine"] == info["file"].replace(".faiss", ".refine") and len(info["bytes"]) == 3
+    assert info["refine"] == info["file"].replace(".faiss", ".refine") and "meta" not in info
+    assert len(info["bytes"]) == 2 + len(region_table.COLUMNS)  # the index, its codes, the table's columns
     assert info["k_factor"] in faiss_index.REFINE_FACTORS
     searcher = project.searcher(ex)
     assert capfd.readouterr().out == ""  # `index --json` and `search --json` write their JSON there
@@ -253,7 +255,8 @@ def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, ca
     new_info = Project.open(big_folder).manifest()["index"]
     assert new_info["file"] != info["file"] and new_info["regions"] == 78
     left = sorted(p.name for p in project.state_dir.iterdir() if p.name.startswith(("index-", ".index-")))
-    assert left == sorted([new_info["file"], new_info["meta"], new_info["refine"]])  # old generation, temp files gone
+    # old generation, temp files gone
+    assert left == sorted([new_info["file"], new_info["refine"], *new_info["table"].values()])
     # the searcher opened before the rebuild still reads its (now unlinked) lists
     again = searcher.query_descriptor("d0/p00.png", Box(0, 0, 24, 32))
     assert searcher.search(again[None], top_k=1)[0].image == "d0/p00.png"
@@ -267,7 +270,8 @@ def test_an_index_written_before_the_re_ranking_still_opens(big_folder, monkeypa
     project = Project.open(big_folder)
     info = project.manifest()["index"]
     assert info["type"] == "IVF64,SQ8" and "k_factor" not in info and "refine" not in info
-    assert info["ivfdata"] == info["file"].replace(".faiss", ".ivfdata") and len(info["bytes"]) == 3
+    assert info["ivfdata"] == info["file"].replace(".faiss", ".ivfdata")
+    assert len(info["bytes"]) == 2 + len(region_table.COLUMNS)
     searcher = project.searcher(TinyExtractor())
     # faiss prints the lists file's name when it builds and opens it: never onto stdout
     out, err = capfd.readouterr()

@@ -154,7 +154,7 @@ DAMAGE = {
     "catalog-and-backup-damaged": lambda s: [_truncate(s / "catalog.json")] + (
         [_truncate(s / "catalog.json.bak")] if (s / "catalog.json.bak").exists() else []),
     "index-file-truncated": lambda s: _truncate_all(s, "index-*.faiss"),
-    "index-metadata-truncated": lambda s: _truncate_all(s, "index-*.npz"),
+    "index-metadata-truncated": lambda s: _truncate_all(s, "index-*.npy"),  # the region table
     "region-shards-truncated": lambda s: _truncate_all(s, "shards/*.npz"),
     "foreign-files": _foreign_files,
     "folder-named-like-a-shard": _folder_named_like_a_shard,

@@ -15,8 +15,10 @@ regions read one at a time and opened memory-mapped: its re-ranking codes, the b
 `index-<gen>.refine` beside the index file (an index built before issue #20's re-ranking keeps its
 inverted lists in `index-<gen>.ivfdata`, mapped instead; engine/search/index.py, docs/index.md);
 what stays in
-memory is the fast-scan lists (36 bytes a region) and the region table (image, box, ellipse,
-score: 44 bytes a region).
+memory is the fast-scan lists (36 bytes a region). The region table (photo, box, ellipse and
+score of each region, each photo's name and size: search/region_table.py) is one `.npy` file a
+column, opened memory-mapped too (an index written before keeps it in `index-<gen>.npz`, read
+into memory).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ from dasr_annotator.engine.dasr.descriptors import Whitening
 from dasr_annotator.engine.project.extraction import extract_images
 from dasr_annotator.engine.project.lock import StateLock
 from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.search import region_table
+from dasr_annotator.engine.search.region_table import RegionTable
 from dasr_annotator.engine.store.annotations import AnnotationStore
 from dasr_annotator.engine.store.collection import (NPZ_ERRORS, REBUILD_HINT, STATE_FOLDER, FileEntry, RegionArrays,
                                                     RegionStore, ScanResult, content_hash, fingerprint, scan_images,
@@ -384,7 +388,7 @@ class Project:
                 and self._index_intact(index_info)):
             return n_regions
         gen = _generation()
-        new_index = {"file": f"index-{gen}.faiss", "meta": f"index-{gen}.npz"}
+        new_index = {"file": f"index-{gen}.faiss", "table": region_table.table_files(gen)}
         spec = faiss_index.index_spec(n_regions, whitening.output_dim if whitening is not None else dim)
         mapped = bool(n_regions) and faiss_index.stored_on_disk(spec)
         if mapped:
@@ -404,9 +408,8 @@ class Project:
         if built.k_factor:
             new_index["k_factor"] = built.k_factor
         sizes = np.array([[store.entries[f].width, store.entries[f].height] for f in live], np.int32).reshape(-1, 2)
-        self._save_arrays(new_index["meta"], {
-            "images": np.array(live, dtype=str), "sizes": sizes, "image": arrays.image, "boxes": arrays.boxes,
-            "ellipses": arrays.ellipses, "scores": arrays.scores})
+        region_table.write_table(self.state_dir, new_index["table"], live, sizes, arrays.image, arrays.boxes,
+                                 arrays.ellipses, arrays.scores)
         new_index["bytes"] = [p.stat().st_size for p in self._index_paths(new_index)]
         manifest.update(index=new_index, whitening=new_white_info)
         self._write_manifest(manifest)
@@ -460,8 +463,13 @@ class Project:
         return sorted(chosen)
 
     def _index_paths(self, info: dict) -> list[Path]:
-        """The files of one index generation, in the order `bytes` records their sizes."""
-        return [self.state_dir / info[k] for k in ("file", "meta", "ivfdata", "refine") if k in info]
+        """The files of one index generation, in the order `bytes` records their sizes: the index,
+        its region table (`meta`, one .npz, before the table was memory-mapped; `table`, one .npy a
+        column, since), then the index's lists or re-ranking codes file."""
+        paths = [self.state_dir / info[k] for k in ("file", "meta", "ivfdata", "refine") if k in info]
+        if isinstance(info.get("table"), dict):
+            paths += region_table.column_paths(self.state_dir, info["table"])
+        return paths
 
     def _fit_whitening(self, store: RegionStore, live: list[str], dim: int | None) -> Whitening:
         """Fit on the regions of a seeded random subset of images (about WHITEN_SAMPLE regions)."""
@@ -536,14 +544,18 @@ class Project:
             else:
                 index = faiss_index.load_index((self.state_dir / info["file"]).read_bytes(), info["nprobe"],
                                                info.get("k_factor", 0))
-            with np.load(self.state_dir / info["meta"], allow_pickle=False) as z:
-                meta = {k: z[k] for k in ("images", "sizes", "image", "boxes", "ellipses")}
+            if "table" in info:  # memory-mapped: opening reads no more than the columns' headers
+                table = region_table.open_table(self.state_dir, info["table"])
+            else:  # an index written before: its table in one .npz, read into memory as then
+                with np.load(self.state_dir / info["meta"], allow_pickle=False) as z:
+                    table = RegionTable.from_arrays({k: z[k] for k in ("images", "sizes", "image", "boxes",
+                                                                       "ellipses")})
         except (RuntimeError, *NPZ_ERRORS):
             raise damaged from None
         whitening = self._load_whitening(white_info) if white_info else None
-        if (white_info and whitening is None) or len(meta["image"]) != index.ntotal or index.d != info["dim"]:
+        if (white_info and whitening is None) or len(table.image) != index.ntotal or index.d != info["dim"]:
             raise damaged
-        return Searcher(self, extractor, index, meta, whitening)
+        return Searcher(self, extractor, index, table, whitening)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

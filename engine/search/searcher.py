@@ -27,9 +27,10 @@ from dasr_annotator.engine.search import index as faiss_index
 from dasr_annotator.engine.search.feedback import feedback_scores, image_ranking
 from dasr_annotator.engine.search.map_cache import MapCache
 from dasr_annotator.engine.search.refine import Example, Refiner, rank_by_box
+from dasr_annotator.engine.search.region_table import ClampedBoxes, RegionTable
 from dasr_annotator.engine.store.imageio import ImageError, load_image
 from dasr_annotator.engine.store.video import media_file
-from dasr_annotator.engine.types import MIN_BOX_SIDE, Box, Ellipse, Hit, boxes_at_least
+from dasr_annotator.engine.types import MIN_BOX_SIDE, Box, Ellipse, Hit
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +74,20 @@ def _fmt(box: Box) -> str:
 class Searcher:
     """Search one project's index; holds the model, the index and the whitening for many queries."""
 
-    def __init__(self, project, extractor, index, meta: dict, whitening: Whitening | None):
+    def __init__(self, project, extractor, index, meta: dict | RegionTable, whitening: Whitening | None):
+        """`meta`: the region table (search/region_table.py), memory-mapped as `Project.searcher`
+        opens it, or in-memory arrays (keys images, sizes, image, boxes, ellipses)."""
         self.project = project
         self.extractor = extractor
         self.index = index
         self.whitening = whitening
-        self.images: list[str] = [str(s) for s in meta["images"]]
-        self.sizes = meta["sizes"]
-        self.region_image = meta["image"].astype(np.int64)
-        # a region of a tiny photo (1 x 1 pixel) can be thinner than a pixel: no hit may be
-        self.boxes = boxes_at_least(meta["boxes"], np.asarray(self.sizes)[self.region_image])
-        self.ellipses = meta["ellipses"]
-        self._image_id = {name: i for i, name in enumerate(self.images)}
+        # nothing is copied or converted here: a mapped table stays on disk until rows are read
+        self.table = meta if isinstance(meta, RegionTable) else RegionTable.from_arrays(meta)
+        self.images = self.table.names  # a sequence of names: images[i], len, `in`; .id_of(name)
+        self.sizes = self.table.sizes
+        self.region_image = self.table.image
+        self.boxes = ClampedBoxes(self.table)  # boxes[rows]: float64, at least a pixel (boxes_of)
+        self.ellipses = self.table.ellipses
         # relocation maps live beside the index (computed on first use, or while indexing);
         # an extractor without a relocation layer (test doubles) leaves hits as their regions
         self.maps = (MapCache(self._compute_map, extractor.relocation_config(), getattr(project, "state_dir", None))
@@ -102,9 +105,9 @@ class Searcher:
 
     def region_rows(self, images) -> np.ndarray:
         """The index rows of every region of `images` (names; unknown ones ignored), in row order:
-        one dictionary look-up per image, not a scan of the photo list."""
-        wanted = [self._image_id[name] for name in images if name in self._image_id]
-        return np.flatnonzero(np.isin(self.region_image, wanted)) if wanted else np.zeros(0, np.int64)
+        one name look-up per image and a binary search for its rows, not a scan of the table."""
+        ids = [i for i in map(self.images.id_of, images) if i is not None]
+        return self.table.rows_of(ids)
 
     def prepare(self, descriptors: np.ndarray) -> np.ndarray:
         """Raw (l2) descriptors [Q, D] -> the index's space: whitened when the project has a
@@ -146,7 +149,8 @@ class Searcher:
             return []
         positives = self.prepare(query_descs)
         negs = self.prepare(negatives) if negatives is not None and len(negatives) else None
-        excluded = self._image_id.get(exclude_image, -1) if exclude_image else -1
+        excluded = self.images.id_of(exclude_image) if exclude_image else None
+        excluded = -1 if excluded is None else excluded
         k = min(n, max(4 * top_k, 64))
         while True:
             with faiss_index.single_thread():
@@ -156,21 +160,30 @@ class Searcher:
                 # every candidate against every example (a candidate one positive missed still
                 # has a similarity to it), the same scoring as the GUI's re-ranking
                 scores = feedback_scores(positives, negs, faiss_index.reconstruct(self.index, regions))
-            images, best, image_scores = image_ranking(scores, self.region_image[regions])
+            images, best, image_scores = image_ranking(scores, np.asarray(self.region_image[regions]))
             keep = images != excluded
             images, best, image_scores = images[keep], best[keep], image_scores[keep]
             if len(images) >= top_k or k >= n:
                 break
             k = min(n, 4 * k)
-        hits = []
-        for image, region, score in zip(images, regions[best], image_scores):
+        hits: list[Hit] = []
+        rows = regions[best]
+        # the table is read a block of hits at a time (one vectorised read, not one per hit); a
+        # further block only when photos deleted since indexing were left out of this one
+        for start in range(0, len(images), top_k):
+            block = slice(start, start + top_k)
+            boxes = self.boxes[rows[block]].tolist()
+            ellipses = np.asarray(self.ellipses[rows[block]], np.float64).tolist()
+            for image, score, box, ellipse in zip(images[block].tolist(), image_scores[block].tolist(), boxes,
+                                                  ellipses):
+                name = self.images[image]
+                if not self.exists(name):
+                    continue  # deleted since indexing: never offered (the next index run drops it)
+                hits.append(Hit(name, float(score), Box(*box), Ellipse(*ellipse)))
+                if len(hits) == top_k:
+                    break
             if len(hits) == top_k:
                 break
-            if not self.exists(self.images[int(image)]):
-                continue  # deleted since indexing: never offered (the next index run drops it)
-            cx, cy, a, b, angle = (float(v) for v in self.ellipses[region])
-            hits.append(Hit(self.images[int(image)], float(score), Box(*map(float, self.boxes[region])),
-                            Ellipse(cx, cy, a, b, angle)))
         return self.relocate(hits, windows) if windows is not None else hits
 
     def exists(self, image: str) -> bool:
@@ -284,8 +297,9 @@ class WholeImageSearch:
         with faiss_index.single_thread():
             sims, ids = s.index.search(np.ascontiguousarray(queries, np.float32), k)
         scores = image_search.set_scores(sims, ids, s.region_image, len(s.images), complete=k >= n)
-        if rel in s._image_id:
-            scores[s._image_id[rel]] = -np.inf
+        own = s.images.id_of(rel)
+        if own is not None:
+            scores[own] = -np.inf
         ranked = [int(i) for i in np.argsort(-scores, kind="stable")[:top_k] if np.isfinite(scores[i])]
         hits = []
         for i in ranked:
