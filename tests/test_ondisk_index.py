@@ -334,3 +334,35 @@ def test_the_latency_benchmark_measures_the_memory_mapped_index(monkeypatch, tmp
     # codes a region, plus the header (the quantizer's 512 centroids: 3.3 bytes a region)
     assert 51 <= result["bytes_per_region"] < 56
     assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["index.faiss", "index.refine"]
+
+
+def test_a_search_re_ranks_as_many_candidates_as_its_photos_need(data, tmp_path, monkeypatch):
+    """The Searcher asks for 4x as many regions as the photos it wants; re-ranking k_factor x all
+    of them read 4x the codes at 12.5M regions for regions that only fill up the photo list."""
+    from dasr_annotator.engine.search.searcher import Searcher
+
+    x, queries = data
+    path = tmp_path / "index-a.faiss"
+    built = faiss_index.build_ondisk_index([x], training_sample(x, REFINED), path, REFINED)
+    index = faiss_index.open_index(path, built.nprobe, 16)
+    read = []
+    rows = faiss_index.PreadRefine.rows
+    monkeypatch.setattr(faiss_index.PreadRefine, "rows", lambda self, ids: read.append(len(ids)) or rows(self, ids))
+    n_images = len(x) // 3
+    meta = {"images": np.array([f"p{i:05d}.jpg" for i in range(n_images)]), "sizes": np.full((n_images, 2), 64),
+            "image": np.arange(len(x)) // 3, "boxes": np.ones((len(x), 4), np.float32),
+            "ellipses": np.ones((len(x), 5), np.float32)}
+    searcher = Searcher(None, object(), index, meta, None)
+    hits = searcher.search(queries[:1], top_k=20)  # 80 regions asked for
+    assert read == [16 * 20]
+    # the best 20 regions are those of a search for 20 alone, re-ranked on as many candidates
+    read.clear()
+    d_20, i_20 = index.search(queries[:1], 20)
+    d_80, i_80 = faiss_index.search_regions(index, queries[:1], 80, 20)
+    assert read == [16 * 20, 16 * 20] and np.array_equal(i_80[:, :20], i_20)
+    assert hits[0].image == f"p{i_20[0, 0] // 3:05d}.jpg" and len(hits) == 20
+    # faiss's own re-ranking takes the same parameters
+    mapped = faiss.IndexRefine(faiss.read_index(str(path)), faiss.read_index(str(path.with_suffix(".refine")),
+                                                                            faiss.IO_FLAG_MMAP_IFC))
+    faiss_index._with_settings(mapped, built.nprobe, 16)
+    assert_same_ranking(*faiss_index.search_regions(mapped, queries[:1], 80, 20), d_80, i_80)

@@ -154,7 +154,7 @@ class Searcher:
         k = min(n, max(4 * top_k, 64))
         while True:
             with faiss_index.single_thread():
-                sims, ids = self.index.search(positives, k)
+                sims, ids = faiss_index.search_regions(self.index, positives, k, top_k)
             regions, scores = _best_per_region(ids.ravel(), sims.ravel())
             if len(positives) > 1 or negs is not None:
                 # every candidate against every example (a candidate one positive missed still
