@@ -21,8 +21,13 @@ done part by part. `nprobe` and `k_factor` (re-ranked candidates per result) are
 settings. Both modes
 report `peak_rss_mb`: the peak resident memory of a separate process that opens the index
 (memory-mapped with `--mmap`, read into memory without) and runs 100 single queries, k = 100;
-`rss_file_mb` of it is index pages mapped from the page cache (reclaimable), `rss_anon_mb` the
-process's own memory (Python, faiss, torch through the engine's imports). Figures: docs/index.md.
+`rss_file_mb` of it is file pages mapped from the page cache (reclaimable: the shared libraries,
+and index pages where the index is mapped), `rss_anon_mb` the process's own memory (Python, faiss,
+torch through the engine's imports). With `--mmap` also `searcher_peak_rss_mb` (and its
+`searcher_rss_file_mb` / `searcher_rss_anon_mb`): the same for a process that opens what the
+desktop opens, the index and a region table of N regions (REGIONS_PER_IMAGE a photo, written as a
+project writes it and memory-mapped as `Project.searcher` opens it), and runs 100 whole
+`Searcher.search` calls (top 100 photos). Figures: docs/index.md.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ import faiss
 import numpy as np
 
 from dasr_annotator.engine.search import index as faiss_index
+from dasr_annotator.engine.search import region_table
 from dasr_annotator.engine.search.searcher import Searcher
 
 REGIONS_PER_IMAGE = 12  # the paper's DASR* average
@@ -157,6 +163,7 @@ def measure_mmap(n: int, queries: int, seed: int, raw_dim: int | None, train: in
         search_times = searcher_query_times(index, n, held_out, seed)
         del index
         rss = rss_of_a_searching_process(path, held_out, nprobe, k_factor, mmap=True)
+        rss.update(rss_of_a_searcher_process(path, held_out, nprobe, k_factor, n, seed))
     finally:
         if owned:
             shutil.rmtree(folder, ignore_errors=True)
@@ -206,25 +213,59 @@ def searcher_query_times(index, n: int, queries: np.ndarray, seed: int) -> list[
     return times
 
 
-def rss_of_a_searching_process(path: Path, queries: np.ndarray, nprobe: int, k_factor: int, mmap: bool) -> dict:
-    """Memory of a fresh process that opens the index at `path` and runs 100 single queries."""
+def rss_of_a_searching_process(path: Path, queries: np.ndarray, nprobe: int, k_factor: int, mmap: bool,
+                               searcher: bool = False) -> dict:
+    """Memory of a fresh process that opens the index at `path` and runs 100 single queries (with
+    `searcher`, 100 Searcher queries over the region table beside it)."""
     query_file = path.with_name("rss-queries.npy")
     np.save(query_file, np.resize(queries, (100, queries.shape[1])))
     child = subprocess.run([sys.executable, __file__, "--rss-child", str(path), "--rss-queries", str(query_file),
                             "--rss-nprobe", str(nprobe), "--rss-k-factor", str(k_factor)]
-                           + (["--mmap"] if mmap else []),
+                           + (["--mmap"] if mmap else []) + (["--rss-searcher"] if searcher else []),
                            capture_output=True, text=True, check=True)
     query_file.unlink()
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
-def rss_child(path: str, query_file: str, nprobe: int, k_factor: int, mmap: bool) -> dict:
+TABLE = "bench"  # the region table's generation name in the index folder
+
+
+def rss_of_a_searcher_process(path: Path, queries: np.ndarray, nprobe: int, k_factor: int, n: int,
+                              seed: int) -> dict:
+    """Memory of a fresh process that opens the index at `path` and a region table of `n` regions
+    (written beside it here, as a project writes one) as `Project.searcher` does, and runs 100
+    whole `Searcher.search` calls: what the desktop holds to search a collection of this size."""
+    rng = np.random.default_rng(seed + 2)
+    n_images = (n + REGIONS_PER_IMAGE - 1) // REGIONS_PER_IMAGE
+    xy = rng.uniform(0, 3000, (n, 2)).astype(np.float32)
+    wh = rng.uniform(16, 1000, (n, 2)).astype(np.float32)
+    region_table.write_table(path.parent, region_table.table_files(TABLE), [f"{i:08d}.jpg" for i in range(n_images)],
+                             np.tile(np.array([[4000, 3000]], np.int32), (n_images, 1)),
+                             np.arange(n) // REGIONS_PER_IMAGE, np.concatenate([xy, wh], 1),
+                             np.concatenate([xy + wh / 2, wh / 2, np.zeros((n, 1), np.float32)], 1),
+                             np.zeros(n, np.float32))
+    del xy, wh
+    try:
+        result = rss_of_a_searching_process(path, queries, nprobe, k_factor, mmap=True, searcher=True)
+    finally:
+        for column in region_table.column_paths(path.parent, region_table.table_files(TABLE)):
+            column.unlink(missing_ok=True)
+    return {f"searcher_{key}": value for key, value in result.items()}
+
+
+def rss_child(path: str, query_file: str, nprobe: int, k_factor: int, mmap: bool, searcher: bool = False) -> dict:
     queries = np.load(query_file)
     if mmap:
         index = faiss_index.open_index(path, nprobe, k_factor)
     else:
         index = faiss_index.load_index(Path(path).read_bytes(), nprobe, k_factor)
-    faiss_query_times(index, queries)
+    if searcher:
+        table = region_table.open_table(Path(path).parent, region_table.table_files(TABLE))
+        whole = Searcher(_NoProject(), None, index, table, None)
+        for q in queries:
+            whole.search(q[None], top_k=100)
+    else:
+        faiss_query_times(index, queries)
     status = _proc_status()
     if "VmHWM" in status:
         peak = status["VmHWM"]
@@ -267,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-queries", help=argparse.SUPPRESS)
     parser.add_argument("--rss-nprobe", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rss-k-factor", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-searcher", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
-        print(json.dumps(rss_child(args.rss_child, args.rss_queries, args.rss_nprobe, args.rss_k_factor, args.mmap)))
+        print(json.dumps(rss_child(args.rss_child, args.rss_queries, args.rss_nprobe, args.rss_k_factor, args.mmap,
+                                   args.rss_searcher)))
         return 0
     if args.threads:
         faiss.omp_set_num_threads(args.threads)

@@ -329,6 +329,8 @@ def test_the_latency_benchmark_measures_the_memory_mapped_index(monkeypatch, tmp
     assert result["index_type"].startswith("IVF") and result["dim"] == 32
     assert 0 < result["p50_ms"] <= result["p95_ms"] and result["build_s"] > 0
     assert result["recall_at_100"] >= 0.9 and result["peak_rss_mb"] >= result["rss_anon_mb"] > 0
+    # and a process searching as the desktop does: the index and a memory-mapped region table
+    assert result["searcher_peak_rss_mb"] >= result["searcher_rss_anon_mb"] > 0
     assert result["index_type"] == "IVF512,PQ16x4fs,Refine(SQ8)" and result["k_factor"] in faiss_index.REFINE_FACTORS
     # an 8-byte fast-scan code (4 bits a pair of dims), an 8-byte id and 32 one-byte re-ranking
     # codes a region, plus the header (the quantizer's 512 centroids: 3.3 bytes a region)
