@@ -424,14 +424,14 @@ class PreadRefine(faiss.IndexRefine):
     re-ranking reads each candidate's code from the `.refine` file with `pread` instead of
     through a memory map.
 
-    Why: a query re-ranks `k_factor` x k random rows (12,800 for the Searcher's k = 400 at 12.5M
-    regions). Through a map every fault also maps the cached pages around it (the kernel's
-    fault-around, 64 KB), so 100 queries left nearly the whole codes file (1.4 GB at 12.5M)
-    resident in the searching process: 2.5 GB peak against issue #20's 2 GB. Rows read with
-    `pread` stay in the kernel's page cache, shared and dropped under memory pressure, and never
-    count in the process; a read costs ~1.2 us from the page cache (docs/index.md). Results equal
-    `IndexRefine`'s (the same candidates, the same decoded codes). Only `search`,
-    `reconstruct` and `reconstruct_batch` are served here: nothing else reads the codes."""
+    Why: a query re-ranks `k_factor` x k random rows (3,200 at 12.5M regions). Through a map every
+    fault also maps the cached pages around it (the kernel's fault-around, 64 KB), so 100 queries
+    left nearly the whole codes file (1.4 GB at 12.5M) resident in the searching process: 2.5 GB
+    peak against issue #20's 2 GB. Rows read with `pread` stay in the kernel's page cache, shared
+    and dropped under memory pressure, and never count in the process (1.2 GB peak); a read costs
+    ~1.3 us from the page cache (docs/index.md). Results equal `IndexRefine`'s to float rounding
+    (the same candidates, the same decoded codes, summed by numpy). Only `search`, `reconstruct`
+    and `reconstruct_batch` are served here: nothing else reads the codes."""
 
     QUERY_BLOCK = 16  # queries decoded together: bounds a batch's decoded rows (tuning asks 200 at once)
     RUN_GAP = 4  # rows between two wanted ones read with them rather than apart (448 bytes at 112 dims)
@@ -490,7 +490,7 @@ class PreadRefine(faiss.IndexRefine):
         for start in range(0, len(x), self.QUERY_BLOCK):
             block = x[start:start + self.QUERY_BLOCK]
             _, candidates = self._base.search(block, max(int(k * factor), k), params=base_params)
-            valid = candidates >= 0  # faiss pads with -1 when fewer were found
+            valid = candidates >= 0  # faiss pads the end of a row with -1 when fewer were found
             vectors = self.rows(candidates[valid])  # row-major: each query's candidates in turn
             ends = np.cumsum(valid.sum(axis=1)).tolist()
             for q, (found, end, count) in enumerate(zip(candidates, ends, valid.sum(axis=1).tolist()), start):
