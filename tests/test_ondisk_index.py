@@ -228,7 +228,7 @@ def big_folder(tmp_path, monkeypatch):
 def test_a_large_project_writes_and_reopens_a_memory_mapped_index(big_folder, capfd):
     ex = TinyExtractor()
     report = Project.open(big_folder).update_index(ex)
-    assert report.regions == 80 and any("memory-mapped" in note for note in report.notes)
+    assert report.regions == 80 and any("searched from disk" in note for note in report.notes)
     project = Project.open(big_folder)
     info = project.manifest()["index"]
     assert faiss_index.is_refined(info["type"]) and "ivfdata" not in info

@@ -11,13 +11,13 @@ written first and the manifest switches to them atomically, so a reader never se
 Building an exact index holds every live region's raw descriptor (float16) and its whitened copy
 in memory, about N x (2 D + 4 d) bytes: at most ~0.2 GB, as exact indexes stop at EXACT_MAX_WORK.
 An IVF index (large collections) is built from a training sample plus parts of INDEX_PART_REGIONS
-regions read one at a time and opened memory-mapped: its re-ranking codes, the bulk of it, are in
-`index-<gen>.refine` beside the index file (an index built before issue #20's re-ranking keeps its
-inverted lists in `index-<gen>.ivfdata`, mapped instead; engine/search/index.py, docs/index.md);
-what stays in
-memory is the fast-scan lists (36 bytes a region). The region table (photo, box, ellipse and
+regions read one at a time and searched from disk: its re-ranking codes, the bulk of it, are in
+`index-<gen>.refine` beside the index file, read row by row as queries re-rank candidates (an
+index built before issue #20's re-ranking keeps its inverted lists in `index-<gen>.ivfdata`,
+memory-mapped instead; engine/search/index.py, docs/index.md); what stays in memory is the
+fast-scan lists (36 bytes a region). The region table (photo, box, ellipse and
 score of each region, each photo's name and size: search/region_table.py) is one `.npy` file a
-column, opened memory-mapped too (an index written before keeps it in `index-<gen>.npz`, read
+column, opened memory-mapped (an index written before keeps it in `index-<gen>.npz`, read
 into memory).
 """
 from __future__ import annotations
@@ -418,7 +418,7 @@ class Project:
                      + (f", nprobe {built.nprobe} (recall@100 {built.recall_at_100:.3f} vs exact)"
                         if built.nprobe else "")
                      + (f", {built.k_factor} x candidates re-ranked" if built.k_factor else "")
-                     + (", opened memory-mapped" if mapped else ""))
+                     + (", searched from disk (not read into memory)" if mapped else ""))
         return n_regions
 
     def _build_ondisk(self, store: RegionStore, live: list[str], whitening: Whitening | None, dim: int, spec: str,
