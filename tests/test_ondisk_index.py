@@ -368,3 +368,39 @@ def test_a_search_re_ranks_as_many_candidates_as_its_photos_need(data, tmp_path,
                                                                             faiss.IO_FLAG_MMAP_IFC))
     faiss_index._with_settings(mapped, built.nprobe, 16)
     assert_same_ranking(*faiss_index.search_regions(mapped, queries[:1], 80, 20), d_80, i_80)
+
+
+def test_a_whole_photo_search_re_ranks_as_many_candidates_as_its_photos_need(data, tmp_path, monkeypatch):
+    """Each of the query photo's regions fetches >= 4096 regions at IVF sizes: re-ranking
+    k_factor x all of them read 32 x 4096 codes a region at 12.5M regions (~2 s a photo)."""
+    from dasr_annotator.engine.search import image_search
+    from dasr_annotator.engine.search.searcher import Searcher
+
+    x, _ = data
+    path = tmp_path / "index-a.faiss"
+    built = faiss_index.build_ondisk_index([x], training_sample(x, REFINED), path, REFINED)
+    monkeypatch.setattr(image_search, "EXACT_REGIONS", 1000)  # the candidate count of a large collection
+    n_images = len(x) // 3
+    meta = {"images": np.array([f"p{i:05d}.jpg" for i in range(n_images)]), "sizes": np.full((n_images, 2), 64),
+            "image": np.arange(len(x)) // 3, "boxes": np.ones((len(x), 4), np.float32),
+            "ellipses": np.ones((len(x), 5), np.float32)}
+
+    class Folder:
+        photos = tmp_path
+
+        def relative(self, path):
+            return path.relative_to(tmp_path).as_posix()
+
+    hits = {}
+    for k_factor in (1, 16):
+        read = []
+        index = faiss_index.open_index(path, 128, k_factor)  # every list probed: full candidate lists
+        rows = faiss_index.PreadRefine.rows
+        with monkeypatch.context() as patched:
+            patched.setattr(faiss_index.PreadRefine, "rows",
+                            lambda self, ids: read.append(len(ids)) or rows(self, ids))
+            hits[k_factor] = Searcher(Folder(), object(), index, meta, None).search_image("p00007.jpg", top_k=20)
+        # the query photo's 3 stored regions, then 4096 regions for each: 16 x 40 x 20 candidates
+        # re-ranked for each, not 16 x 4096
+        assert read == [3, 3 * (4096 if k_factor == 1 else k_factor * image_search.CANDIDATES_PER_HIT * 20)]
+    assert len(hits[16]) == 20 and "p00007.jpg" not in [h.image for h in hits[16]]

@@ -295,7 +295,9 @@ class WholeImageSearch:
             return []
         k = image_search.candidates(n, top_k)
         with faiss_index.single_thread():
-            sims, ids = s.index.search(np.ascontiguousarray(queries, np.float32), k)
+            # the index's re-ranking (large collections) as for the candidate photos wanted
+            sims, ids = faiss_index.search_regions(s.index, np.ascontiguousarray(queries, np.float32), k,
+                                                   image_search.CANDIDATES_PER_HIT * top_k)
         scores = image_search.set_scores(sims, ids, s.region_image, len(s.images), complete=k >= n)
         own = s.images.id_of(rel)
         if own is not None:
