@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dasr_annotator.engine.dasr import zoom
@@ -379,3 +380,16 @@ def test_on_a_cpu_every_hit_gets_its_first_look_before_any_second_look(dev_hires
     assert [[i for i, _ in chunk] for chunk in gpu_emitted] == [[0, 1]]
     for a, b in zip(batched, out):
         assert a.box.as_list() + [a.box_score] == pytest.approx(b.box.as_list() + [b.box_score], abs=1e-3)
+
+
+def test_the_box_is_the_vote_of_the_windows_around_the_best():
+    boxes = torch.tensor([[10.0, 10, 20, 20], [11, 10, 21, 20], [10, 11, 20, 21], [40, 40, 50, 50], [10, 10, 60, 60]])
+    best = 0
+    # windows as good as the best and overlapping it pull the box their way; a window as good
+    # elsewhere (no overlap) or one overlapping too little (IoU 0.04) does not
+    even = torch.tensor([0.8, 0.8, 0.8, 0.8, 0.8])
+    assert torch.allclose(zoom.voted_box(boxes, even, best), torch.tensor([31 / 3, 31 / 3, 61 / 3, 61 / 3]))
+    # a window far worse than the best hardly counts; the best alone when it is the only one near
+    worse = torch.tensor([0.8, 0.8 - 10 * zoom.VOTE_TEMPERATURE, 0.5, 0.9, 0.9])
+    assert torch.allclose(zoom.voted_box(boxes, worse, best), boxes[0], atol=0.01)
+    assert torch.equal(zoom.voted_box(boxes[3:], torch.tensor([0.7, 0.9]), 0), boxes[3])
