@@ -85,7 +85,9 @@ def shoot(args, scratch: Path) -> int:
             window.show_image(image)
         wait(lambda: window.current_image == image)
         settle(1000)
-        window.grab().save(str(args.out / name))
+        args.out.mkdir(parents=True, exist_ok=True)
+        if not window.grab().save(str(args.out / name)):  # Qt says False, not why
+            raise SystemExit(f"could not save {args.out / name}")
 
     show(fine, "06-refine-after.png")
     show(search(refined=False), "06-refine-before.png")
