@@ -74,7 +74,9 @@ def shoot(args, scratch: Path) -> int:
     settle(1500)  # hit crops and thumbnails land
     window.canvas.fit()
     settle(300)
-    window.grab().save(str(args.out / "07-propagate.png"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(args.out / "07-propagate.png")):  # Qt says False, not why
+        raise SystemExit(f"could not save {args.out / '07-propagate.png'}")
     truth = {f"{clip}#frame={i}": b for i, b in enumerate(boxes)}
     print(json.dumps([{"image": e.image, "score": round(e.score, 3), "box": e.box.as_list(),
                        "iou": round(e.box.iou(Box(*truth[e.image])), 3)} for e in hits.entries], indent=1))
