@@ -45,7 +45,7 @@ def main() -> int:
 def shoot(args, scratch: Path) -> int:
     import torch
 
-    from qt_waits import drag_box, open_window, settle
+    from qt_waits import drag_box, open_window, save_grab, settle
     from dasr_annotator.engine.types import Box
 
     torch.set_num_threads(1)
@@ -54,7 +54,7 @@ def shoot(args, scratch: Path) -> int:
 
     def save(widget, name):
         settle()
-        widget.grab().save(str(args.out / name))
+        save_grab(widget, args.out / name)
         print("wrote", args.out / name)
 
     app, window, wait = open_window(photos, scratch)

@@ -54,7 +54,7 @@ def encode_clip(data: Path, sequence: str, path: Path, count: int = 12) -> list[
 def shoot(args, scratch: Path) -> int:
     from dasr_annotator.app.gui import settings as app_settings
     from dasr_annotator.engine.types import Box
-    from qt_waits import indexed_window, settle
+    from qt_waits import indexed_window, save_grab, settle
 
     photos = scratch / "photos"
     photos.mkdir()
@@ -74,9 +74,7 @@ def shoot(args, scratch: Path) -> int:
     settle(1500)  # hit crops and thumbnails land
     window.canvas.fit()
     settle(300)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if not window.grab().save(str(args.out / "07-propagate.png")):  # Qt says False, not why
-        raise SystemExit(f"could not save {args.out / '07-propagate.png'}")
+    save_grab(window, args.out / "07-propagate.png")
     truth = {f"{clip}#frame={i}": b for i, b in enumerate(boxes)}
     print(json.dumps([{"image": e.image, "score": round(e.score, 3), "box": e.box.as_list(),
                        "iou": round(e.box.iou(Box(*truth[e.image])), 3)} for e in hits.entries], indent=1))

@@ -74,6 +74,14 @@ def indexed_window(photos: Path, scratch: Path, prefs=None):
     return app, window, wait
 
 
+def save_grab(widget, path: Path) -> None:
+    """`widget` as it is drawn now, saved to `path` (its folder made); a failed save stops the
+    script (Qt only answers False, and a missing screenshot would go unnoticed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not widget.grab().save(str(path)):
+        raise SystemExit(f"could not save {path}")
+
+
 def drag_box(canvas, box) -> None:
     """Draw `box` (image pixels) on the canvas with the mouse, as an annotator does."""
     from PySide6.QtCore import QPointF, Qt

@@ -32,7 +32,7 @@ def main() -> int:
 
 
 def shoot(args, scratch: Path) -> int:
-    from qt_waits import drag_box, indexed_window, settle
+    from qt_waits import drag_box, indexed_window, save_grab, settle
     from dasr_annotator.engine.types import Box
 
     manifest = json.loads((args.data / "manifest.json").read_text())
@@ -85,9 +85,7 @@ def shoot(args, scratch: Path) -> int:
             window.show_image(image)
         wait(lambda: window.current_image == image)
         settle(1000)
-        args.out.mkdir(parents=True, exist_ok=True)
-        if not window.grab().save(str(args.out / name)):  # Qt says False, not why
-            raise SystemExit(f"could not save {args.out / name}")
+        save_grab(window, args.out / name)
 
     show(fine, "06-refine-after.png")
     show(search(refined=False), "06-refine-before.png")
