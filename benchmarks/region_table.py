@@ -159,11 +159,7 @@ def main(argv=None) -> int:
     finally:
         if args.folder is None:
             shutil.rmtree(folder, ignore_errors=True)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    print(json.dumps(result, indent=None if args.json else 1))  # one line for tools, indented for people
     return 0
 
 
