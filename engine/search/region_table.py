@@ -64,8 +64,8 @@ def write_table(folder: Path, files: dict[str, str], names: list[str], sizes: np
     try:
         for column in COLUMNS:
             path = folder / files[column]
+            temps[column] = temp_beside(path)
             try:
-                temps[column] = temp_beside(path)
                 with open(temps[column], "wb") as out:
                     np.save(out, columns[column], allow_pickle=False)
             except OSError as exc:

@@ -68,12 +68,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, backup: bool = True
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.chmod(tmp_name, _mode_for(path))
-        if backup and path.exists():
-            _keep_backup(path)
-        os.replace(tmp_name, path)
+        _put_in_place(tmp_name, path, backup)
     except BaseException as exc:
-        _remove_quietly(tmp_name)
+        remove_quietly(tmp_name)
         if isinstance(exc, OSError):
             raise ProjectFileError(f"cannot save {path}: {_describe(exc)}") from exc
         raise
@@ -82,30 +79,41 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, backup: bool = True
 
 def temp_beside(path: str | os.PathLike) -> str:
     """A new empty temporary file in `path`'s folder, for a writer that cannot stream its bytes
-    through `atomic_write_bytes` (faiss writes index files by name); `commit_temp` puts it in place."""
+    through `atomic_write_bytes` (faiss writes index files by name); `commit_temp` puts it in place.
+    ProjectFileError when the folder takes no new file."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ProjectFileError(f"cannot save {path}: {_describe(exc)}") from exc
     os.close(fd)
     return name
 
 
 def commit_temp(tmp_name: str, path: str | os.PathLike) -> None:
-    """What `atomic_write_bytes` does after writing: the file mode `path` has (or a new file's,
-    not mkstemp's 0600), fsync, rename over `path`, fsync the folder."""
+    """What `atomic_write_bytes` does after writing, for a `temp_beside` file: fsync, the file
+    mode `path` has (or a new file's), rename over `path`, fsync the folder. ProjectFileError
+    (the temporary file left for the caller to remove) when the disk refuses."""
     path = Path(path)
-    os.chmod(tmp_name, _mode_for(path))
-    fd = os.open(tmp_name, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp_name, path)
+        fd = os.open(tmp_name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _put_in_place(tmp_name, path, backup=False)
+    except OSError as exc:
+        raise ProjectFileError(f"cannot save {path}: {_describe(exc)}") from exc
     _fsync_dir(path.parent)
 
 
-def remove_quietly(name: str) -> None:
-    """Remove a file if it is there (a temporary file left by a failed write)."""
-    _remove_quietly(name)
+def _put_in_place(tmp_name: str, path: Path, backup: bool) -> None:
+    """A written and fsynced temporary file becomes `path`: `path`'s mode (not mkstemp's 0600),
+    the old file kept as `.bak` when `backup`, one rename."""
+    os.chmod(tmp_name, _mode_for(path))
+    if backup and path.exists():
+        _keep_backup(path)
+    os.replace(tmp_name, path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, backup: bool = True) -> None:
@@ -238,7 +246,7 @@ def is_writable_dir(path: str | os.PathLike) -> bool:
     except OSError:
         return False
     os.close(fd)
-    _remove_quietly(probe)
+    remove_quietly(probe)
     return True
 
 
@@ -277,7 +285,7 @@ def _keep_backup(path: Path) -> None:
     finally:
         # Also needed after success: rename() between two links of one inode (concurrent
         # savers) is a no-op that leaves the temp name behind.
-        _remove_quietly(tmp_name)
+        remove_quietly(tmp_name)
 
 
 def _mode_for(path: Path) -> int:
@@ -301,7 +309,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _remove_quietly(name: str) -> None:
+def remove_quietly(name: str) -> None:
+    """Remove a file if it is there (a temporary file left by a failed write)."""
     try:
         os.unlink(name)
     except OSError:
