@@ -355,3 +355,25 @@ def test_the_collection_order_puts_frames_by_number_at_their_video_s_place():
     for name in names + [".mp4#frame=3", "g.txt#frame=3", "h.mp4#frame=1#frame=2", "i.webm#frame=٣", "j.mp4#frame=²",
                          "k.mp4x#frame=1", "f.mp4#frame=3.jpg", "c.mov#frame="]:
         assert (order_key(name) != name) == (split_frame_name(name) is not None), name
+
+
+def test_propagation_progress_never_goes_back_when_second_looks_grow_the_refinement(indexed_clips, monkeypatch):
+    """On a CPU refinement reports every hit's first look (done == total), then grows its total
+    for the second looks: the propagation bar must not jump back."""
+    from dasr_annotator.app.cli.cmd_search import open_searcher
+    from dasr_annotator.engine.search.propagate import propagate
+
+    folder, truth, _ = indexed_clips
+    searcher = open_searcher(Project.open(folder), "cpu")
+
+    def refine_as_a_cpu_does(hits, examples, windows, progress, **kw):
+        for done, of in ((2, 4), (4, 4), (4, 6), (5, 6), (6, 6)):  # two second looks follow
+            progress(done, of)
+        return hits
+
+    monkeypatch.setattr(searcher, "refine", refine_as_a_cpu_does)
+    seen = []
+    hits = propagate(searcher, "box.mp4#frame=4", Box(*truth["box"][4]), 0.5, 4,
+                     progress=lambda done, total: seen.append((done, total)))
+    assert len(hits) == 4 and seen[-1] == (8, 8)
+    assert all(b[0] >= a[0] and b[0] <= b[1] for a, b in zip(seen, seen[1:])), seen

@@ -65,9 +65,17 @@ def propagate(searcher, image: str, box: Box, seconds: float = DEFAULT_SECONDS, 
         progress(done, total)
     if not refining or not hits or cancel():
         return hits
+    shown = len(frames)
+
+    def refined(done: int, of: int) -> None:
+        # the second half of the bar; on a CPU refinement's total grows when second looks follow
+        # the first ones, which would take the bar back: it only moves forwards
+        nonlocal shown
+        shown = max(shown, len(frames) + done * len(frames) // max(of, 1))
+        progress(shown, total)
+
     try:
         return blend_scores(searcher.refine(hits, [searcher.example(image, box)], windows, cancel=cancel,
-                                            progress=lambda done, of: progress(
-                                                len(frames) + done * len(frames) // max(of, 1), total)))
+                                            progress=refined))
     except Cancelled:
         return hits  # what was found so far, as a cancel during the window search returns
