@@ -28,9 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import box_iou, roi_align
+from torchvision.ops import roi_align
 
-from dasr_annotator.engine.dasr.relocate import REJECTED_IOU, box_iou_matrix
+from dasr_annotator.engine.dasr.regions import box_iou_matrix
+from dasr_annotator.engine.dasr.relocate import REJECTED_IOU
 from dasr_annotator.engine.types import Box
 
 # The query box spans this many relocation cells across (geometric mean of its sides): 4 places
@@ -246,8 +247,8 @@ def best_fine_window(feature: Tensor, templates: list[Template], valid: tuple[in
     keep = ((candidates[:, 2] - candidates[:, 0]) >= 0.5) & ((candidates[:, 3] - candidates[:, 1]) >= 0.5)
     candidates = candidates[keep]
     if excluded_cells is not None and len(excluded_cells) and len(candidates):
-        overlap = box_iou_matrix(candidates.cpu().numpy(), excluded_cells.cpu().numpy()).max(1)
-        candidates = candidates[torch.as_tensor(overlap < REJECTED_IOU, device=candidates.device)]
+        overlap = box_iou_matrix(candidates, excluded_cells.to(candidates)).amax(1)
+        candidates = candidates[overlap < REJECTED_IOU]
     if not len(candidates):
         return -math.inf, feature.new_tensor([0.0, 0.0, float(vw), float(vh)])
     scores = _template_scores(feature, templates, candidates)
@@ -258,7 +259,7 @@ def best_fine_window(feature: Tensor, templates: list[Template], valid: tuple[in
 def voted_box(boxes: Tensor, scores: Tensor, best: int) -> Tensor:
     """The mean of the `boxes` [N, 4] overlapping `boxes[best]` (IoU >= VOTE_IOU, itself
     included), each weighted by exp((score - best score) / VOTE_TEMPERATURE)."""
-    near = box_iou(boxes, boxes[best:best + 1])[:, 0] >= VOTE_IOU
+    near = box_iou_matrix(boxes, boxes[best:best + 1])[:, 0] >= VOTE_IOU
     weights = torch.exp((scores[near] - scores[best]) / VOTE_TEMPERATURE)
     return (boxes[near] * weights[:, None]).sum(0) / weights.sum()
 
