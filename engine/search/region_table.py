@@ -150,16 +150,7 @@ class ClampedBoxes:
     def __init__(self, table: RegionTable):
         self.table = table
 
-    def __len__(self) -> int:
-        return len(self.table.boxes)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (len(self), 4)
-
     def __getitem__(self, rows) -> np.ndarray:
-        if isinstance(rows, slice):
-            rows = np.arange(len(self))[rows]
         return self.table.boxes_of(rows)
 
 
