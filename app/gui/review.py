@@ -275,8 +275,8 @@ class Review(QObject):
             if result.done < result.total:
                 self.window.statusBar().showMessage(f"Refined boxes: {result.done} of {result.total}", 3000)
             else:  # every hit has its box; second looks (refine.SECOND_LOOK_BELOW) may still improve a few
-                self.window.statusBar().showMessage(
-                    f"All {result.total} hits have refined boxes; looking again at weak ones")
+                self.window.statusBar().showMessage(  # not left up if the looks are cancelled
+                    f"All {result.total} hits have refined boxes; looking again at weak ones", 30000)
             return
         # blended with each hit's region score as it is now: feedback may have re-ranked it meanwhile
         blended = {e.key: blended_score(e.hit.score, result.box_scores[e.key])
