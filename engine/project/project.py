@@ -394,9 +394,9 @@ class Project:
         if mapped:
             built, arrays = self._build_ondisk(store, live, whitening, dim, spec, self.state_dir / new_index["file"],
                                                cancel)
-            suffix = faiss_index.REFINE_SUFFIX if faiss_index.is_refined(spec) else faiss_index.ONDISK_SUFFIX
-            new_index["refine" if faiss_index.is_refined(spec) else "ivfdata"] = \
-                Path(new_index["file"]).with_suffix(suffix).name
+            key, suffix = (("refine", faiss_index.REFINE_SUFFIX) if faiss_index.is_refined(spec)
+                           else ("ivfdata", faiss_index.ONDISK_SUFFIX))
+            new_index[key] = Path(new_index["file"]).with_suffix(suffix).name
         else:
             arrays = store.read(live)
             vectors = faiss_index.index_vectors(arrays.descriptors, whitening, dim)
